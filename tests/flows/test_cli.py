@@ -1,0 +1,127 @@
+"""The `shoal` command line: fast help, key handling, genesis setup, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.config import ShoalConfig
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SHOAL_REGISTRY", raising=False)
+    monkeypatch.delenv("SHOAL_KEY_PASSPHRASE", raising=False)
+    return tmp_path / "home"
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = ("import sys, time; t = time.perf_counter(); from flows.cli import app\n"
+            "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "model" in out.stdout and out.stdout.strip().endswith("NO-TORCH")
+    shoal = os.path.join(os.path.dirname(sys.executable), "shoal")
+    best = min(_timed([shoal, "--help"]) for _ in range(3))
+    assert best < 1.0, f"shoal --help took {best:.2f} s"
+
+
+def _timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, check=True)
+    return time.perf_counter() - t
+
+
+def test_keys_create_list_and_permissions(env):
+    result = run("keys", "create", "alice")
+    assert result.exit_code == 0, result.output
+    pem = env / "keys" / "alice.pem"
+    assert stat.S_IMODE(pem.stat().st_mode) == 0o600
+    assert "alice" in run("keys", "list").output
+    again = run("keys", "create", "alice")
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_encrypted_key_needs_its_passphrase(env, monkeypatch):
+    from registry.exceptions import KeyError_
+    from registry.signing import load_key
+
+    monkeypatch.setenv("SHOAL_KEY_PASSPHRASE", "correct horse")
+    assert run("keys", "create", "bob").exit_code == 0
+    assert b"ENCRYPTED" in (env / "keys" / "bob.pem").read_bytes()
+    assert "encrypted" in run("keys", "list").output
+    assert load_key(env / "keys", "bob", "correct horse").name == "bob"
+    with pytest.raises(KeyError_, match="passphrase|decrypt"):
+        load_key(env / "keys", "bob", "wrong")
+    with pytest.raises(KeyError_):
+        load_key(env / "keys", "bob", None)
+
+
+def test_import_errors_are_one_clear_line(env, tmp_path):
+    result = run("model", "import", str(tmp_path / "missing"))
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"error: {tmp_path / 'missing'}: no such file or directory"]
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + os.urandom(4096))
+    result = run("model", "import", str(tmp_path / "junk.gguf"))
+    assert result.exit_code == 1 and "junk.gguf" in result.output.splitlines()[-1]
+
+
+def test_import_exit_code_from_the_real_entry_point(env, tmp_path):
+    shoal = os.path.join(os.path.dirname(sys.executable), "shoal")
+    out = subprocess.run([shoal, "model", "import", str(tmp_path)], capture_output=True,
+                         text=True, env={**os.environ, "SHOAL_HOME": str(env)})
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path}: not a model directory (no config.json)")
+
+
+def test_genesis_setup_is_idempotent_and_promotes(env, tiny_model_dir):
+    from flows.genesis import ensure_genesis
+
+    cfg = ShoalConfig.from_env()
+    first = ensure_genesis(cfg, say=lambda _: None, source=tiny_model_dir, name="tiny")
+    assert first.imported and first.promoted
+    second = ensure_genesis(cfg, say=lambda _: None, source=tiny_model_dir, name="tiny")
+    assert second == type(first)(first.version_id, imported=False, promoted=False)
+    assert cfg.client().channel("production").version == first.version_id
+    history = run("channel", "history", "production")
+    assert history.exit_code == 0 and "genesis" in history.output
+    listed = run("model", "list")
+    assert "verified" in listed.output and "tiny" in listed.output
+    verified = run("model", "verify", "tiny@production")
+    assert verified.exit_code == 0 and verified.output.startswith("OK tiny@")
+
+
+def test_promote_and_rollback_commands(env, tiny_model_dir, tmp_path):
+    from flows.genesis import ensure_genesis
+    from tests.helpers import make_tiny_llama
+
+    cfg = ShoalConfig.from_env()
+    old = ensure_genesis(cfg, say=lambda _: None, source=tiny_model_dir, name="tiny").version_id
+    make_tiny_llama(tmp_path / "v2", seed=3)
+    out = run("model", "import", str(tmp_path / "v2"), "--name", "tiny")
+    assert out.exit_code == 0 and "unsigned" in out.output
+    new = out.output.split("@", 1)[1].split()[0]
+    refused = run("promote", new, "--channel", "production", "--key", "maintainer-promote")
+    assert refused.exit_code == 1 and "[unsigned]" in refused.output
+    assert run("model", "sign", new, "--key", "maintainer-release").exit_code == 0
+    assert run("promote", new, "--channel", "production",
+               "--key", "maintainer-promote").exit_code == 0
+    assert cfg.client().channel("production").version == new
+    back = run("rollback", "--channel", "production", "--to", old, "--key", "maintainer-promote")
+    assert back.exit_code == 0, back.output
+    record = cfg.client().channel("production")
+    assert (record.version, record.sequence) == (old, 3)

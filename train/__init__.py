@@ -1,0 +1,4 @@
+"""Training: DeepSpeed entry points (SFT, DPO, draft distillation) and the evaluation gate.
+
+Not built yet; see the README's roadmap.
+"""
