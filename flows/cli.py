@@ -44,10 +44,11 @@ def reports_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from registry.exceptions import RegistryError
+        from serve.exceptions import ServeError
 
         try:
             return func(*args, **kwargs)
-        except (RegistryError, ValueError) as exc:
+        except (RegistryError, ServeError, ValueError) as exc:
             _fail(str(exc))
 
     return wrapper
@@ -280,6 +281,15 @@ def demo() -> None:
     from flows.demo import run_demo
 
     run_demo(_cfg())
+
+
+def _register_serving() -> None:
+    from flows import cli_serve
+
+    cli_serve.register(app)
+
+
+_register_serving()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,53 @@
+"""Assemble and run a gateway process: head weights, discovery, pipeline, engine, HTTP API."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class GatewayConfig:
+    directory: Path
+    """Verified checkout holding config, tokenizer and the shared (non-layer) shards."""
+    version_id: str
+    model_name: str
+    tracker_url: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    return_port: int = 0
+    return_url: str | None = None
+    """Address last hops dial to answer (e.g. a latency relay in front of the return port)."""
+    api_keys: set[str] = field(default_factory=set)
+    timeout_s: float = 60.0
+    wire_dtype: str = "float32"
+    chain: bool = True
+
+
+def build_app(cfg: GatewayConfig):
+    from serve.discovery import TrackerDiscovery
+    from serve.gateway.api import GatewayState, create_app
+    from serve.gateway.engine import Engine
+    from serve.gateway.head import Head
+    from serve.gateway.pipeline import Pipeline
+
+    head = Head(cfg.directory)
+    pipeline = Pipeline(TrackerDiscovery(cfg.tracker_url), head.num_layers, cfg.version_id,
+                        host=cfg.host, return_port=cfg.return_port, return_url=cfg.return_url,
+                        timeout_s=cfg.timeout_s, wire_dtype=cfg.wire_dtype, chain=cfg.chain)
+    state = GatewayState(Engine(head, pipeline), cfg.model_name, cfg.version_id, cfg.api_keys)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        await pipeline.start()
+        yield
+        await pipeline.stop()
+
+    return create_app(state, lifespan=lifespan)
+
+
+def run_gateway(cfg: GatewayConfig) -> None:
+    import uvicorn
+
+    uvicorn.run(build_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")

@@ -1,0 +1,169 @@
+"""`shoal up`: a whole swarm on loopback — tracker, N node processes splitting the layers, the
+gateway, and optionally a latency relay in front of every hop.
+
+`LocalSwarm` is also what the tests and benchmarks use to start real processes. It writes the
+processes' pids and addresses to `<home>/run/swarm.json` and stops everything on `stop()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serve.exceptions import ServeError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def even_spans(num_layers: int, nodes: int) -> list[tuple[int, int]]:
+    if not 1 <= nodes <= num_layers:
+        raise ServeError(f"cannot split {num_layers} layers over {nodes} nodes")
+    edges = [round(i * num_layers / nodes) for i in range(nodes + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+@dataclass
+class SwarmSpec:
+    model: str = "production"
+    """Registry reference every process resolves (name@channel, channel or version)."""
+    nodes: int = 3
+    spans: list[tuple[int, int]] | None = None
+    """Explicit spans (overlaps and replicas allowed); default: `nodes` even spans."""
+    port: int = 0
+    """Gateway HTTP port (0: pick a free one)."""
+    delay_ms: float = 0.0
+    """One-way delay added to every hop (gateway->node, node->node, node->gateway)."""
+    api_keys: list[str] = field(default_factory=list)
+    chain: bool = True
+    wire_dtype: str = "float32"
+    threads_per_node: int = 1
+    timeout_s: float = 60.0
+    log_dir: Path | None = None
+
+
+class LocalSwarm:
+    def __init__(self, spec: SwarmSpec, home: Path, num_layers: int) -> None:
+        self.spec, self.home, self.num_layers = spec, home, num_layers
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.node_ports: list[int] = []
+        self.base_url = ""
+        self.tracker_url = ""
+        self.log_dir = spec.log_dir or home / "run" / "logs"
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "wb")
+        env = {**os.environ, "SHOAL_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
+               "OMP_NUM_THREADS": str(self.spec.threads_per_node)}
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start(self, wait_s: float = 180.0) -> "LocalSwarm":
+        spec = self.spec
+        spans = spec.spans or even_spans(self.num_layers, spec.nodes)
+        tracker_port = free_port()
+        self.tracker_url = f"http://127.0.0.1:{tracker_port}"
+        self._spawn("tracker", ["tracker", "--port", str(tracker_port)])
+        relays: list[tuple[int, int]] = []
+
+        def relayed(port: int) -> int:
+            if not spec.delay_ms:
+                return port
+            front = free_port()
+            relays.append((front, port))
+            return front
+
+        for i, (start, end) in enumerate(spans):
+            port = free_port()
+            self.node_ports.append(port)
+            self._spawn(f"node{i}", [
+                "node", "--model", spec.model, "--layers", f"{start}:{end}", "--port", str(port),
+                "--tracker", self.tracker_url, "--threads", str(spec.threads_per_node),
+                "--announce-url", f"ws://127.0.0.1:{relayed(port)}"])
+        gw_port = spec.port or free_port()
+        return_port = free_port()
+        args = ["gateway", "--model", spec.model, "--tracker", self.tracker_url,
+                "--port", str(gw_port), "--return-port", str(return_port),
+                "--return-url", f"ws://127.0.0.1:{relayed(return_port)}",
+                "--wire-dtype", spec.wire_dtype, "--timeout", str(spec.timeout_s)]
+        for key in spec.api_keys:
+            args += ["--api-key", key]
+        if not spec.chain:
+            args.append("--naive")
+        self._spawn("gateway", args)
+        if relays:
+            self._spawn("relay", ["relay", "--delay-ms", str(spec.delay_ms),
+                                  *[f"{a}:{b}" for a, b in relays]])
+        self.base_url = f"http://127.0.0.1:{gw_port}"
+        self._write_state()
+        self.wait_ready(wait_s)
+        return self
+
+    def wait_ready(self, wait_s: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + wait_s
+        last = ""
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    self.stop()
+                    raise ServeError(f"{name} exited with {proc.returncode}; see "
+                                     f"{self.log_dir / (name + '.log')}")
+            try:
+                r = httpx.get(f"{self.base_url}/health", timeout=2)
+                if r.status_code == 200:
+                    return
+                last = r.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.5)
+        self.stop()
+        raise ServeError(f"swarm not ready after {wait_s:.0f} s: {last}")
+
+    def _write_state(self) -> None:
+        run = self.home / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "swarm.json").write_text(json.dumps({
+            "base_url": self.base_url, "tracker": self.tracker_url,
+            "pids": {n: p.pid for n, p in self.procs.items()}}, indent=1))
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (a crashed machine, for failover tests)."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def __enter__(self) -> "LocalSwarm":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
