@@ -79,11 +79,13 @@ def gateway(model: Annotated[str, typer.Option()] = "production",
 
 
 def relay(routes: Annotated[list[str], typer.Argument(help="LISTEN:TARGET port pairs")],
-          delay_ms: Annotated[float, typer.Option()] = 10.0) -> None:
+          delay_ms: Annotated[float, typer.Option()] = 10.0,
+          delay_file: Annotated[Optional[Path], typer.Option(
+              help="file holding the delay in ms, re-read while running")] = None) -> None:
     """Relay loopback ports with a one-way delay each way (latency emulation)."""
     from serve.relay import run_relays
 
-    run_relays([tuple(int(p) for p in r.split(":")) for r in routes], delay_ms)
+    run_relays([tuple(int(p) for p in r.split(":")) for r in routes], delay_ms, delay_file)
 
 
 def up(nodes: int = 3, model: str = "production", port: int = 8000, delay_ms: float = 0.0,
@@ -112,8 +114,34 @@ def up(nodes: int = 3, model: str = "production", port: int = 8000, delay_ms: fl
         typer.echo("stopped")
 
 
+bench_app = typer.Typer(help="Benchmarks: programs that write JSON and a PNG plot.",
+                        no_args_is_help=True)
+
+
+@bench_app.command("swarm")
+def bench_swarm(model: str = "production", nodes: int = 3,
+                delays: Annotated[str, typer.Option(help="one-way ms per hop")] = "0,5,10,20",
+                concurrency: str = "1,4,16", tokens: int = 32, prompts: str = "128,512",
+                out: Path = Path("bench-out")) -> None:
+    """Swarm vs single-process generate vs naive mode, across link delays."""
+    import json
+
+    from flows.cli import reports_errors
+    from serve.bench import SwarmBenchConfig, run_swarm_bench
+
+    cfg = SwarmBenchConfig(model=model, nodes=nodes,
+                           delays_ms=[float(x) for x in delays.split(",")],
+                           concurrency=[int(x) for x in concurrency.split(",")],
+                           decode_tokens=tokens, prompt_lengths=[int(x) for x in prompts.split(",")],
+                           out_dir=out)
+    report = reports_errors(run_swarm_bench)(cfg, _cfg())
+    typer.echo(json.dumps(report["summary"], indent=2))
+    typer.echo(f"wrote {out / 'swarm.json'} and {out / 'swarm.png'}")
+
+
 def register(app: typer.Typer) -> None:
     from flows.cli import reports_errors
 
     for func in (tracker, node, gateway, relay, up):
         app.command(func.__name__)(reports_errors(func))
+    app.add_typer(bench_app, name="bench")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from serve import wire
+from serve.links import Links
 from serve.span import SessionCache, SpanModel
 
 log = logging.getLogger("shoal.node")
@@ -78,8 +80,7 @@ class Node:
         self.stats = NodeStats()
         self.ms_per_token_layer = 1.0
         self._queue: asyncio.Queue = asyncio.Queue()
-        self._peers: dict[str, object] = {}
-        self._peer_locks: dict[str, asyncio.Lock] = {}
+        self._links = Links()
 
     # network -----------------------------------------------------------------------------------
 
@@ -118,21 +119,7 @@ class Node:
             pass
 
     async def _send(self, url: str, frame: bytes) -> None:
-        """Send on the persistent connection to `url`, dialling it on first use."""
-        from websockets.asyncio.client import connect
-
-        lock = self._peer_locks.setdefault(url, asyncio.Lock())
-        async with lock:
-            conn = self._peers.get(url)
-            if conn is None:
-                conn = await asyncio.wait_for(connect(url, max_size=None, compression=None,
-                                                      ping_interval=None), timeout=5)
-                self._peers[url] = conn
-        try:
-            await conn.send(frame)
-        except Exception:
-            self._peers.pop(url, None)
-            raise
+        await self._links.send(url, frame)
 
     async def _reply_error(self, msg: wire.Forward, code: str, text: str, node_id: str) -> None:
         try:
@@ -253,6 +240,7 @@ class Node:
         return {"node_id": self.node_id, "url": self.url, "start": self.config.start,
                 "end": self.config.end, "version": self.config.version_id,
                 "public_key": self.key.public_hex, "sessions": len(self.sessions),
+                "pid": os.getpid(),
                 "queue": self._queue.qsize(), "ms_per_token_layer": self.ms_per_token_layer,
                 "stats": self.stats.as_dict()}
 

@@ -10,9 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+class Delay:
+    """The current one-way delay in seconds: fixed, or read from a file that may change
+    (so a benchmark can sweep delays without restarting the swarm)."""
+
+    def __init__(self, ms: float, path: Path | None = None) -> None:
+        self._seconds, self._path = ms / 1000.0, path
+        self._checked = 0.0
+
+    def seconds(self) -> float:
+        now = time.monotonic()
+        if self._path is not None and now - self._checked > 0.05:
+            self._checked = now
+            try:
+                self._seconds = float(self._path.read_text()) / 1000.0
+            except (OSError, ValueError):
+                pass
+        return self._seconds
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: Delay) -> None:
     queue: asyncio.Queue = asyncio.Queue()
 
     async def sender() -> None:
@@ -30,7 +50,7 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
     task = asyncio.create_task(sender())
     try:
         while data := await reader.read(1 << 16):
-            queue.put_nowait((time.monotonic() + delay, data))
+            queue.put_nowait((time.monotonic() + delay.seconds(), data))
     except (ConnectionError, asyncio.CancelledError):
         pass
     queue.put_nowait((0.0, None))
@@ -40,10 +60,8 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         pass
 
 
-async def start_relay(listen_port: int, target_host: str, target_port: int, delay_ms: float,
+async def start_relay(listen_port: int, target_host: str, target_port: int, delay: Delay,
                       host: str = "127.0.0.1") -> asyncio.AbstractServer:
-    delay = delay_ms / 1000.0
-
     async def handle(client_r, client_w) -> None:
         try:
             upstream_r, upstream_w = await asyncio.open_connection(target_host, target_port)
@@ -55,11 +73,13 @@ async def start_relay(listen_port: int, target_host: str, target_port: int, dela
     return await asyncio.start_server(handle, host, listen_port)
 
 
-def run_relays(routes: list[tuple[int, int]], delay_ms: float) -> None:
+def run_relays(routes: list[tuple[int, int]], delay_ms: float, delay_file: Path | None = None
+               ) -> None:
     """Blocking: relay each (listen_port -> target_port) on 127.0.0.1 with the given delay."""
 
     async def main() -> None:
-        servers = [await start_relay(a, "127.0.0.1", b, delay_ms) for a, b in routes]
+        delay = Delay(delay_ms, delay_file)
+        servers = [await start_relay(a, "127.0.0.1", b, delay) for a, b in routes]
         await asyncio.gather(*(s.serve_forever() for s in servers))
 
     try:

@@ -20,6 +20,8 @@ class NodeInfo(BaseModel):
     end: int = Field(gt=0)
     version: str
     public_key: str
+    pid: int | None = None
+    """Process id, for local swarms (tests kill nodes by it)."""
     sessions: int = 0
     queue: int = 0
     ms_per_token_layer: float = 1.0

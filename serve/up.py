@@ -50,6 +50,11 @@ class SwarmSpec:
     threads_per_node: int = 1
     timeout_s: float = 60.0
     log_dir: Path | None = None
+    relay: bool | None = None
+    """Put a latency relay in front of every hop (default: when delay_ms > 0). Its delay can be
+    changed while running with `LocalSwarm.set_delay`."""
+    gateway: bool = True
+    """Start a gateway process; without one, `return_url` is for an in-process gateway."""
 
 
 class LocalSwarm:
@@ -60,6 +65,9 @@ class LocalSwarm:
         self.base_url = ""
         self.tracker_url = ""
         self.log_dir = spec.log_dir or home / "run" / "logs"
+        self.delay_file = home / "run" / "delay_ms"
+        self.return_port = 0
+        self.return_url = ""
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -78,9 +86,10 @@ class LocalSwarm:
         self.tracker_url = f"http://127.0.0.1:{tracker_port}"
         self._spawn("tracker", ["tracker", "--port", str(tracker_port)])
         relays: list[tuple[int, int]] = []
+        use_relay = spec.relay if spec.relay is not None else spec.delay_ms > 0
 
         def relayed(port: int) -> int:
-            if not spec.delay_ms:
+            if not use_relay:
                 return port
             front = free_port()
             relays.append((front, port))
@@ -93,26 +102,37 @@ class LocalSwarm:
                 "node", "--model", spec.model, "--layers", f"{start}:{end}", "--port", str(port),
                 "--tracker", self.tracker_url, "--threads", str(spec.threads_per_node),
                 "--announce-url", f"ws://127.0.0.1:{relayed(port)}"])
-        gw_port = spec.port or free_port()
-        return_port = free_port()
-        args = ["gateway", "--model", spec.model, "--tracker", self.tracker_url,
-                "--port", str(gw_port), "--return-port", str(return_port),
-                "--return-url", f"ws://127.0.0.1:{relayed(return_port)}",
-                "--wire-dtype", spec.wire_dtype, "--timeout", str(spec.timeout_s)]
-        for key in spec.api_keys:
-            args += ["--api-key", key]
-        if not spec.chain:
-            args.append("--naive")
-        self._spawn("gateway", args)
+        self.return_port = free_port()
+        self.return_url = f"ws://127.0.0.1:{relayed(self.return_port)}"
+        if spec.gateway:
+            gw_port = spec.port or free_port()
+            args = ["gateway", "--model", spec.model, "--tracker", self.tracker_url,
+                    "--port", str(gw_port), "--return-port", str(self.return_port),
+                    "--return-url", self.return_url, "--wire-dtype", spec.wire_dtype,
+                    "--timeout", str(spec.timeout_s)]
+            for key in spec.api_keys:
+                args += ["--api-key", key]
+            if not spec.chain:
+                args.append("--naive")
+            self._spawn("gateway", args)
+            self.base_url = f"http://127.0.0.1:{gw_port}"
         if relays:
-            self._spawn("relay", ["relay", "--delay-ms", str(spec.delay_ms),
-                                  *[f"{a}:{b}" for a, b in relays]])
-        self.base_url = f"http://127.0.0.1:{gw_port}"
+            self.set_delay(spec.delay_ms)
+            self._spawn("relay", ["relay", "--delay-ms", str(spec.delay_ms), "--delay-file",
+                                  str(self.delay_file), *[f"{a}:{b}" for a, b in relays]])
         self._write_state()
-        self.wait_ready(wait_s)
+        self.wait_ready(wait_s, spans)
         return self
 
-    def wait_ready(self, wait_s: float) -> None:
+    def set_delay(self, delay_ms: float) -> None:
+        """Change the one-way delay of every relayed hop (takes effect within ~50 ms)."""
+        self.delay_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.delay_file.with_suffix(".tmp")
+        tmp.write_text(str(delay_ms))
+        os.replace(tmp, self.delay_file)
+
+    def wait_ready(self, wait_s: float, spans: list[tuple[int, int]]) -> None:
+        """Wait until the gateway has a route (or, without one, every node has announced)."""
         import httpx
 
         deadline = time.monotonic() + wait_s
@@ -124,10 +144,16 @@ class LocalSwarm:
                     raise ServeError(f"{name} exited with {proc.returncode}; see "
                                      f"{self.log_dir / (name + '.log')}")
             try:
-                r = httpx.get(f"{self.base_url}/health", timeout=2)
-                if r.status_code == 200:
-                    return
-                last = r.text
+                if self.spec.gateway:
+                    r = httpx.get(f"{self.base_url}/health", timeout=2)
+                    if r.status_code == 200:
+                        return
+                    last = r.text
+                else:
+                    nodes = httpx.get(f"{self.tracker_url}/nodes", timeout=2).json()
+                    if len(nodes) == len(spans):
+                        return
+                    last = f"{len(nodes)} of {len(spans)} nodes announced"
             except httpx.HTTPError as exc:
                 last = str(exc)
             time.sleep(0.5)

@@ -115,6 +115,7 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
     async def metrics():
         p = state.engine.pipeline
         return {"requests": state.engine.requests, "tokens": state.engine.tokens_generated,
+                "cancelled": state.engine.cancelled,
                 "traversals": p.traversals, "failovers": p.failovers,
                 "excluded": sorted(p._excluded_now())}
 

@@ -7,6 +7,7 @@ token budget. It knows nothing about HTTP or the OpenAI wire format.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False
+    """Generate exactly max_tokens (benchmarks)."""
 
     @property
     def greedy(self) -> bool:
@@ -87,6 +90,8 @@ class Engine:
         self.head, self.pipeline = head, pipeline
         self.tokens_generated = 0
         self.requests = 0
+        self.cancelled = 0
+        """Requests whose client went away mid-generation (their sessions are closed)."""
 
     async def generate(self, prompt: list[int], params: SamplingParams,
                        outcome: Outcome) -> AsyncIterator[Step]:
@@ -105,7 +110,7 @@ class Engine:
                 step = pick(self.head.logits(hidden[-1:])[0], params, generator)
                 if outcome.completion_tokens == 0:
                     outcome.first_token_s = time.perf_counter() - t0
-                if step.token in self.head.stop_ids:
+                if step.token in self.head.stop_ids and not params.ignore_eos:
                     outcome.finish_reason = "stop"
                     return
                 outcome.completion_tokens += 1
@@ -117,6 +122,9 @@ class Engine:
                     break
                 hidden = await session.extend([step.token])
             outcome.finish_reason = "length"
+        except (GeneratorExit, asyncio.CancelledError):
+            self.cancelled += 1
+            raise
         finally:
             outcome.traversals, outcome.failovers = session.traversals, session.failovers
             outcome.route = [h.node_id for h in session.route or []]

@@ -24,6 +24,7 @@ import torch
 from serve import wire
 from serve.discovery import Discovery
 from serve.exceptions import HopFailed, NoRoute
+from serve.links import Links
 from serve.routing import best_route
 
 log = logging.getLogger("shoal.gateway")
@@ -43,8 +44,7 @@ class Pipeline:
         self.traversals = 0
         self.failovers = 0
         self._pending: dict[str, asyncio.Future] = {}
-        self._peers: dict[str, object] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._links = Links(on_connect=self._handle_return)  # pongs come back on these links
         self._server = None
 
     async def start(self) -> None:
@@ -57,8 +57,7 @@ class Pipeline:
         self.return_port = port
 
     async def stop(self) -> None:
-        for conn in list(self._peers.values()):
-            await conn.close()
+        await self._links.close()
         if self._server is not None:
             self._server.close()
 
@@ -87,20 +86,7 @@ class Pipeline:
             pass
 
     async def _send(self, url: str, frame: bytes) -> None:
-        from websockets.asyncio.client import connect
-
-        async with self._locks.setdefault(url, asyncio.Lock()):
-            conn = self._peers.get(url)
-            if conn is None:
-                conn = await asyncio.wait_for(connect(url, max_size=None, compression=None,
-                                                      ping_interval=None), timeout=5)
-                self._peers[url] = conn
-                asyncio.create_task(self._handle_return(conn))  # pongs come back on this link
-        try:
-            await conn.send(frame)
-        except Exception:
-            self._peers.pop(url, None)
-            raise
+        await self._links.send(url, frame)
 
     # routes --------------------------------------------------------------------------------------
 

@@ -1,0 +1,31 @@
+"""`shoal bench swarm` runs end to end on a tiny config and writes its JSON and plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.config import ShoalConfig
+from serve.bench import SwarmBenchConfig, run_swarm_bench
+from tests.serve.conftest import tiny_home
+
+pytestmark = pytest.mark.slow
+
+
+def test_swarm_bench_tiny(tmp_path_factory, tiny_model_dir, tmp_path):
+    home = tiny_home(tmp_path_factory, tiny_model_dir)
+    cfg = SwarmBenchConfig(model="tiny@production", nodes=3, delays_ms=[0, 5], concurrency=[1, 2],
+                           decode_tokens=4, prompt_lengths=[8], out_dir=tmp_path / "out")
+    report = run_swarm_bench(cfg, ShoalConfig(home=home, registry_url=str(home / "registry")))
+    saved = json.loads((tmp_path / "out" / "swarm.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(report["summary"]))
+    assert (tmp_path / "out" / "swarm.png").stat().st_size > 10_000
+    for delay in ("0", "5"):
+        for mode in ("chain", "naive"):
+            row = saved["results"]["swarm"][delay][mode]
+            assert row["decode_tok_s"] > 0 and row["aggregate_2_tok_s"] > 0
+    # the relay really delays: 5 ms per hop is slower than none, in both modes
+    for mode in ("chain", "naive"):
+        assert (saved["results"]["swarm"]["5"][mode]["decode_tok_s"]
+                < saved["results"]["swarm"]["0"][mode]["decode_tok_s"])
