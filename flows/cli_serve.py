@@ -65,17 +65,26 @@ def gateway(model: Annotated[str, typer.Option()] = "production",
             return_port: int = 0, return_url: Optional[str] = None,
             api_key: Annotated[Optional[list[str]], typer.Option("--api-key")] = None,
             naive: Annotated[bool, typer.Option(help="call nodes one by one (benchmarks)")] = False,
-            wire_dtype: str = "float32", timeout: float = 60.0) -> None:
+            wire_dtype: str = "float32", timeout: float = 60.0,
+            drafter: Annotated[str, typer.Option(help="default drafter or 'off'")] =
+            "prompt_lookup",
+            draft_model: Annotated[Optional[str], typer.Option(
+                help="registry ref of a draft model sharing the tokenizer")] = None) -> None:
     """Run the OpenAI-compatible gateway in front of the swarm."""
     from serve.gateway.server import GatewayConfig, run_gateway
 
     version_id, directory, manifest = _checkout(
         model, "head", lambda m: m.small_files() + m.shared_files())
+    draft_dir = None
+    if draft_model:
+        draft_dir = _checkout(draft_model, "full", lambda m: sorted(m.files))[1]
     run_gateway(GatewayConfig(directory=directory, version_id=version_id,
                               model_name=manifest.name, tracker_url=tracker, port=port,
                               return_port=return_port, return_url=return_url,
                               api_keys=set(api_key or []), chain=not naive,
-                              wire_dtype=wire_dtype, timeout_s=timeout))
+                              wire_dtype=wire_dtype, timeout_s=timeout,
+                              drafter=None if drafter == "off" else drafter,
+                              draft_model_dir=draft_dir))
 
 
 def relay(routes: Annotated[list[str], typer.Argument(help="LISTEN:TARGET port pairs")],

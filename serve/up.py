@@ -55,6 +55,10 @@ class SwarmSpec:
     changed while running with `LocalSwarm.set_delay`."""
     gateway: bool = True
     """Start a gateway process; without one, `return_url` is for an in-process gateway."""
+    drafter: str = "prompt_lookup"
+    """The gateway's default drafter ('off' for none)."""
+    draft_model: str | None = None
+    """Registry ref of a draft model to load at the gateway."""
 
 
 class LocalSwarm:
@@ -112,6 +116,9 @@ class LocalSwarm:
                     "--timeout", str(spec.timeout_s)]
             for key in spec.api_keys:
                 args += ["--api-key", key]
+            args += ["--drafter", spec.drafter]
+            if spec.draft_model:
+                args += ["--draft-model", spec.draft_model]
             if not spec.chain:
                 args.append("--naive")
             self._spawn("gateway", args)

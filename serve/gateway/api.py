@@ -116,6 +116,8 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
         p = state.engine.pipeline
         return {"requests": state.engine.requests, "tokens": state.engine.tokens_generated,
                 "cancelled": state.engine.cancelled,
+                "speculation": {name: st.as_dict() for name, st in
+                                state.engine.spec_stats.items()},
                 "traversals": p.traversals, "failovers": p.failovers,
                 "excluded": sorted(p._excluded_now())}
 
@@ -251,14 +253,27 @@ async def respond(state: GatewayState, body, prompt: list[int], params: Sampling
         return {"version": state.version_id, "route": outcome.route,
                 "traversals": outcome.traversals, "failovers": outcome.failovers,
                 "tokens_per_traversal": round(outcome.completion_tokens /
-                                              max(1, outcome.traversals), 3)}
+                                              max(1, outcome.traversals), 3),
+                "drafter": outcome.drafter, "drafted": outcome.drafted,
+                "accepted": outcome.accepted,
+                "acceptance_rate": round(outcome.accepted / outcome.drafted, 4)
+                if outcome.drafted else None}
 
     def usage() -> dict[str, int]:
         return {"prompt_tokens": outcome.prompt_tokens,
                 "completion_tokens": outcome.completion_tokens,
                 "total_tokens": outcome.prompt_tokens + outcome.completion_tokens}
 
-    gen = engine.generate(prompt, params, outcome)
+    spec = body.speculation
+    drafter = "default"
+    if spec is not None and spec.drafter is not None:
+        if spec.drafter != "off" and spec.drafter not in engine.drafters:
+            raise ApiError(400, f"drafter {spec.drafter!r} is not loaded on this gateway "
+                           f"(available: {', '.join(sorted(engine.drafters)) or 'none'}, off)",
+                           param="speculation.drafter")
+        drafter = spec.drafter
+    gen = engine.generate(prompt, params, outcome, drafter=drafter,
+                          k=spec.k if spec is not None else None)
     if not body.stream:
         try:
             async with contextlib.aclosing(gen):

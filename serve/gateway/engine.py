@@ -55,6 +55,9 @@ class Outcome:
     route: list[str] = field(default_factory=list)
     first_token_s: float = 0.0
     total_s: float = 0.0
+    drafter: str = "none"
+    drafted: int = 0
+    accepted: int = 0
 
 
 def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -70,58 +73,118 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return probs
 
 
-def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> Step:
-    if params.greedy:
-        token = int(torch.argmax(logits))
-    else:
-        token = int(torch.multinomial(target_probs(logits, params), 1, generator=generator))
-    step = Step(token)
+def annotate(step: "Step", logits: torch.Tensor, params: SamplingParams) -> "Step":
+    """Attach the logprob (and top alternatives) of `step.token` under the raw logits."""
     if params.logprobs:
         logp = torch.log_softmax(logits.float(), dim=-1)
-        step.logprob = float(logp[token])
+        step.logprob = float(logp[step.token])
         if params.top_logprobs:
             values, ids = logp.topk(params.top_logprobs)
             step.top = [(int(i), float(v)) for i, v in zip(ids, values)]
     return step
 
 
+def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> Step:
+    if params.greedy:
+        token = int(torch.argmax(logits))
+    else:
+        token = int(torch.multinomial(target_probs(logits, params), 1, generator=generator))
+    return annotate(Step(token), logits, params)
+
+
+@dataclass
+class SpecStats:
+    requests: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    traversals: int = 0
+    tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "drafted": self.drafted, "accepted": self.accepted,
+                "acceptance_rate": round(self.accepted / self.drafted, 4) if self.drafted else None,
+                "tokens_per_traversal": round(self.tokens / self.traversals, 4)
+                if self.traversals else None}
+
+
 class Engine:
-    def __init__(self, head: Head, pipeline: Pipeline) -> None:
+    def __init__(self, head: Head, pipeline: Pipeline, drafters: dict | None = None,
+                 default_drafter: str | None = None) -> None:
         self.head, self.pipeline = head, pipeline
+        self.drafters = drafters or {}
+        self.default_drafter = default_drafter
         self.tokens_generated = 0
         self.requests = 0
         self.cancelled = 0
         """Requests whose client went away mid-generation (their sessions are closed)."""
+        self.spec_stats: dict[str, SpecStats] = {}
 
-    async def generate(self, prompt: list[int], params: SamplingParams,
-                       outcome: Outcome) -> AsyncIterator[Step]:
-        """Yield sampled tokens one by one; `outcome` says why it stopped and what it cost."""
+    async def generate(self, prompt: list[int], params: SamplingParams, outcome: Outcome,
+                       drafter: str | None = "default", k: int | None = None
+                       ) -> AsyncIterator[Step]:
+        """Yield sampled tokens one by one; `outcome` says why it stopped and what it cost.
+
+        `drafter` names a drafter ("default": the gateway's; None or "off": no speculation);
+        `k` fixes the draft length instead of adapting it.
+        """
+        from serve.drafters.base import Draft
+        from serve.gateway.speculative import AdaptiveK, verify
+
         self.requests += 1
         t0 = time.perf_counter()
         generator = None
         if not params.greedy:
             generator = torch.Generator().manual_seed(
                 params.seed if params.seed is not None else torch.seed() % (2**63))
+        name = self.default_drafter if drafter == "default" else drafter
+        name = None if name == "off" else name
+        draft_source = self.drafters[name].start(prompt, params.temperature, params.top_p,
+                                                 generator) if name else None
+        outcome.drafter = name or "none"
+        stats = self.spec_stats.setdefault(outcome.drafter, SpecStats())
+        stats.requests += 1
+        adaptive = AdaptiveK(k or 4, k_max=max(8, k or 0))
         session = Session(self.pipeline, self.head.embed_ids)
         outcome.prompt_tokens = len(prompt)
+        budget = params.max_tokens
         try:
             hidden = await session.extend(prompt)
-            for _ in range(params.max_tokens):
-                step = pick(self.head.logits(hidden[-1:])[0], params, generator)
-                if outcome.completion_tokens == 0:
-                    outcome.first_token_s = time.perf_counter() - t0
-                if step.token in self.head.stop_ids and not params.ignore_eos:
-                    outcome.finish_reason = "stop"
-                    return
-                outcome.completion_tokens += 1
-                self.tokens_generated += 1
-                yield step
-                if outcome.finish_reason == "stop":  # the consumer matched a stop string
-                    return
-                if outcome.completion_tokens == params.max_tokens:
-                    break
-                hidden = await session.extend([step.token])
-            outcome.finish_reason = "length"
+            pending = [pick(self.head.logits(hidden[-1:])[0], params, generator)]
+            outcome.first_token_s = time.perf_counter() - t0
+            while True:
+                for step in pending:
+                    if step.token in self.head.stop_ids and not params.ignore_eos:
+                        outcome.finish_reason = "stop"
+                        return
+                    outcome.completion_tokens += 1
+                    self.tokens_generated += 1
+                    yield step
+                    if outcome.finish_reason == "stop":  # the consumer matched a stop string
+                        return
+                    if outcome.completion_tokens == budget:
+                        outcome.finish_reason = "length"
+                        return
+                last = pending[-1].token  # chosen, not yet in the nodes' caches
+                room = budget - outcome.completion_tokens - 1
+                want = 0 if draft_source is None else min(k if k else adaptive.next_k(), room)
+                draft = draft_source.propose(session.tokens + [last], want) if want > 0 \
+                    else Draft([])
+                if not draft.tokens:
+                    hidden = await session.extend([last])
+                    pending = [pick(self.head.logits(hidden)[0], params, generator)]
+                    continue
+                n = len(draft.tokens)
+                hidden = await session.extend([last] + draft.tokens)
+                logits = self.head.logits(hidden)
+                verdict = verify(logits, draft.tokens, draft.probs, params, generator)
+                session.rollback(len(session.tokens) - (n - verdict.accepted))
+                adaptive.update(n, verdict.accepted)
+                outcome.drafted += n
+                outcome.accepted += verdict.accepted
+                pending = [annotate(Step(t), logits[i], params)
+                           for i, t in enumerate(draft.tokens[:verdict.accepted])]
+                pending.append(annotate(Step(verdict.next_token), logits[verdict.accepted],
+                                        params))
         except (GeneratorExit, asyncio.CancelledError):
             self.cancelled += 1
             raise
@@ -129,7 +192,15 @@ class Engine:
             outcome.traversals, outcome.failovers = session.traversals, session.failovers
             outcome.route = [h.node_id for h in session.route or []]
             outcome.total_s = time.perf_counter() - t0
+            stats.drafted += outcome.drafted
+            stats.accepted += outcome.accepted
+            stats.traversals += outcome.traversals
+            stats.tokens += outcome.completion_tokens
             session.close()
+            if draft_source is not None:
+                draft_source.close()
+            if name:
+                self.drafters[name].observe(session.tokens)
 
 
 def logprob_safe(value: float | None) -> float | None:

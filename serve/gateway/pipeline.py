@@ -206,6 +206,12 @@ class Session:
             return hidden[-len(new_tokens):] if new_tokens else hidden[:0]
         raise NoRoute("unreachable")  # the loop either returns or raises
 
+    def rollback(self, length: int) -> None:
+        """Forget history beyond `length` tokens (rejected drafts). The nodes drop the same
+        positions when the next forward carries keep=length; no message is sent now."""
+        self.tokens = self.tokens[:length]
+        self.cached = min(self.cached, length)
+
     def close(self) -> None:
         if self.route is not None:
             self.pipeline.close_session(self.id, self.route)

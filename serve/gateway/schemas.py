@@ -41,6 +41,14 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class Speculation(BaseModel):
+    """shoal extension (pass with the SDK's `extra_body`): choose or switch off speculation."""
+
+    model_config = ConfigDict(extra="forbid")
+    drafter: str | None = Field(None, description="a drafter name, or 'off'")
+    k: int | None = Field(None, ge=1, le=16, description="fixed draft length (default adaptive)")
+
+
 class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
@@ -54,6 +62,7 @@ class SamplingFields(BaseModel):
     stream_options: dict[str, Any] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+    speculation: Speculation | None = None
 
     @field_validator("stop")
     @classmethod

@@ -23,6 +23,10 @@ class GatewayConfig:
     timeout_s: float = 60.0
     wire_dtype: str = "float32"
     chain: bool = True
+    drafter: str | None = "prompt_lookup"
+    """Default drafter for requests that do not choose one (None: no speculation)."""
+    draft_model_dir: Path | None = None
+    """Verified checkout of a draft model; enables the `draft_model` drafter."""
 
 
 def build_app(cfg: GatewayConfig):
@@ -36,7 +40,8 @@ def build_app(cfg: GatewayConfig):
     pipeline = Pipeline(TrackerDiscovery(cfg.tracker_url), head.num_layers, cfg.version_id,
                         host=cfg.host, return_port=cfg.return_port, return_url=cfg.return_url,
                         timeout_s=cfg.timeout_s, wire_dtype=cfg.wire_dtype, chain=cfg.chain)
-    state = GatewayState(Engine(head, pipeline), cfg.model_name, cfg.version_id, cfg.api_keys)
+    state = GatewayState(Engine(head, pipeline, build_drafters(cfg), cfg.drafter),
+                         cfg.model_name, cfg.version_id, cfg.api_keys)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -45,6 +50,18 @@ def build_app(cfg: GatewayConfig):
         await pipeline.stop()
 
     return create_app(state, lifespan=lifespan)
+
+
+def build_drafters(cfg: GatewayConfig) -> dict:
+    from serve.drafters import make_drafter
+
+    drafters = {"prompt_lookup": make_drafter("prompt_lookup"), "suffix": make_drafter("suffix")}
+    if cfg.draft_model_dir is not None:
+        drafters["draft_model"] = make_drafter("draft_model", directory=cfg.draft_model_dir)
+    if cfg.drafter is not None and cfg.drafter not in drafters:
+        raise ValueError(f"default drafter {cfg.drafter!r} is not available "
+                         f"({', '.join(drafters)})")
+    return drafters
 
 
 def run_gateway(cfg: GatewayConfig) -> None:

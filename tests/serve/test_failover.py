@@ -20,17 +20,17 @@ AUTH = {"Authorization": "Bearer sk-test"}
 
 @pytest.fixture(scope="module")
 def replicated_swarm(tmp_path_factory, tiny_model_dir):
-    """Layers 1:3 are served twice; every hop is delayed 10 ms so a stream takes seconds."""
+    """Layers 1:3 are served three times (two kill tests); every hop is delayed 10 ms so a stream takes seconds."""
     home = tiny_home(tmp_path_factory, tiny_model_dir)
-    spec = SwarmSpec(model="tiny@production", spans=[(0, 1), (1, 3), (1, 3), (3, 4)],
+    spec = SwarmSpec(model="tiny@production", spans=[(0, 1), (1, 3), (1, 3), (1, 3), (3, 4)],
                      delay_ms=10, timeout_s=5, api_keys=["sk-test"])
     swarm = LocalSwarm(spec, home, num_layers=4).start()
     yield swarm
     swarm.stop()
 
 
-def stream_text(swarm, body, on_chunk=None) -> tuple[str, str]:
-    text, finish = "", ""
+def stream_text(swarm, body, on_chunk=None) -> tuple[str, str, dict]:
+    text, finish, ext = "", "", {}
     with httpx.stream("POST", f"{swarm.base_url}/v1/chat/completions", json=body, headers=AUTH,
                       timeout=120) as r:
         assert r.status_code == 200
@@ -39,11 +39,14 @@ def stream_text(swarm, body, on_chunk=None) -> tuple[str, str]:
                 continue
             chunk = json.loads(line[6:])
             assert "error" not in chunk, chunk
+            if not chunk["choices"]:  # the usage chunk
+                ext = chunk["shoal"]
+                continue
             text += chunk["choices"][0]["delta"].get("content") or ""
             finish = chunk["choices"][0]["finish_reason"] or finish
             if on_chunk:
                 on_chunk(i)
-    return text, finish
+    return text, finish, ext
 
 
 def middle_node_in_use(swarm) -> dict | None:
@@ -51,13 +54,18 @@ def middle_node_in_use(swarm) -> dict | None:
     return busy[0] if busy else None
 
 
-def test_killing_the_middle_node_mid_stream_keeps_the_text(replicated_swarm, reference):
+@pytest.mark.parametrize("drafter", ["off", "prompt_lookup"])
+def test_killing_the_middle_node_mid_stream_keeps_the_text(replicated_swarm, reference, drafter):
     _, tok = reference
     messages = [{"role": "user", "content": "the quick brown fox"}]
     expected = tok.decode(local_greedy(reference, messages, 60), skip_special_tokens=True)
     body = {"model": "tiny", "messages": messages, "temperature": 0, "max_tokens": 60,
-            "stream": True}
+            "stream": True, "stream_options": {"include_usage": True},
+            "speculation": {"drafter": drafter}}
     killed: list[int] = []
+    deadline = time.monotonic() + 15  # earlier requests' sessions must be gone from the stats
+    while any(n["sessions"] for n in node_stats(replicated_swarm)) and time.monotonic() < deadline:
+        time.sleep(0.3)
 
     def killer() -> None:
         deadline = time.monotonic() + 30
@@ -70,10 +78,13 @@ def test_killing_the_middle_node_mid_stream_keeps_the_text(replicated_swarm, ref
 
     thread = threading.Thread(target=killer)
     thread.start()
-    text, _ = stream_text(replicated_swarm, body)
+    text, _, ext = stream_text(replicated_swarm, body)
     thread.join()
     assert killed, "the stream ended before a middle node could be killed"
     assert text == expected
+    assert ext["failovers"] >= 1
+    if drafter != "off":
+        assert ext["drafted"] > 0 and ext["tokens_per_traversal"] > 1.0, ext
     metrics = httpx.get(f"{replicated_swarm.base_url}/metrics").json()
     assert metrics["failovers"] >= 1
 
