@@ -45,7 +45,17 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
          threads: Annotated[Optional[int], typer.Option(help="torch threads")] = None,
          memory_budget_mb: float = 2048.0, idle_timeout: float = 300.0) -> None:
     """Serve layers START:END of a verified registry version."""
-    from serve.node import NodeConfig, run_node
+    from serve.node import run_node
+
+    run_node(node_config(model, layers, port, tracker, announce_url, threads, memory_budget_mb,
+                         idle_timeout))
+
+
+def node_config(model: str, layers: str, port: int, tracker: str | None = None,
+                announce_url: str | None = None, threads: int | None = None,
+                memory_budget_mb: float = 2048.0, idle_timeout: float = 300.0):
+    """Resolve `model`, fetch and verify the span's files, and describe the node."""
+    from serve.node import NodeConfig
 
     try:
         start, end = (int(x) for x in layers.split(":"))
@@ -53,10 +63,10 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
         raise typer.BadParameter(f"--layers {layers!r}: expected START:END") from None
     version_id, directory, _ = _checkout(
         model, f"L{start}-{end}", lambda m: m.small_files() + m.layer_files(start, end))
-    run_node(NodeConfig(directory=directory, start=start, end=end, version_id=version_id,
-                        port=port, announce_url=announce_url, tracker_url=tracker,
-                        threads=threads, memory_budget_bytes=int(memory_budget_mb * 2**20),
-                        idle_timeout_s=idle_timeout))
+    return NodeConfig(directory=directory, start=start, end=end, version_id=version_id,
+                      port=port, announce_url=announce_url, tracker_url=tracker, threads=threads,
+                      memory_budget_bytes=int(memory_budget_mb * 2**20),
+                      idle_timeout_s=idle_timeout)
 
 
 def gateway(model: Annotated[str, typer.Option()] = "production",
@@ -69,22 +79,39 @@ def gateway(model: Annotated[str, typer.Option()] = "production",
             drafter: Annotated[str, typer.Option(help="default drafter or 'off'")] =
             "prompt_lookup",
             draft_model: Annotated[Optional[str], typer.Option(
-                help="registry ref of a draft model sharing the tokenizer")] = None) -> None:
+                help="registry ref of a draft model sharing the tokenizer")] = None,
+            verify: Annotated[bool, typer.Option(help="live-weight proofs of every node")] = True,
+            fingerprints: Annotated[bool, typer.Option(
+                help="canary outputs checked against a trusted copy (needs all layers)")] = True,
+            verdict_log: Optional[Path] = None,
+            verify_interval: Annotated[float, typer.Option(
+                help="mean seconds between checks of an established node")] = 30.0,
+            verify_new_interval: Annotated[float, typer.Option(
+                help="mean seconds between checks while a node is new")] = 2.0,
+            proof_deadline: float = 1.0) -> None:
     """Run the OpenAI-compatible gateway in front of the swarm."""
     from serve.gateway.server import GatewayConfig, run_gateway
 
     version_id, directory, manifest = _checkout(
         model, "head", lambda m: m.small_files() + m.shared_files())
-    draft_dir = None
+    draft_dir = trusted_dir = None
     if draft_model:
         draft_dir = _checkout(draft_model, "full", lambda m: sorted(m.files))[1]
+    if verify and fingerprints:
+        trusted_dir = _checkout(model, "full", lambda m: sorted(m.files))[1]
+    from serve.gateway.verifier import VerifierConfig
+
+    verifier_cfg = VerifierConfig(log_path=verdict_log or _cfg().home / "run" / "verdicts.jsonl",
+                                  interval_s=verify_interval, new_interval_s=verify_new_interval,
+                                  deadline_s=proof_deadline)
     run_gateway(GatewayConfig(directory=directory, version_id=version_id,
                               model_name=manifest.name, tracker_url=tracker, port=port,
                               return_port=return_port, return_url=return_url,
                               api_keys=set(api_key or []), chain=not naive,
                               wire_dtype=wire_dtype, timeout_s=timeout,
                               drafter=None if drafter == "off" else drafter,
-                              draft_model_dir=draft_dir))
+                              draft_model_dir=draft_dir, verify=verify, trusted_dir=trusted_dir,
+                              verifier=verifier_cfg))
 
 
 def relay(routes: Annotated[list[str], typer.Argument(help="LISTEN:TARGET port pairs")],
@@ -123,6 +150,89 @@ def up(nodes: int = 3, model: str = "production", port: int = 8000, delay_ms: fl
         typer.echo("stopped")
 
 
+def verify(node_url: Annotated[str, typer.Option("--node", help="ws://host:port of the node")],
+           model: Annotated[str, typer.Option(help="the version the node claims to serve")] =
+           "production",
+           fingerprint: bool = True, challenges: int = 3, deadline: float = 1.0) -> None:
+    """Challenge one node: live-weight proofs (and a canary fingerprint) against the registry."""
+    import asyncio
+
+    from serve.discovery import StaticDiscovery
+    from serve.gateway.head import Head
+    from serve.gateway.pipeline import Pipeline
+    from serve.gateway.verifier import Verifier, VerifierConfig
+    from serve.tracker import NodeInfo
+    from serve import wire
+
+    version_id, directory, manifest = _checkout(
+        model, "full" if fingerprint else "head",
+        (lambda m: sorted(m.files)) if fingerprint else
+        (lambda m: m.small_files() + m.shared_files()))
+    head = Head(directory)
+
+    async def run() -> bool:
+        pipeline = Pipeline(StaticDiscovery([]), head.num_layers, version_id)
+        await pipeline.start()
+        try:
+            _, info = await pipeline.ping(wire.Hop("?", node_url, 0, 1))
+            node = NodeInfo.model_validate({**info, "url": node_url})
+            if node.version != version_id:
+                typer.echo(f"FAIL node serves {node.version[:19]}…, not {version_id[:19]}…")
+                return False
+            verifier = Verifier(pipeline, manifest, head, directory if fingerprint else None,
+                                VerifierConfig(deadline_s=deadline))
+            ok = True
+            for i in range(challenges):
+                for v in await verifier.check(node, fingerprint=fingerprint and i == 0):
+                    typer.echo(f"{'PASS' if v.ok else 'FAIL'} {v.kind:11} {v.check or ''} "
+                               f"{v.detail}")
+                    ok &= v.ok
+            return ok
+        finally:
+            await pipeline.stop()
+
+    if not asyncio.run(run()):
+        raise typer.Exit(1)
+
+
+def status(tracker: Annotated[str, typer.Option()] = "http://127.0.0.1:7000") -> None:
+    """Nodes (span, version, trust status, load) and the channel heads, in one view."""
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    from registry.manifest import short_id
+
+    console = Console()
+    table = Table(title=f"nodes at {tracker}")
+    for col in ("node", "layers", "version", "trust", "sessions", "batches", "max batch",
+                "ms/token/layer"):
+        table.add_column(col)
+    try:
+        nodes = httpx.get(f"{tracker}/nodes", timeout=5).json()
+    except httpx.HTTPError as exc:
+        nodes = []
+        console.print(f"[red]tracker unreachable: {exc}[/red]")
+    for n in sorted(nodes, key=lambda n: (n["start"], n["node_id"])):
+        st = n.get("stats", {})
+        table.add_row(n["node_id"], f"{n['start']}:{n['end']}", short_id(n["version"]),
+                      n["status"], str(n["sessions"]), str(st.get("batches", 0)),
+                      str(st.get("max_batch", 0)), f"{n['ms_per_token_layer']:.2f}")
+    console.print(table)
+    cfg = _cfg()
+    client = cfg.client()
+    heads = Table(title=f"channels at {cfg.registry_url}")
+    for col in ("channel", "sequence", "version", "promoted", "note"):
+        heads.add_column(col)
+    for name in client.store.list("channels"):
+        try:
+            r = client.channel(name)
+            heads.add_row(name, str(r.sequence), short_id(r.version), r.promoted_at, r.note)
+        except Exception as exc:  # show a refused channel instead of hiding it
+            heads.add_row(name, "-", "-", "-", f"REFUSED: {exc}")
+    console.print(heads)
+
+
 bench_app = typer.Typer(help="Benchmarks: programs that write JSON and a PNG plot.",
                         no_args_is_help=True)
 
@@ -131,7 +241,11 @@ bench_app = typer.Typer(help="Benchmarks: programs that write JSON and a PNG plo
 def bench_swarm(model: str = "production", nodes: int = 3,
                 delays: Annotated[str, typer.Option(help="one-way ms per hop")] = "0,5,10,20",
                 concurrency: str = "1,4,16", tokens: int = 32, prompts: str = "128,512",
-                out: Path = Path("bench-out")) -> None:
+                drafters: Annotated[str, typer.Option(
+                    help="speculation sweep; '' skips it")] = "off,prompt_lookup,suffix",
+                draft_model: Annotated[Optional[str], typer.Option(
+                    help="registry ref of a draft model (adds the draft_model drafter)")] = None,
+                spec_tokens: int = 48, out: Path = Path("bench-out")) -> None:
     """Swarm vs single-process generate vs naive mode, across link delays."""
     import json
 
@@ -142,7 +256,9 @@ def bench_swarm(model: str = "production", nodes: int = 3,
                            delays_ms=[float(x) for x in delays.split(",")],
                            concurrency=[int(x) for x in concurrency.split(",")],
                            decode_tokens=tokens, prompt_lengths=[int(x) for x in prompts.split(",")],
-                           out_dir=out)
+                           out_dir=out, drafters=[d for d in drafters.split(",") if d]
+                           + (["draft_model"] if draft_model else []),
+                           draft_model=draft_model, spec_tokens=spec_tokens)
     report = reports_errors(run_swarm_bench)(cfg, _cfg())
     typer.echo(json.dumps(report["summary"], indent=2))
     typer.echo(f"wrote {out / 'swarm.json'} and {out / 'swarm.png'}")
@@ -151,6 +267,6 @@ def bench_swarm(model: str = "production", nodes: int = 3,
 def register(app: typer.Typer) -> None:
     from flows.cli import reports_errors
 
-    for func in (tracker, node, gateway, relay, up):
+    for func in (tracker, node, gateway, relay, up, verify, status):
         app.command(func.__name__)(reports_errors(func))
     app.add_typer(bench_app, name="bench")

@@ -34,6 +34,10 @@ class SwarmBenchConfig:
     prompt_lengths: list[int] = field(default_factory=lambda: [128, 512])
     threads_per_node: int = 1
     out_dir: Path = Path("bench-out")
+    drafters: list[str] = field(default_factory=lambda: ["off", "prompt_lookup", "suffix"])
+    """Speculation sweep (empty: skip it). 'draft_model' needs `draft_model`."""
+    draft_model: str | None = None
+    spec_tokens: int = 48
 
 
 FILLER = ("Agents call tools, read files and write code; the swarm serves them token by token "
@@ -115,6 +119,7 @@ def run_swarm_bench(cfg: SwarmBenchConfig, shoal_cfg) -> dict:
                      "swarm": {}}
     del baseline
     head = Head(directory)
+    drafters = build_drafters(cfg, client, shoal_cfg)
     spec = SwarmSpec(model=version_id, nodes=cfg.nodes, relay=True, gateway=False,
                      delay_ms=cfg.delays_ms[0], threads_per_node=cfg.threads_per_node)
     with LocalSwarm(spec, shoal_cfg.home, manifest.num_layers).start() as swarm:
@@ -123,7 +128,7 @@ def run_swarm_bench(cfg: SwarmBenchConfig, shoal_cfg) -> dict:
             pipeline = Pipeline(TrackerDiscovery(swarm.tracker_url), head.num_layers, version_id,
                                 return_port=swarm.return_port, return_url=swarm.return_url)
             await pipeline.start()
-            engine = Engine(head, pipeline)
+            engine = Engine(head, pipeline, drafters)
             for delay in cfg.delays_ms:
                 swarm.set_delay(delay)
                 await asyncio.sleep(0.2)
@@ -131,6 +136,12 @@ def run_swarm_bench(cfg: SwarmBenchConfig, shoal_cfg) -> dict:
                 for mode in ("chain", "naive"):
                     pipeline.chain = mode == "chain"
                     row[mode] = await measure_engine(engine, head.tokenizer, cfg)
+            if cfg.drafters:
+                from serve.bench_spec import sweep_speculation
+
+                results["speculation"] = await sweep_speculation(
+                    swarm, pipeline, engine, head, cfg.delays_ms, cfg.drafters, cfg.spec_tokens,
+                    hops=cfg.nodes)
             await pipeline.stop()
 
         asyncio.run(sweep())
@@ -144,6 +155,20 @@ def run_swarm_bench(cfg: SwarmBenchConfig, shoal_cfg) -> dict:
     return report
 
 
+def build_drafters(cfg: SwarmBenchConfig, client, shoal_cfg) -> dict:
+    from serve.drafters import make_drafter
+
+    drafters = {d: make_drafter(d) for d in cfg.drafters if d in ("prompt_lookup", "suffix")}
+    if "draft_model" in cfg.drafters:
+        if not cfg.draft_model:
+            raise ValueError("the draft_model drafter needs --draft-model REF")
+        version = client.resolve(cfg.draft_model)
+        where = shoal_cfg.models_dir / version.removeprefix("sha256:")
+        client.checkout(version, where)
+        drafters["draft_model"] = make_drafter("draft_model", directory=where)
+    return drafters
+
+
 def summarize(results: dict, cfg: SwarmBenchConfig) -> dict:
     out = {}
     top = max(cfg.concurrency)
@@ -155,6 +180,10 @@ def summarize(results: dict, cfg: SwarmBenchConfig) -> dict:
             results["generate"]["decode_tok_s"],
             f"chain_aggregate_{top}_over_single": chain[f"aggregate_{top}_tok_s"] /
             chain["aggregate_1_tok_s"] if 1 in cfg.concurrency else None}
+    if "speculation" in results:
+        from serve.bench_spec import summarize_speculation
+
+        out["speculation"] = summarize_speculation(results["speculation"])
     return out
 
 

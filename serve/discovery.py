@@ -1,7 +1,8 @@
 """How a gateway finds nodes. One interface, so a DHT can replace the tracker later.
 
 `Discovery.nodes()` returns the live nodes of the swarm with their spans, versions, addresses,
-keys, load and speed; `report()` tells the swarm a verdict about a node.
+keys, load, speed and trust status (routing skips evicted ones); `report()` tells the swarm a
+verdict about a node.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class StaticDiscovery:
         self._nodes = nodes
 
     async def nodes(self) -> list[NodeInfo]:
-        return [n for n in self._nodes if n.status == "ok"]
+        return list(self._nodes)
 
     async def report(self, node_id: str, status: str, reason: str) -> None:
         for n in self._nodes:

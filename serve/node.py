@@ -81,6 +81,8 @@ class Node:
         self.ms_per_token_layer = 1.0
         self._queue: asyncio.Queue = asyncio.Queue()
         self._links = Links()
+        self._manifest = None
+        self._trees: dict[str, list] = {}
 
     # network -----------------------------------------------------------------------------------
 
@@ -112,6 +114,9 @@ class Node:
                     await self._queue.put((message, tensor))
                 elif isinstance(message, wire.Close):
                     self.sessions.pop(message.session, None)
+                elif isinstance(message, wire.Challenge):
+                    proof = await asyncio.to_thread(self.prove, message)
+                    await ws.send(wire.encode(proof))
                 elif isinstance(message, wire.Ping):
                     await ws.send(wire.encode(wire.Pong(message.request_id, self.node_id,
                                                         self.info())))
@@ -127,6 +132,47 @@ class Node:
                                                                   node_id)))
         except Exception as exc:  # the gateway itself is gone: nothing to tell
             log.warning("cannot report %s to %s: %s", code, msg.reply_to, exc)
+
+    # proofs ------------------------------------------------------------------------------------
+
+    def proof_params(self) -> dict[str, torch.Tensor]:
+        """The tensors proofs are read from: the very parameters the forward pass uses."""
+        return {f"model.layers.{i}.{name}": p for i, layer in self.span.layers.items()
+                for name, p in layer.named_parameters()}
+
+    def prove(self, challenge: wire.Challenge) -> wire.Proof:
+        from registry import merkle
+        from registry.manifest import Manifest, split_levels
+        from serve.proofs import live_chunk, proof_digest, select_chunks, span_tensors
+
+        if self._manifest is None:
+            import json
+
+            envelope = json.loads((self.config.directory / "manifest.json").read_text())
+            self._manifest = Manifest.model_validate(envelope["signed"])
+        manifest = self._manifest
+        params = self.proof_params()
+        picks = select_chunks(challenge.nonce, self.node_id,
+                              span_tensors(manifest, self.config.start, self.config.end),
+                              challenge.count)
+        items = []
+        for name, index in picks:
+            entry = manifest.tensors[name]
+            levels = self._trees.get(name)
+            if levels is None:
+                levels = self._trees[name] = split_levels(self._sidecar(entry.file)[name],
+                                                          entry.chunks)
+            items.append(wire.ProofItem(name, index,
+                                        live_chunk(params[name], index, manifest.chunk_size),
+                                        merkle.path_of(levels, index)))
+        signature = self.key.sign_bytes(proof_digest(challenge.nonce, self.node_id, items))
+        return wire.Proof(challenge.request_id, self.node_id, challenge.nonce, items, signature)
+
+    def _sidecar(self, shard: str) -> dict[str, bytes]:
+        from safetensors.numpy import load_file
+
+        path = self.config.directory / (shard.removesuffix(".safetensors") + ".merkle")
+        return {k: v.tobytes() for k, v in load_file(str(path)).items()}
 
     # compute -----------------------------------------------------------------------------------
 

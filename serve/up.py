@@ -59,6 +59,14 @@ class SwarmSpec:
     """The gateway's default drafter ('off' for none)."""
     draft_model: str | None = None
     """Registry ref of a draft model to load at the gateway."""
+    verify: bool = True
+    """Gateway checks nodes with live-weight proofs and fingerprints."""
+    verify_interval_s: float = 30.0
+    verify_new_interval_s: float = 2.0
+    node_module: str | None = None
+    """Run nodes with `python -m MODULE` instead of `shoal node` (tests start cheating nodes)."""
+    node_args: list[list[str]] | None = None
+    """Extra arguments per node (same order as the spans)."""
 
 
 class LocalSwarm:
@@ -73,12 +81,12 @@ class LocalSwarm:
         self.return_port = 0
         self.return_url = ""
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], module: str = "flows.cli") -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "wb")
         env = {**os.environ, "SHOAL_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
                "OMP_NUM_THREADS": str(self.spec.threads_per_node)}
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs[name] = proc
         return proc
@@ -102,10 +110,12 @@ class LocalSwarm:
         for i, (start, end) in enumerate(spans):
             port = free_port()
             self.node_ports.append(port)
-            self._spawn(f"node{i}", [
-                "node", "--model", spec.model, "--layers", f"{start}:{end}", "--port", str(port),
-                "--tracker", self.tracker_url, "--threads", str(spec.threads_per_node),
-                "--announce-url", f"ws://127.0.0.1:{relayed(port)}"])
+            args = ["node", "--model", spec.model, "--layers", f"{start}:{end}", "--port",
+                    str(port), "--tracker", self.tracker_url, "--threads",
+                    str(spec.threads_per_node), "--announce-url", f"ws://127.0.0.1:{relayed(port)}"]
+            if spec.node_args:
+                args += spec.node_args[i]
+            self._spawn(f"node{i}", args, module=spec.node_module or "flows.cli")
         self.return_port = free_port()
         self.return_url = f"ws://127.0.0.1:{relayed(self.return_port)}"
         if spec.gateway:
@@ -117,6 +127,10 @@ class LocalSwarm:
             for key in spec.api_keys:
                 args += ["--api-key", key]
             args += ["--drafter", spec.drafter]
+            if not spec.verify:
+                args.append("--no-verify")
+            args += ["--verify-interval", str(spec.verify_interval_s),
+                     "--verify-new-interval", str(spec.verify_new_interval_s)]
             if spec.draft_model:
                 args += ["--draft-model", spec.draft_model]
             if not spec.chain:

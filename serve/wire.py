@@ -87,7 +87,35 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
     v: int = PROTOCOL
 
 
-Message = Union[Forward, Result, Error, Close, Ping, Pong]
+class Challenge(msgspec.Struct, tag="challenge", frozen=True):
+    """Open `count` chunks of the weights you compute with, chosen by `nonce` (live-weight proof)."""
+
+    request_id: str
+    nonce: bytes
+    node_id: str
+    """The node the verifier believes it is talking to; the selection depends on it."""
+    count: int
+    v: int = PROTOCOL
+
+
+class ProofItem(msgspec.Struct, frozen=True):
+    tensor: str
+    index: int
+    chunk: bytes
+    path: list[bytes]
+
+
+class Proof(msgspec.Struct, tag="proof", frozen=True):
+    request_id: str
+    node_id: str
+    nonce: bytes
+    items: list[ProofItem]
+    signature: str
+    """Hex Ed25519 signature by the node key over `serve.proofs.proof_digest`."""
+    v: int = PROTOCOL
+
+
+Message = Union[Forward, Result, Error, Close, Ping, Pong, Challenge, Proof]
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 

@@ -38,6 +38,8 @@ class GatewayState:
     version_id: str
     api_keys: set[str] = field(default_factory=set)
     """Accepted bearer keys; empty means no authentication."""
+    verifier: Any = None
+    """The node verifier (serve.gateway.verifier.Verifier), when verification is on."""
     started: float = field(default_factory=time.time)
 
 
@@ -120,6 +122,12 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
                                 state.engine.spec_stats.items()},
                 "traversals": p.traversals, "failovers": p.failovers,
                 "excluded": sorted(p._excluded_now())}
+
+    @app.get("/verifier")
+    async def verifier():
+        if state.verifier is None:
+            return {"enabled": False}
+        return {"enabled": True, **state.verifier.summary()}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):

@@ -40,6 +40,10 @@ class Pipeline:
         self.timeout_s, self.wire_dtype, self.chain = timeout_s, wire_dtype, chain
         self.exclude_s = exclude_s
         self.excluded: dict[str, float] = {}
+        self.evicted: set[str] = set()
+        """Nodes that failed verification: never routed again."""
+        self.gate = None
+        """Optional admission check `gate(node) -> bool` (the verifier's)."""
         self.reply_to = ""
         self.traversals = 0
         self.failovers = 0
@@ -76,6 +80,8 @@ class Pipeline:
                     continue
                 if isinstance(message, wire.Result):
                     future.set_result(tensor)
+                elif isinstance(message, wire.Proof):
+                    future.set_result(message)
                 elif isinstance(message, wire.Error):
                     future.set_exception(HopFailed(message.node_id,
                                                    f"{message.code}: {message.message}",
@@ -93,18 +99,25 @@ class Pipeline:
     def exclude(self, node_id: str) -> None:
         self.excluded[node_id] = time.monotonic() + self.exclude_s
 
+    def evict(self, node_id: str) -> None:
+        self.evicted.add(node_id)
+
     def _excluded_now(self) -> set[str]:
         now = time.monotonic()
-        return {n for n, until in self.excluded.items() if until > now}
+        return {n for n, until in self.excluded.items() if until > now} | self.evicted
 
     async def route(self) -> list[wire.Hop]:
         nodes = await self.discovery.nodes()
+        if self.gate is not None:
+            nodes = [n for n in nodes if self.gate(n)]
         return best_route(nodes, self.num_layers, version=self.version,
                           exclude=self._excluded_now())
 
     # traversal -----------------------------------------------------------------------------------
 
-    async def _request(self, url: str, message, tensor=None, *, node_id: str) -> object:
+    async def request(self, url: str, message, tensor=None, *, node_id: str,
+                      timeout_s: float | None = None) -> object:
+        """Send one message and wait for the answer that carries its request id."""
         future = asyncio.get_running_loop().create_future()
         self._pending[message.request_id] = future
         try:
@@ -112,20 +125,20 @@ class Pipeline:
                 await self._send(url, wire.encode(message, tensor, self.wire_dtype))
             except Exception as exc:
                 raise HopFailed(node_id, f"unreachable ({exc})") from None
-            return await asyncio.wait_for(future, self.timeout_s)
+            return await asyncio.wait_for(future, timeout_s or self.timeout_s)
         finally:
             self._pending.pop(message.request_id, None)
 
     async def traverse(self, session: str, route: list[wire.Hop], hidden: torch.Tensor,
-                       keep: int) -> torch.Tensor:
+                       keep: int, count: bool = True) -> torch.Tensor:
         """Run [T, H] hidden states through every hop; returns the last hop's [T, H]."""
-        self.traversals += 1
+        self.traversals += count
         hops = [route] if self.chain else [[h] for h in route]
         for part in hops:
             msg = wire.Forward(uuid.uuid4().hex, session, part, 0, keep, self.reply_to,
                                self.wire_dtype)
             try:
-                hidden = await self._request(part[0].url, msg, hidden, node_id=part[0].node_id)
+                hidden = await self.request(part[0].url, msg, hidden, node_id=part[0].node_id)
             except TimeoutError:
                 raise HopFailed(await self._silent_node(part), "timed out") from None
         return hidden
@@ -148,7 +161,7 @@ class Pipeline:
     async def ping(self, hop: wire.Hop) -> tuple[float, dict]:
         """Round-trip time in ms and the node's self-reported info."""
         t0 = time.perf_counter()
-        pong = await self._request(hop.url, wire.Ping(uuid.uuid4().hex), node_id=hop.node_id)
+        pong = await self.request(hop.url, wire.Ping(uuid.uuid4().hex), node_id=hop.node_id)
         return 1000 * (time.perf_counter() - t0), pong.stats
 
     def close_session(self, session: str, route: list[wire.Hop]) -> None:
@@ -182,6 +195,11 @@ class Session:
         assert keep <= len(self.tokens), (keep, len(self.tokens))
         self.tokens = self.tokens[:keep] + list(new_tokens)
         for attempt in range(self.MAX_FAILOVERS + 1):
+            if self.route is not None and any(h.node_id in self.pipeline.evicted
+                                              for h in self.route):
+                self.pipeline.close_session(self.id, self.route)  # never again through them
+                self.route = None
+                self.failovers += 1
             if self.route is None:
                 self.route = await self.pipeline.route()
                 self.id = uuid.uuid4().hex

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serve.gateway.verifier import VerifierConfig
 
 
 @dataclass
@@ -27,6 +32,11 @@ class GatewayConfig:
     """Default drafter for requests that do not choose one (None: no speculation)."""
     draft_model_dir: Path | None = None
     """Verified checkout of a draft model; enables the `draft_model` drafter."""
+    verify: bool = True
+    """Challenge nodes with live-weight proofs (admission, then at random intervals)."""
+    trusted_dir: Path | None = None
+    """Verified full checkout for output fingerprints (None: proofs only)."""
+    verifier: "VerifierConfig | None" = None
 
 
 def build_app(cfg: GatewayConfig):
@@ -42,11 +52,24 @@ def build_app(cfg: GatewayConfig):
                         timeout_s=cfg.timeout_s, wire_dtype=cfg.wire_dtype, chain=cfg.chain)
     state = GatewayState(Engine(head, pipeline, build_drafters(cfg), cfg.drafter),
                          cfg.model_name, cfg.version_id, cfg.api_keys)
+    if cfg.verify:
+        import json
+
+        from registry.manifest import Manifest
+        from serve.gateway.verifier import Verifier
+
+        envelope = json.loads((cfg.directory / "manifest.json").read_text())
+        state.verifier = Verifier(pipeline, Manifest.model_validate(envelope["signed"]), head,
+                                  cfg.trusted_dir, cfg.verifier)
+        pipeline.gate = state.verifier.admits
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         await pipeline.start()
+        task = asyncio.create_task(state.verifier.run()) if state.verifier else None
         yield
+        if task is not None:
+            task.cancel()
         await pipeline.stop()
 
     return create_app(state, lifespan=lifespan)

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 def test_swarm_bench_tiny(tmp_path_factory, tiny_model_dir, tmp_path):
     home = tiny_home(tmp_path_factory, tiny_model_dir)
     cfg = SwarmBenchConfig(model="tiny@production", nodes=3, delays_ms=[0, 5], concurrency=[1, 2],
-                           decode_tokens=4, prompt_lengths=[8], out_dir=tmp_path / "out")
+                           decode_tokens=4, prompt_lengths=[8], out_dir=tmp_path / "out",
+                           drafters=["off", "prompt_lookup", "suffix"], spec_tokens=6)
     report = run_swarm_bench(cfg, ShoalConfig(home=home, registry_url=str(home / "registry")))
     saved = json.loads((tmp_path / "out" / "swarm.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
@@ -25,6 +26,12 @@ def test_swarm_bench_tiny(tmp_path_factory, tiny_model_dir, tmp_path):
         for mode in ("chain", "naive"):
             row = saved["results"]["swarm"][delay][mode]
             assert row["decode_tok_s"] > 0 and row["aggregate_2_tok_s"] > 0
+    spec = saved["results"]["speculation"]
+    assert set(spec) == {"agentic", "open_chat"}
+    for row in spec["agentic"].values():
+        assert set(row) == {"off", "prompt_lookup", "suffix", "naive"}
+        assert all(0 < cell["fraction_of_limit"] for cell in row.values())
+        assert row["off"]["tokens_per_traversal"] == pytest.approx(1.0)
     # the relay really delays: 5 ms per hop is slower than none, in both modes
     for mode in ("chain", "naive"):
         assert (saved["results"]["swarm"]["5"][mode]["decode_tok_s"]
