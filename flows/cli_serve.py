@@ -88,7 +88,9 @@ def gateway(model: Annotated[str, typer.Option()] = "production",
                 help="mean seconds between checks of an established node")] = 30.0,
             verify_new_interval: Annotated[float, typer.Option(
                 help="mean seconds between checks while a node is new")] = 2.0,
-            proof_deadline: float = 1.0) -> None:
+            proof_deadline: float = 1.0,
+            traces: Annotated[Optional[Path], typer.Option(
+                help="trace store directory: accounts, consent, capture")] = None) -> None:
     """Run the OpenAI-compatible gateway in front of the swarm."""
     from serve.gateway.server import GatewayConfig, run_gateway
 
@@ -111,7 +113,7 @@ def gateway(model: Annotated[str, typer.Option()] = "production",
                               wire_dtype=wire_dtype, timeout_s=timeout,
                               drafter=None if drafter == "off" else drafter,
                               draft_model_dir=draft_dir, verify=verify, trusted_dir=trusted_dir,
-                              verifier=verifier_cfg))
+                              verifier=verifier_cfg, traces_dir=traces))
 
 
 def relay(routes: Annotated[list[str], typer.Argument(help="LISTEN:TARGET port pairs")],
@@ -245,7 +247,10 @@ def bench_swarm(model: str = "production", nodes: int = 3,
                     help="speculation sweep; '' skips it")] = "off,prompt_lookup,suffix",
                 draft_model: Annotated[Optional[str], typer.Option(
                     help="registry ref of a draft model (adds the draft_model drafter)")] = None,
-                spec_tokens: int = 48, out: Path = Path("bench-out")) -> None:
+                spec_tokens: int = 48,
+                proofs: Annotated[bool, typer.Option(
+                    "--proofs", help="verification overhead and detection odds")] = False,
+                out: Path = Path("bench-out")) -> None:
     """Swarm vs single-process generate vs naive mode, across link delays."""
     import json
 
@@ -258,10 +263,23 @@ def bench_swarm(model: str = "production", nodes: int = 3,
                            decode_tokens=tokens, prompt_lengths=[int(x) for x in prompts.split(",")],
                            out_dir=out, drafters=[d for d in drafters.split(",") if d]
                            + (["draft_model"] if draft_model else []),
-                           draft_model=draft_model, spec_tokens=spec_tokens)
+                           draft_model=draft_model, spec_tokens=spec_tokens, proofs=proofs)
     report = reports_errors(run_swarm_bench)(cfg, _cfg())
     typer.echo(json.dumps(report["summary"], indent=2))
     typer.echo(f"wrote {out / 'swarm.json'} and {out / 'swarm.png'}")
+
+
+@bench_app.command("registry")
+def bench_registry(model: str = "production", span: int = 10, import_default: bool = True,
+                   out: Path = Path("bench-out")) -> None:
+    """Hash throughput, 10-layer span verification, and the default import's time and memory."""
+    import json
+
+    from flows.cli import reports_errors
+    from registry.bench import run_registry_bench
+
+    report = reports_errors(run_registry_bench)(_cfg(), model, out, span, import_default)
+    typer.echo(json.dumps(report, indent=2))
 
 
 def register(app: typer.Typer) -> None:
@@ -269,4 +287,4 @@ def register(app: typer.Typer) -> None:
 
     for func in (tracker, node, gateway, relay, up, verify, status):
         app.command(func.__name__)(reports_errors(func))
-    app.add_typer(bench_app, name="bench")
+    app.add_typer(bench_app, name="bench")  # cli_traces adds `bench traces` to it

@@ -50,6 +50,12 @@ class ShoalConfig:
             Path(self.registry_url).mkdir(parents=True, exist_ok=True)
         return Store(self.registry_url)
 
+    def trace_store(self):  # -> traces.store.TraceStore
+        from traces.store import TraceStore, TraceStoreConfig
+
+        root = self.home / "traces"
+        return TraceStore(TraceStoreConfig(uri=str(root / "lancedb"), log_dir=root / "log"))
+
     def client(self):  # -> registry.client.RegistryClient
         from registry.client import RegistryClient
 

@@ -34,6 +34,8 @@ class SwarmBenchConfig:
     prompt_lengths: list[int] = field(default_factory=lambda: [128, 512])
     threads_per_node: int = 1
     out_dir: Path = Path("bench-out")
+    proofs: bool = False
+    """Also measure verification overhead, fingerprint calibration and detection odds."""
     drafters: list[str] = field(default_factory=lambda: ["off", "prompt_lookup", "suffix"])
     """Speculation sweep (empty: skip it). 'draft_model' needs `draft_model`."""
     draft_model: str | None = None
@@ -136,6 +138,13 @@ def run_swarm_bench(cfg: SwarmBenchConfig, shoal_cfg) -> dict:
                 for mode in ("chain", "naive"):
                     pipeline.chain = mode == "chain"
                     row[mode] = await measure_engine(engine, head.tokenizer, cfg)
+            if cfg.proofs:
+                from serve.bench_proofs import bench_proofs
+
+                swarm.set_delay(0)
+                results["proofs"] = await bench_proofs(
+                    pipeline, engine, head, manifest, directory,
+                    prompt_of(head.tokenizer, 16))
             if cfg.drafters:
                 from serve.bench_spec import sweep_speculation
 
@@ -180,6 +189,12 @@ def summarize(results: dict, cfg: SwarmBenchConfig) -> dict:
             results["generate"]["decode_tok_s"],
             f"chain_aggregate_{top}_over_single": chain[f"aggregate_{top}_tok_s"] /
             chain["aggregate_1_tok_s"] if 1 in cfg.concurrency else None}
+    if "proofs" in results:
+        p = results["proofs"]
+        out["proofs"] = {"overhead_default": p["default"]["overhead"],
+                         "overhead_aggressive": p["aggressive"]["overhead"],
+                         "one_layer_swap": p["detection"]["one_layer_swap"],
+                         "honest_rel_error_max": p["calibration"]["honest_rel_error_max"]}
     if "speculation" in results:
         from serve.bench_spec import summarize_speculation
 

@@ -24,10 +24,3 @@ class HopFailed(ServeError):
 class NoRoute(ServeError):
     """No set of live nodes covers every layer; the message names the missing span."""
 
-
-class BadRequest(ServeError):
-    """Invalid client input (the HTTP layer answers 400)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param

@@ -61,6 +61,8 @@ class SwarmSpec:
     """Registry ref of a draft model to load at the gateway."""
     verify: bool = True
     """Gateway checks nodes with live-weight proofs and fingerprints."""
+    traces: bool = False
+    """Give the gateway a trace store in <home>/traces (accounts replace the static keys)."""
     verify_interval_s: float = 30.0
     verify_new_interval_s: float = 2.0
     node_module: str | None = None
@@ -129,6 +131,8 @@ class LocalSwarm:
             args += ["--drafter", spec.drafter]
             if not spec.verify:
                 args.append("--no-verify")
+            if spec.traces:
+                args += ["--traces", str(self.home / "traces")]
             args += ["--verify-interval", str(spec.verify_interval_s),
                      "--verify-new-interval", str(spec.verify_new_interval_s)]
             if spec.draft_model:
@@ -187,6 +191,14 @@ class LocalSwarm:
         (run / "swarm.json").write_text(json.dumps({
             "base_url": self.base_url, "tracker": self.tracker_url,
             "pids": {n: p.pid for n, p in self.procs.items()}}, indent=1))
+
+    def restart(self, name: str) -> None:
+        """Start a stopped or killed process again with the same arguments."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            self.kill(name)
+        self._spawn(name, proc.args[3:], module=proc.args[2])
+        self.wait_ready(120, [None] * len(self.node_ports))
 
     def kill(self, name: str) -> None:
         """SIGKILL one process (a crashed machine, for failover tests)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import UTC, datetime
 import re
 import time
 import uuid
@@ -20,9 +21,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from serve.exceptions import BadRequest, HopFailed, NoRoute
+from serve.exceptions import HopFailed, NoRoute
 from serve.gateway.engine import Engine, Outcome, SamplingParams
 from serve.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from traces.exceptions import AuthError, Forbidden, NotFound, TraceStoreError
 
 TOOL_CALL_RE = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
 TOOLS_PROMPT = (
@@ -40,6 +42,8 @@ class GatewayState:
     """Accepted bearer keys; empty means no authentication."""
     verifier: Any = None
     """The node verifier (serve.gateway.verifier.Verifier), when verification is on."""
+    traces: Any = None
+    """The trace store (traces.store.TraceStore): accounts, consent, capture. None: static keys."""
     started: float = field(default_factory=time.time)
 
 
@@ -63,6 +67,14 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
     async def _api_error(_, exc: ApiError):
         return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status)
 
+    @app.exception_handler(TraceStoreError)
+    async def _trace_error(_, exc: TraceStoreError):
+        status, type_ = {AuthError: (401, "authentication_error"),
+                         Forbidden: (403, "permission_error"),
+                         NotFound: (404, "invalid_request_error")}.get(
+            type(exc), (400, "invalid_request_error"))
+        return JSONResponse(error_body(str(exc), type_), status)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
@@ -73,13 +85,28 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
         return JSONResponse(error_body(f"{message}" + (f" (at {'.'.join(loc)})" if loc else ""),
                                        "invalid_request_error", ".".join(loc) or None), 400)
 
-    def authorize(request: Request) -> None:
-        if not state.api_keys:
-            return
+    def authorize(request: Request):
+        """The caller's account (trace store), a static-key app account, or None (open)."""
+        from traces.schemas import Account
+
         auth = request.headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or auth.removeprefix("Bearer ") not in state.api_keys:
+        secret = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
+        if state.traces is not None:
+            if not secret:
+                raise ApiError(401, "missing API key", "authentication_error",
+                               code="invalid_api_key")
+            try:
+                return state.traces.authenticate(secret)
+            except AuthError as exc:
+                raise ApiError(401, str(exc), "authentication_error",
+                               code="invalid_api_key") from None
+        if not state.api_keys:
+            return None
+        if secret not in state.api_keys:
             raise ApiError(401, "invalid or missing API key", "authentication_error",
                            code="invalid_api_key")
+        return Account(account_id="static", role="app", name="static key",
+                       created_at=datetime.fromtimestamp(state.started, UTC))
 
     def check_model(model: str) -> None:
         if model not in (state.model_name, state.version_id, "default"):
@@ -129,27 +156,31 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
             return {"enabled": False}
         return {"enabled": True, **state.verifier.summary()}
 
+    from serve.gateway.api_traces import router as traces_router
+
+    app.include_router(traces_router(state, authorize, ApiError))
+
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):
-        authorize(request)
+        caller = authorize(request)
         check_model(body.model)
         prompt = render_chat(head.tokenizer, body)
         params = SamplingParams(
             max_tokens=budget(len(prompt), body.max_completion_tokens or body.max_tokens),
             temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop),
             logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0)
-        return await respond(state, body, prompt, params, chat=True)
+        return await respond(state, body, prompt, params, chat=True, caller=caller)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        authorize(request)
+        caller = authorize(request)
         check_model(body.model)
         prompt = head.tokenizer(body.prompt)["input_ids"]
         params = SamplingParams(
             max_tokens=budget(len(prompt), body.max_tokens or 16), temperature=body.temperature,
             top_p=body.top_p, seed=body.seed, stop=tuple(body.stop),
             logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0)
-        return await respond(state, body, prompt, params, chat=False)
+        return await respond(state, body, prompt, params, chat=False, caller=caller)
 
     return app
 
@@ -241,8 +272,14 @@ class TextStream:
         return delta
 
 
+def _messages_of(body, chat: bool) -> list[dict[str, Any]]:
+    if chat:
+        return [m.model_dump(exclude_none=True) for m in body.messages]
+    return [{"role": "user", "content": body.prompt}]
+
+
 async def respond(state: GatewayState, body, prompt: list[int], params: SamplingParams, *,
-                  chat: bool):
+                  chat: bool, caller=None):
     engine = state.engine
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
@@ -282,6 +319,15 @@ async def respond(state: GatewayState, body, prompt: list[int], params: Sampling
         drafter = spec.drafter
     gen = engine.generate(prompt, params, outcome, drafter=drafter,
                           k=spec.k if spec is not None else None)
+
+    def record(calls: list) -> str | None:
+        """Durably log the trace (when consent allows) before the response completes."""
+        from serve.gateway.capture import capture
+
+        proof = "verified" if state.verifier is not None else "unverified"
+        return capture(state.traces, caller, body, messages=_messages_of(body, chat),
+                       completion=text.text, tool_calls=calls, outcome=outcome,
+                       version=state.version_id, proof_status=proof)
     if not body.stream:
         try:
             async with contextlib.aclosing(gen):
@@ -297,10 +343,12 @@ async def respond(state: GatewayState, body, prompt: list[int], params: Sampling
                            code="swarm_failure") from None
         text.flush()
         content = text.text
+        calls = parse_tool_calls(content) if getattr(body, "tools", None) else []
+        trace_id = record(calls)
         if chat:
             message: dict[str, Any] = {"role": "assistant", "content": content}
             finish = outcome.finish_reason
-            if getattr(body, "tools", None) and (calls := parse_tool_calls(content)):
+            if calls:
                 message = {"role": "assistant", "content": None, "tool_calls": calls}
                 finish = "tool_calls"
             choice = {"index": 0, "message": message, "finish_reason": finish,
@@ -312,7 +360,8 @@ async def respond(state: GatewayState, body, prompt: list[int], params: Sampling
                       else None}
             obj = "text_completion"
         return {"id": rid, "object": obj, "created": created, "model": state.model_name,
-                "choices": [choice], "usage": usage(), "shoal": extension()}
+                "choices": [choice], "usage": usage(),
+                "shoal": {**extension(), "trace_id": trace_id}}
 
     # streaming: check the route before sending headers, so "no route" is still a 503
     try:
@@ -348,12 +397,15 @@ async def respond(state: GatewayState, body, prompt: list[int], params: Sampling
             tail = text.flush()
             if tail:
                 yield chunk(tail, None)
+            trace_id = record(parse_tool_calls(text.text) if getattr(body, "tools", None)
+                              else [])
             yield chunk(None, outcome.finish_reason)
-            if include_usage:
+            if include_usage or trace_id:
                 yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk",
                                              "created": created, "model": state.model_name,
                                              "choices": [], "usage": usage(),
-                                             "shoal": extension()}) + "\n\n"
+                                             "shoal": {**extension(),
+                                                       "trace_id": trace_id}}) + "\n\n"
         except (NoRoute, HopFailed) as exc:
             yield "data: " + json.dumps(error_body(str(exc), "service_unavailable")) + "\n\n"
         yield "data: [DONE]\n\n"

@@ -62,6 +62,8 @@ class SamplingFields(BaseModel):
     stream_options: dict[str, Any] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+    store: bool | None = None
+    """False: never record this request, whatever grants exist."""
     speculation: Speculation | None = None
 
     @field_validator("stop")

@@ -37,6 +37,8 @@ class GatewayConfig:
     trusted_dir: Path | None = None
     """Verified full checkout for output fingerprints (None: proofs only)."""
     verifier: "VerifierConfig | None" = None
+    traces_dir: Path | None = None
+    """Trace store directory (LanceDB tables + durable log). None: static API keys, no capture."""
 
 
 def build_app(cfg: GatewayConfig):
@@ -52,6 +54,11 @@ def build_app(cfg: GatewayConfig):
                         timeout_s=cfg.timeout_s, wire_dtype=cfg.wire_dtype, chain=cfg.chain)
     state = GatewayState(Engine(head, pipeline, build_drafters(cfg), cfg.drafter),
                          cfg.model_name, cfg.version_id, cfg.api_keys)
+    if cfg.traces_dir is not None:
+        from traces.store import TraceStore, TraceStoreConfig
+
+        state.traces = TraceStore(TraceStoreConfig(uri=str(cfg.traces_dir / "lancedb"),
+                                                   log_dir=cfg.traces_dir / "log"))
     if cfg.verify:
         import json
 
@@ -66,10 +73,14 @@ def build_app(cfg: GatewayConfig):
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         await pipeline.start()
+        if state.traces is not None:
+            state.traces.start()  # replays what a crash left in the durable log
         task = asyncio.create_task(state.verifier.run()) if state.verifier else None
         yield
         if task is not None:
             task.cancel()
+        if state.traces is not None:
+            state.traces.stop()
         await pipeline.stop()
 
     return create_app(state, lifespan=lifespan)

@@ -171,3 +171,15 @@ def test_default_import_matches_gguf_token_for_token(imported_default, default_g
         assert a.tolist() == b.tolist(), prompt
         answers.append(tok.decode(b[0, ids.shape[1]:], skip_special_tokens=True))
     assert "Paris" in answers[0]  # real weights: the answer is right, not just equal
+
+
+def test_registry_bench_runs_on_tiny(tiny_registry, tmp_path):
+    from flows.config import ShoalConfig
+    from registry.bench import run_registry_bench
+
+    reg, vid = tiny_registry
+    cfg = ShoalConfig(home=tmp_path / "home", registry_url=str(reg.path))
+    report = run_registry_bench(cfg, vid, tmp_path / "out", span=2, import_default=False)
+    assert report["manifest_build_mb_s"] > 0
+    assert report["span"]["layers"] == "1:3" and 0 < report["span"]["fraction_of_model"] < 1
+    assert (tmp_path / "out" / "registry.json").exists()

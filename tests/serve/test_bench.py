@@ -17,7 +17,8 @@ def test_swarm_bench_tiny(tmp_path_factory, tiny_model_dir, tmp_path):
     home = tiny_home(tmp_path_factory, tiny_model_dir)
     cfg = SwarmBenchConfig(model="tiny@production", nodes=3, delays_ms=[0, 5], concurrency=[1, 2],
                            decode_tokens=4, prompt_lengths=[8], out_dir=tmp_path / "out",
-                           drafters=["off", "prompt_lookup", "suffix"], spec_tokens=6)
+                           drafters=["off", "prompt_lookup", "suffix"], spec_tokens=6,
+                           proofs=True)
     report = run_swarm_bench(cfg, ShoalConfig(home=home, registry_url=str(home / "registry")))
     saved = json.loads((tmp_path / "out" / "swarm.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
@@ -26,6 +27,11 @@ def test_swarm_bench_tiny(tmp_path_factory, tiny_model_dir, tmp_path):
         for mode in ("chain", "naive"):
             row = saved["results"]["swarm"][delay][mode]
             assert row["decode_tok_s"] > 0 and row["aggregate_2_tok_s"] > 0
+    proofs = saved["results"]["proofs"]
+    assert 0 < proofs["detection"]["one_layer_swap"]["per_challenge"] <= 1
+    assert proofs["calibration"]["honest_rel_error_max"] < proofs["calibration"]["tolerance"]
+    assert proofs["calibration"]["bf16_copy_rel_error_min"] > proofs["calibration"]["tolerance"]
+    assert proofs["default"]["checks"] >= 3  # admission of every node, then the schedule
     spec = saved["results"]["speculation"]
     assert set(spec) == {"agentic", "open_chat"}
     for row in spec["agentic"].values():

@@ -1,0 +1,145 @@
+"""The trace store behind a real gateway: consent, authorization, crash safety, erasure."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+
+import httpx
+import pytest
+
+from serve.up import LocalSwarm, SwarmSpec
+from tests.serve.conftest import tiny_home
+from traces.store import TraceStore, TraceStoreConfig
+
+pytestmark = pytest.mark.slow
+CANARY = "zebra-canary-4411"
+
+
+@pytest.fixture(scope="module")
+def trace_swarm(tmp_path_factory, tiny_model_dir):
+    home = tiny_home(tmp_path_factory, tiny_model_dir)
+    spec = SwarmSpec(model="tiny@production", nodes=3, traces=True)
+    swarm = LocalSwarm(spec, home, num_layers=4)
+    store = TraceStore(TraceStoreConfig(uri=str(home / "traces" / "lancedb"),
+                                        log_dir=home / "traces" / "log-test-unused"))
+    keys = {}
+    for name, role in [("alice", "contributor"), ("bob", "contributor"), ("carol", "contributor"),
+                       ("app", "app"), ("admin", "maintainer")]:
+        account = store.create_account(role, name)
+        keys[name] = (account.account_id, store.create_key(account.account_id)[1])
+    swarm.start()
+    swarm.keys = keys
+    yield swarm
+    swarm.stop()
+
+
+def call(swarm, who: str, method: str, path: str, **kw) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {swarm.keys[who][1]}"} if who else {}
+    return httpx.request(method, f"{swarm.base_url}{path}", headers=headers, timeout=60, **kw)
+
+
+def chat(swarm, who: str, text: str = "hello", **extra) -> dict:
+    r = call(swarm, who, "POST", "/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": text}], "max_tokens": 3,
+        "temperature": 0, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def stored(swarm, who: str) -> list[dict]:
+    r = call(swarm, who, "GET", "/v1/traces")
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
+
+
+def test_consent_decides_what_is_stored(trace_swarm):
+    s = trace_swarm
+    assert chat(s, "alice")["shoal"]["trace_id"] is None  # no grant yet
+    assert chat(s, "app")["shoal"]["trace_id"] is None  # apps never contribute
+    grant = call(s, "alice", "POST", "/v1/grants", json={"scopes": ["sft", "dpo"]}).json()
+    kept = chat(s, "alice", "keep me")["shoal"]["trace_id"]
+    assert chat(s, "alice", store=False)["shoal"]["trace_id"] is None
+    assert chat(s, "alice", metadata={"shoal_store": "false"})["shoal"]["trace_id"] is None
+    rows = stored(s, "alice")
+    assert [r["request_id"] for r in rows] == [kept]
+    assert rows[0]["grant_id"] == grant["grant_id"] and rows[0]["grant_scopes"] == ["dpo", "sft"]
+    call(s, "alice", "DELETE", f"/v1/grants/{grant['grant_id']}")
+    assert chat(s, "alice")["shoal"]["trace_id"] is None  # revoked
+    call(s, "alice", "POST", "/v1/grants", json={"scopes": ["eval"], "days": 1 / 86400})
+    time.sleep(1.2)
+    assert chat(s, "alice")["shoal"]["trace_id"] is None  # expired
+    assert len(stored(s, "alice")) == 1
+
+
+def test_authorization_matrix(trace_swarm):
+    s = trace_swarm
+    call(s, "bob", "POST", "/v1/grants", json={"scopes": ["sft"]})
+    bob_trace = chat(s, "bob", "bob's question")["shoal"]["trace_id"]
+    cases = [  # (caller, method, path, json body, expected status)
+        ("app", "GET", "/v1/traces", None, 403),
+        ("app", "POST", "/v1/feedback", {"trace_id": bob_trace, "rating": 1}, 403),
+        ("app", "DELETE", f"/v1/traces/{bob_trace}", None, 403),
+        ("app", "POST", "/v1/grants", {"scopes": ["sft"]}, 403),
+        ("carol", "GET", f"/v1/traces/{bob_trace}", None, 403),
+        ("carol", "POST", "/v1/feedback", {"trace_id": bob_trace, "rating": 1}, 403),
+        ("carol", "DELETE", f"/v1/traces/{bob_trace}", None, 403),
+        ("carol", "GET", f"/v1/traces?contributor={s.keys['bob'][0]}", None, 403),
+        ("carol", "DELETE", f"/v1/contributors/{s.keys['bob'][0]}", None, 403),
+        ("admin", "POST", "/v1/feedback", {"trace_id": bob_trace, "rating": 1}, 403),
+        ("admin", "GET", f"/v1/traces/{bob_trace}", None, 200),
+        ("admin", "GET", f"/v1/traces?contributor={s.keys['bob'][0]}", None, 200),
+        ("bob", "GET", f"/v1/traces/{bob_trace}", None, 200),
+        ("bob", "POST", "/v1/feedback", {"trace_id": bob_trace, "rating": 4}, 200),
+        ("bob", "GET", "/v1/traces/export", None, 200),
+        ("", "GET", "/v1/traces", None, 401),
+    ]
+    got = [(c[0], c[1], c[2], call(s, c[0], c[1], c[2], json=c[3]).status_code)
+           for c in cases]
+    assert got == [(c[0], c[1], c[2], c[4]) for c in cases]
+    assert call(s, "carol", "GET", "/v1/traces").json()["data"] == []  # sees nothing of bob's
+    export = call(s, "bob", "GET", "/v1/traces/export").text.splitlines()
+    assert {line.split('"type": "')[1].split('"')[0] for line in export} == {"trace", "feedback"}
+
+
+def test_crash_during_a_burst_loses_no_acknowledged_trace(trace_swarm):
+    s = trace_swarm
+    call(s, "carol", "POST", "/v1/grants", json={"scopes": ["sft"]})
+    returned: list[str] = []
+
+    def one(i: int):
+        try:
+            r = call(s, "carol", "POST", "/v1/chat/completions", json={
+                "model": "tiny", "messages": [{"role": "user", "content": f"burst {i}"}],
+                "max_tokens": 2, "temperature": 0, "speculation": {"drafter": "off"}})
+            if r.status_code == 200:
+                returned.append(r.json()["shoal"]["trace_id"])
+        except httpx.HTTPError:
+            pass  # the gateway died under this request: nothing was acknowledged
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(one, i) for i in range(200)]
+        while len(returned) < 60:
+            time.sleep(0.02)
+        s.kill("gateway")
+        cf.wait(futures)
+    assert 60 <= len(returned) < 200
+    s.restart("gateway")
+    ids = [r["request_id"] for r in stored(s, "carol")]
+    assert len(ids) == len(set(ids))
+    assert set(returned) <= set(ids)
+
+
+def test_erasure_through_the_api_leaves_no_bytes(trace_swarm):
+    s = trace_swarm
+    call(s, "alice", "POST", "/v1/grants", json={"scopes": ["sft"]})
+    tid = chat(s, "alice", f"my secret {CANARY}")["shoal"]["trace_id"]
+    assert tid and call(s, "alice", "POST", "/v1/feedback", json={
+        "trace_id": tid, "correction": f"better {CANARY}"}).status_code == 200
+    root = s.home / "traces"
+    assert any(CANARY.encode() in p.read_bytes() for p in root.rglob("*") if p.is_file())
+    receipt = call(s, "alice", "DELETE", "/v1/contributors/me").json()
+    assert receipt["erased"]["traces"] >= 1 and receipt["erased"]["feedback"] >= 1
+    leftovers = [p for p in root.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
+    assert leftovers == []
+    assert stored(s, "alice") == []
