@@ -127,7 +127,10 @@ def relay(routes: Annotated[list[str], typer.Argument(help="LISTEN:TARGET port p
 
 
 def up(nodes: int = 3, model: str = "production", port: int = 8000, delay_ms: float = 0.0,
-       api_key: Annotated[Optional[list[str]], typer.Option("--api-key")] = None) -> None:
+       api_key: Annotated[Optional[list[str]], typer.Option("--api-key")] = None,
+       traces: Annotated[bool, typer.Option(
+           help="trace store in $SHOAL_HOME/traces (its API keys replace --api-key)")] = False
+       ) -> None:
     """Start a local swarm (tracker, NODES nodes, gateway) and serve until Ctrl-C."""
     import time
 
@@ -137,7 +140,7 @@ def up(nodes: int = 3, model: str = "production", port: int = 8000, delay_ms: fl
     client = cfg.client()
     layers = client.manifest(client.resolve(model)).num_layers
     swarm = LocalSwarm(SwarmSpec(model=model, nodes=nodes, port=port, delay_ms=delay_ms,
-                                 api_keys=list(api_key or [])), cfg.home, layers)
+                                 api_keys=list(api_key or []), traces=traces), cfg.home, layers)
     typer.echo(f"starting tracker, {nodes} nodes and the gateway (logs: {swarm.log_dir})…")
     swarm.start()
     typer.echo(f"swarm ready: OPENAI_BASE_URL={swarm.base_url}/v1  (Ctrl-C stops it)")
