@@ -59,6 +59,8 @@ def build_app(cfg: GatewayConfig):
 
         state.traces = TraceStore(TraceStoreConfig(uri=str(cfg.traces_dir / "lancedb"),
                                                    log_dir=cfg.traces_dir / "log"))
+        if "suffix" in state.engine.drafters:
+            seed_suffix_index(state.engine.drafters["suffix"], state.traces, head.tokenizer)
     if cfg.verify:
         import json
 
@@ -84,6 +86,14 @@ def build_app(cfg: GatewayConfig):
         await pipeline.stop()
 
     return create_app(state, lifespan=lifespan)
+
+
+def seed_suffix_index(drafter, store, tokenizer, limit: int = 5000) -> int:
+    """Teach the suffix drafter the completions the swarm served to consenting contributors."""
+    rows = store.query(limit=limit)
+    for row in rows:
+        drafter.observe(tokenizer(row["completion"])["input_ids"])
+    return len(rows)
 
 
 def build_drafters(cfg: GatewayConfig) -> dict:
