@@ -84,7 +84,7 @@ def calibrate(verifier, head, manifest, start: int, end: int, canaries: int = 20
 
 
 async def bench_proofs(pipeline, engine, head, manifest, trusted_dir, prompt: list[int],
-                       rounds: int = 3, sessions: int = 16, tokens: int = 24) -> dict:
+                       rounds: int = 5, sessions: int = 16, tokens: int = 24) -> dict:
     from serve.gateway.verifier import Verifier, VerifierConfig
 
     nodes = sorted((n for n in await pipeline.discovery.nodes() if n.status == "ok"),
@@ -113,7 +113,10 @@ async def bench_proofs(pipeline, engine, head, manifest, trusted_dir, prompt: li
         verifier = Verifier(pipeline, manifest, head, trusted_dir, cfg)
         for node in nodes:  # admitted and out of probation: the steady state
             await verifier.check(node)
-            verifier.trust[node.node_id].passed = cfg.probation
+            trust = verifier.trust[node.node_id]
+            trust.passed = cfg.probation
+            verifier.schedule(trust)
+        admitted = len(verifier.events)
         off, on = [], []
         for _ in range(rounds):
             off.append(await _aggregate(engine, prompt, sessions, tokens))
@@ -122,5 +125,6 @@ async def bench_proofs(pipeline, engine, head, manifest, trusted_dir, prompt: li
             task.cancel()
         results[name] = {"off_tok_s": off, "on_tok_s": on,
                          "overhead": 1 - statistics.median(on) / statistics.median(off),
+                         "checks_during_measurement": len(verifier.events) - admitted,
                          "checks": len(verifier.events)}
     return results

@@ -8,9 +8,28 @@ a restarted peer or relay costs one reconnect, not a failed request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from serve import wire
 
 CONNECT_TIMEOUT_S = 5.0
+log = logging.getLogger("shoal.links")
+
+
+async def incoming(ws) -> AsyncIterator[tuple[wire.Message, object]]:
+    """Decoded frames arriving on a connection until it closes; undecodable frames are logged
+    and skipped (a peer speaking another protocol version cannot derail the loop)."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        async for frame in ws:
+            try:
+                yield wire.decode(frame)
+            except wire.WireError as exc:
+                log.warning("bad frame: %s", exc)
+    except ConnectionClosed:
+        return
 
 
 class Links:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from serve import wire
-from serve.links import Links
+from serve.links import Links, incoming
 from serve.span import SessionCache, SpanModel
 
 log = logging.getLogger("shoal.node")
@@ -103,25 +103,23 @@ class Node:
     async def _handle(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        try:
-            async for frame in ws:
+        async for message, tensor in incoming(ws):
+            if isinstance(message, wire.Forward):
+                await self._queue.put((message, tensor))
+            elif isinstance(message, wire.Close):
+                self.sessions.pop(message.session, None)
+            elif isinstance(message, wire.Challenge):
+                proof = await asyncio.to_thread(self.prove, message)
                 try:
-                    message, tensor = wire.decode(frame)
-                except wire.WireError as exc:
-                    log.warning("bad frame: %s", exc)
-                    continue
-                if isinstance(message, wire.Forward):
-                    await self._queue.put((message, tensor))
-                elif isinstance(message, wire.Close):
-                    self.sessions.pop(message.session, None)
-                elif isinstance(message, wire.Challenge):
-                    proof = await asyncio.to_thread(self.prove, message)
                     await ws.send(wire.encode(proof))
-                elif isinstance(message, wire.Ping):
+                except ConnectionClosed:
+                    return
+            elif isinstance(message, wire.Ping):
+                try:
                     await ws.send(wire.encode(wire.Pong(message.request_id, self.node_id,
                                                         self.info())))
-        except ConnectionClosed:
-            pass
+                except ConnectionClosed:
+                    return
 
     async def _send(self, url: str, frame: bytes) -> None:
         await self._links.send(url, frame)

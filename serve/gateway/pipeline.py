@@ -24,7 +24,7 @@ import torch
 from serve import wire
 from serve.discovery import Discovery
 from serve.exceptions import HopFailed, NoRoute
-from serve.links import Links
+from serve.links import Links, incoming
 from serve.routing import best_route
 
 log = logging.getLogger("shoal.gateway")
@@ -66,30 +66,18 @@ class Pipeline:
             self._server.close()
 
     async def _handle_return(self, ws) -> None:
-        from websockets.exceptions import ConnectionClosed
-
-        try:
-            async for frame in ws:
-                try:
-                    message, tensor = wire.decode(frame)
-                except wire.WireError as exc:
-                    log.warning("bad frame from a node: %s", exc)
-                    continue
-                future = self._pending.get(getattr(message, "request_id", ""))
-                if future is None or future.done():
-                    continue
-                if isinstance(message, wire.Result):
-                    future.set_result(tensor)
-                elif isinstance(message, wire.Proof):
-                    future.set_result(message)
-                elif isinstance(message, wire.Error):
-                    future.set_exception(HopFailed(message.node_id,
-                                                   f"{message.code}: {message.message}",
-                                                   message.code))
-                elif isinstance(message, wire.Pong):
-                    future.set_result(message)
-        except ConnectionClosed:
-            pass
+        async for message, tensor in incoming(ws):
+            future = self._pending.get(getattr(message, "request_id", ""))
+            if future is None or future.done():
+                continue
+            if isinstance(message, wire.Result):
+                future.set_result(tensor)
+            elif isinstance(message, (wire.Proof, wire.Pong)):
+                future.set_result(message)
+            elif isinstance(message, wire.Error):
+                future.set_exception(HopFailed(message.node_id,
+                                               f"{message.code}: {message.message}",
+                                               message.code))
 
     async def _send(self, url: str, frame: bytes) -> None:
         await self._links.send(url, frame)

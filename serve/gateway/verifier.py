@@ -56,8 +56,9 @@ class VerifierConfig:
     """Checks before a node counts as established."""
     fingerprint_every: int = 3
     """Every n-th check also sends a canary (0: never)."""
-    tolerance: float = 1e-3
-    """Max relative error of a canary's output (honest nodes measure ~1e-6, see docs)."""
+    tolerance: float = 1e-4
+    """Max relative error of a canary's output. Calibrated (docs/proofs.md): honest nodes measure
+    0 to ~1e-6, a bf16-rounded copy of a SmolLM2 span >= 6.5e-4, an int8 one >= 3e-3."""
     log_path: Path | None = None
 
 
@@ -94,7 +95,8 @@ class Verifier:
         self.used_nonces: set[bytes] = set()
         self._trusted = None
         self._trusted_dir = trusted_dir
-        self._nodes: dict[str, NodeInfo] = {}
+        self._references: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        """Trusted (input, output) per (span, canary): deterministic, so computed once."""
 
     # admission gate used by routing -----------------------------------------------------------
 
@@ -146,7 +148,10 @@ class Verifier:
                 hidden = trusted.forward([(SessionCache(), hidden)], 0, node.start)[0]
             return hidden, trusted.forward([(SessionCache(), hidden)], node.start, node.end)[0]
 
-        inputs, expected = await asyncio.to_thread(reference)
+        key = (node.start, node.end, text)
+        if key not in self._references:
+            self._references[key] = await asyncio.to_thread(reference)
+        inputs, expected = self._references[key]
         hop = wire.Hop(node.node_id, node.url, node.start, node.end)
         session = uuid.uuid4().hex
         try:
@@ -180,10 +185,14 @@ class Verifier:
         else:
             bad = next(v for v in verdicts if not v.ok)
             await self.evict(node.node_id, f"{bad.kind} failed [{bad.check}]: {bad.detail}")
+        self.schedule(t)
+        return verdicts
+
+    def schedule(self, t: Trust) -> None:
+        """Next check at an exponentially distributed delay: unpredictable for the node."""
         mean = self.config.new_interval_s if t.passed < self.config.probation else \
             self.config.interval_s
         t.next_check = time.monotonic() + random.expovariate(1.0 / mean)
-        return verdicts
 
     async def evict(self, node_id: str, reason: str) -> None:
         t = self.trust.setdefault(node_id, Trust(node_id))
