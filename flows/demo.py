@@ -76,11 +76,13 @@ def run_demo(cfg: ShoalConfig, *, source=None, name: str = DEFAULT_NAME) -> dict
     finally:
         swarm.stop()
     stored = store.query(limit=10_000)
+    for role, question, answer, *_ in rows:
+        console.print(f"[bold]{role}:[/bold] {question}\n[bold]swarm:[/bold] {answer}\n")
     table = Table(title="shoal demo")
-    for col in ("who", "question", "answer", "route", "tok/traversal", "tok/s", "trace"):
-        table.add_column(col, overflow="fold")
-    for role, question, answer, ext, seconds, tokens in rows:
-        table.add_row(role, question, answer, " → ".join(n[:6] for n in ext["route"]),
+    for col in ("who", "route (node ids)", "tokens/traversal", "tok/s", "trace"):
+        table.add_column(col)
+    for role, _, _, ext, seconds, tokens in rows:
+        table.add_row(role, " → ".join(n[:6] for n in ext["route"]),
                       f"{ext['tokens_per_traversal']:.2f}", f"{tokens / seconds:.1f}",
                       (ext["trace_id"] or "not stored")[:12])
     console.print(table)
