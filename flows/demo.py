@@ -47,9 +47,9 @@ def run_demo(cfg: ShoalConfig, *, source=None, name: str = DEFAULT_NAME) -> dict
                 f"#{record.sequence} -> {short_id(record.version)} (signatures, snapshot checked)")
 
     store = cfg.trace_store()
-    keys = {}
+    keys, accounts = {}, {}
     for role in ("app", "contributor"):
-        account = store.create_account(role, f"demo-{role}")
+        account = accounts[role] = store.create_account(role, f"demo-{role}")
         keys[role] = store.create_key(account.account_id)[1]
         if role == "contributor":
             store.create_grant(account, ["sft", "dpo"], days=30)
@@ -75,7 +75,7 @@ def run_demo(cfg: ShoalConfig, *, source=None, name: str = DEFAULT_NAME) -> dict
         verifier = httpx.get(f"{swarm.base_url}/verifier", timeout=10).json()
     finally:
         swarm.stop()
-    stored = store.query(limit=10_000)
+    stored = [r for a in accounts.values() for r in store.query(contributor_id=a.account_id)]
     for role, question, answer, *_ in rows:
         console.print(f"[bold]{role}:[/bold] {question}\n[bold]swarm:[/bold] {answer}\n")
     table = Table(title="shoal demo")
