@@ -130,8 +130,8 @@ def _stage_gguf(source: Path, staging: Path) -> tuple[str, dict[str, tuple[int, 
     groups: dict[int | None, list[str]] = defaultdict(list)
     for tname in state:
         groups[layer_of(tname)].append(tname)
-    written = _write_shards(staging, groups, lambda n: state[n])
-    del model, state
+    written = _write_shards(staging, groups, state.__getitem__)
+    model = state = None  # drop the only full copy before saving the small files
     _save_config(config, staging, architecture=f"{type(config).__name__.removesuffix('Config')}"
                  "ForCausalLM", dtype="float32")
     tokenizer.save_pretrained(staging)

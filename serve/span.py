@@ -137,7 +137,7 @@ class SpanModel:
         positions = torch.zeros(batch, t_max, dtype=torch.long)
         # additive mask over [padded past | new], per row
         mask = torch.full((batch, 1, t_max, p_max + t_max), torch.finfo(torch.float32).min)
-        for b, ((cache, h), t, p) in enumerate(zip(items, new_lens, past_lens)):
+        for b, ((_, h), t, p) in enumerate(zip(items, new_lens, past_lens)):
             hidden[b, :t] = h
             positions[b] = torch.arange(p, p + t_max)
             mask[b, 0, :, p_max - p:p_max] = 0.0

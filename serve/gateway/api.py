@@ -215,7 +215,8 @@ def render_chat(tokenizer, body: ChatCompletionRequest) -> list[int]:
         encoded = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
                                                 tokenize=True, return_dict=True)
     except Exception as exc:  # a template that rejects this conversation
-        raise ApiError(400, f"chat template rejected the messages: {exc}", param="messages")
+        raise ApiError(400, f"chat template rejected the messages: {exc}",
+                       param="messages") from None
     return list(encoded["input_ids"])
 
 

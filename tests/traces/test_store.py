@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -104,7 +104,7 @@ def test_tables_are_readable_from_duckdb_and_pandas(store):
     store.flush()
     frame = store.tables["traces"].to_pandas()
     assert len(frame) == 3 and set(frame["contributor_id"]) == {alice.account_id}
-    arrow = store.tables["traces"].to_arrow()
+    arrow = store.tables["traces"].to_arrow()  # noqa: F841  (DuckDB reads it by name)
     count = duckdb.sql("SELECT count(*) FROM arrow WHERE completion LIKE 'answer%'").fetchall()
     assert count == [(3,)]
 
