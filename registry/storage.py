@@ -31,14 +31,10 @@ class Store:
     """Byte-level access to a registry tree. Knows paths, not trust."""
 
     def __init__(self, url: str | Path) -> None:
-        import fsspec
         from fsspec.core import url_to_fs
 
-        url = str(url)
-        self.url = url
-        self.fs, self.base = url_to_fs(url)
-        self._fsspec = fsspec
-        self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
+        self.url = str(url)
+        self.fs, self.base = url_to_fs(self.url)
 
     def _p(self, rel: str) -> str:
         assert ".." not in rel.split("/"), rel
@@ -93,9 +89,6 @@ class Store:
         final = self._p(rel)
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         self.fs.mv(tmp, final)
-
-    def remove(self, rel: str) -> None:
-        self.fs.rm(self._p(rel), recursive=True)
 
     # content-addressed blobs ------------------------------------------------------------------
 

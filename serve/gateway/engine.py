@@ -8,7 +8,6 @@ token budget. It knows nothing about HTTP or the OpenAI wire format.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -202,6 +201,3 @@ class Engine:
             if name:
                 self.drafters[name].observe(session.tokens)
 
-
-def logprob_safe(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else max(value, -9999.0)
