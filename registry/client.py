@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from registry import channels as ch
@@ -194,7 +195,9 @@ class RegistryClient:
                 raise VerificationError("missing-file", f"{fname}: blob missing from the "
                                         "registry") from None
         rel = f"versions/{version_id.removeprefix('sha256:')}/{MANIFEST_FILE}"
-        (dest / MANIFEST_FILE).write_bytes(self.store.read(rel))
+        tmp = dest / f".{MANIFEST_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp.write_bytes(self.store.read(rel))
+        os.replace(tmp, dest / MANIFEST_FILE)
         return manifest
 
     def open_span(self, version_id: str, start: int, end: int, dest: Path) -> Manifest:

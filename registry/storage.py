@@ -17,6 +17,7 @@ after all its blobs, so no half-published version is ever visible.
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,7 +110,8 @@ class Store:
         """Copy a blob to `dest`, checking size and digest while streaming. Returns bytes read."""
         h = hashlib.sha256()
         read = 0
-        tmp = dest.with_name(dest.name + ".part")
+        # unique per writer: several processes may fetch the same file into a shared checkout
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
         with self.open(self.blob_path(sha256)) as src, open(tmp, "wb") as out:
             for block in iter_blocks(src):
                 read += len(block)
@@ -121,7 +123,7 @@ class Store:
             tmp.unlink(missing_ok=True)
             raise VerificationError("file-hash", f"{label}: content does not match the manifest "
                                     f"(expected {size} bytes, sha256 {sha256[:16]}…)")
-        tmp.rename(dest)
+        os.replace(tmp, dest)
         return read
 
 
