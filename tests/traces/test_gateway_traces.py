@@ -119,7 +119,8 @@ def test_crash_during_a_burst_loses_no_acknowledged_trace(trace_swarm):
 
     with cf.ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, i) for i in range(200)]
-        while len(returned) < 60:
+        deadline = time.monotonic() + 120
+        while len(returned) < 60 and time.monotonic() < deadline:
             time.sleep(0.02)
         s.kill("gateway")
         cf.wait(futures)
