@@ -56,9 +56,17 @@ class RegistryClient:
             "snapshot": 0, "channels": {}}
 
     def _save_seen(self, seen: dict) -> None:
-        tmp = self._seen_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(seen, indent=1, sort_keys=True))
-        os.replace(tmp, self._seen_path)
+        """Merge into the stored state, keeping the highest of everything: several processes
+        (nodes, gateway, CLI) may share one trust directory."""
+        import fcntl
+
+        with open(self.state_dir / "seen.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = self._seen()
+            merged = {"snapshot": max(seen["snapshot"], stored["snapshot"]),
+                      "channels": {c: max(seen["channels"].get(c, 0), stored["channels"].get(c, 0))
+                                   for c in {*seen["channels"], *stored["channels"]}}}
+            _atomic_write(self._seen_path, json.dumps(merged, indent=1, sort_keys=True).encode())
 
     def policy(self) -> RootPolicy:
         """The trusted root, updated forward through every newer root the store holds."""
@@ -69,11 +77,11 @@ class RegistryClient:
         else:  # trust on first use: pin the registry's first root
             first = self.store.read("root/1.root.json")
             trusted = verify_initial_root(parse_envelope(first, "root v1"))
-            self._root_path.write_bytes(first)
+            _atomic_write(self._root_path, first)
         while self.store.exists(f"root/{trusted.version + 1}.root.json"):
             data = self.store.read(f"root/{trusted.version + 1}.root.json")
             trusted = verify_rotation(trusted, parse_envelope(data, f"root v{trusted.version + 1}"))
-            self._root_path.write_bytes(data)
+            _atomic_write(self._root_path, data)
         if trusted.expired():
             raise VerificationError("root-expired", f"root v{trusted.version} expired at "
                                     f"{trusted.expires}")
@@ -195,9 +203,7 @@ class RegistryClient:
                 raise VerificationError("missing-file", f"{fname}: blob missing from the "
                                         "registry") from None
         rel = f"versions/{version_id.removeprefix('sha256:')}/{MANIFEST_FILE}"
-        tmp = dest / f".{MANIFEST_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        tmp.write_bytes(self.store.read(rel))
-        os.replace(tmp, dest / MANIFEST_FILE)
+        _atomic_write(dest / MANIFEST_FILE, self.store.read(rel))
         return manifest
 
     def open_span(self, version_id: str, start: int, end: int, dest: Path) -> Manifest:
@@ -234,6 +240,14 @@ class RegistryClient:
             if fname.endswith(".safetensors"):
                 verify_tensors(directory / fname, manifest)
         return manifest
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a per-writer temp name and rename, so concurrent writers never collide and
+    readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _same_file(path: Path, size: int, sha256: str) -> bool:
