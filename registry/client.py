@@ -48,6 +48,8 @@ class RegistryClient:
             verify_initial_root(parse_envelope(trusted_root.read_bytes(), str(trusted_root)))
             shutil.copyfile(trusted_root, self._root_path)
         self._policy: RootPolicy | None = None
+        self.bytes_read = 0
+        """Bytes fetched from the store by the last `checkout` (what a span verification read)."""
 
     # trust state -------------------------------------------------------------------------------
 

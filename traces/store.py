@@ -114,9 +114,8 @@ class TraceStore:
     # queries helpers ---------------------------------------------------------------------------
 
     def _rows(self, table: str, where: str | None = None) -> list[dict]:
-        t = self.tables[table]
-        q = t.search().where(where) if where else t.search()
-        return q.limit(None).to_list() if hasattr(q, "limit") else t.to_arrow().to_pylist()
+        query = self.tables[table].search()
+        return (query.where(where) if where else query).limit(None).to_list()
 
     # accounts and keys -------------------------------------------------------------------------
 
