@@ -1,4 +1,7 @@
-"""Curation: pure functions that turn traces into clean SFT / DPO / distillation datasets.
+"""Curation: pure functions that turn consented traces into clean, documented datasets.
 
-Not built yet; see the README's roadmap.
+Each stage is a function over `Record`s that returns the survivors and its own counters:
+scrub (PII and secrets) → dedup (exact, near, semantic) → quality filters → decontamination →
+set builders (SFT, DPO, distillation in TRL formats) → data card. Nothing here talks to the network
+or to a model; the Prefect flows in `flows/` wire the stages and do the I/O.
 """

@@ -43,13 +43,14 @@ def reports_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from curate.exceptions import CurationError
         from registry.exceptions import RegistryError
         from serve.exceptions import ServeError
         from traces.exceptions import TraceStoreError
 
         try:
             return func(*args, **kwargs)
-        except (RegistryError, ServeError, TraceStoreError, ValueError) as exc:
+        except (RegistryError, ServeError, TraceStoreError, CurationError, ValueError) as exc:
             _fail(str(exc))
 
     return wrapper
@@ -312,10 +313,11 @@ def demo() -> None:
 
 
 def _register_serving() -> None:
-    from flows import cli_serve, cli_traces
+    from flows import cli_flow, cli_serve, cli_traces
 
     cli_serve.register(app)
     cli_traces.register(app)
+    cli_flow.register(app)
 
 
 _register_serving()

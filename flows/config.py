@@ -37,11 +37,34 @@ class ShoalConfig:
         """Verified checkouts of versions, one directory per version id."""
         return self.home / "models"
 
+    @property
+    def datasets_dir(self) -> Path:
+        """Curated datasets, one directory per dataset id, plus `latest.json`."""
+        return self.home / "datasets"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Training runs: checkpoints, logs, exported weights, eval reports."""
+        return self.home / "runs"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Flow task results kept for input-hash caching (wiped when an erasure forces a rebuild)."""
+        return self.home / "cache"
+
     @classmethod
     def from_env(cls) -> "ShoalConfig":
         home = Path(os.environ.get("SHOAL_HOME", Path.home() / ".shoal")).expanduser().resolve()
         return cls(home=home, registry_url=os.environ.get("SHOAL_REGISTRY", str(home / "registry")),
                    key_passphrase=os.environ.get("SHOAL_KEY_PASSPHRASE") or None)
+
+    @classmethod
+    def at(cls, home: str | Path) -> "ShoalConfig":
+        """The configuration with its state under `home` (the rest still from the environment)."""
+        env = cls.from_env()
+        registry = os.environ.get("SHOAL_REGISTRY", str(Path(home).resolve() / "registry"))
+        return cls(home=Path(home).resolve(), registry_url=registry,
+                   key_passphrase=env.key_passphrase)
 
     def store(self):  # -> registry.storage.Store, imported lazily to keep the CLI fast
         from registry.storage import Store

@@ -322,6 +322,41 @@ class TraceStore:
         self.tables["feedback"].add([row])
         return row
 
+    # curation ----------------------------------------------------------------------------------
+
+    def curation_snapshot(self) -> dict:
+        """What curation may read now: traces whose grant is still active, oldest first, their
+        feedback, and the table version read (for the data card)."""
+        self.flush()
+        at = now()
+        active = {g["grant_id"] for g in self._rows("grants")
+                  if not g["revoked"] and g["expires_at"] > at}
+        rows = self._rows("traces")
+        traces = sorted((r for r in rows if r["grant_id"] in active and r["grant_expires_at"] > at),
+                        key=lambda r: (r["created_at"], r["request_id"]))
+        ids = {r["request_id"] for r in traces}
+        return {"traces": traces,
+                "feedback": [f for f in self._rows("feedback") if f["request_id"] in ids],
+                "source": {"uri": str(self.config.uri), "table": "traces",
+                           "version": self.tables["traces"].version},
+                "excluded_inactive_grant": len(rows) - len(traces)}
+
+    def add_dataset_members(self, dataset_id: str, request_ids: list[str]) -> None:
+        """Record which traces went into a dataset (erasure marks the dataset for rebuild)."""
+        if request_ids:
+            self.tables["dataset_members"].add([{"dataset_id": dataset_id, "request_id": r}
+                                                for r in sorted(set(request_ids))])
+
+    def datasets_marked_for_rebuild(self) -> list[str]:
+        return sorted({r["dataset_id"] for r in self._rows("datasets_to_rebuild")})
+
+    def forget_dataset(self, dataset_id: str) -> None:
+        """Drop a dataset's membership rows and rebuild marks (after its files are deleted)."""
+        if not re.match(r"^[A-Za-z0-9_.-]{1,80}$", dataset_id):
+            raise InvalidInput(f"dataset id {dataset_id!r} is malformed")
+        for name in ("dataset_members", "datasets_to_rebuild"):
+            self.tables[name].delete(f"dataset_id = '{dataset_id}'")
+
     # erasure -----------------------------------------------------------------------------------
 
     def delete_trace(self, caller: Account, request_id: str) -> dict:

@@ -1,0 +1,105 @@
+"""Set builders in TRL formats, each drawing only on records whose grant allows it.
+
+- SFT (`messages`; scope `sft`): the conversation with the served answer, or the contributor's
+  correction when there is one.
+- DPO (`prompt` / `chosen` / `rejected`, conversational; scope `dpo`): explicit chosen/rejected
+  feedback, a correction against the original answer, and two rated answers to the same prompt.
+- Distillation (`messages`; scope `distill`): prompts with the served model's own outputs, the
+  targets for a draft model that should agree with that model.
+
+Splits are by agent run (`trace_id`): a conversation lands wholly in `train` or wholly in `eval`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from curate.config import SplitConfig
+from curate.dedup import normalize
+from curate.records import Record
+
+KINDS = ("sft", "dpo", "distill")
+
+
+def in_eval(trace_id: str, split: SplitConfig) -> bool:
+    h = hashlib.sha256(f"{split.seed}:{trace_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < split.eval_fraction
+
+
+def _assistant(content: str, tool_calls: Sequence[dict] = ()) -> dict:
+    message: dict = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = [dict(c) for c in tool_calls]
+    return message
+
+
+def _prompt(record: Record) -> list[dict]:
+    return [dict(m) for m in record.messages]
+
+
+def _row(record: Record, **fields) -> dict:
+    return {**fields, "request_id": record.request_id, "trace_id": record.trace_id}
+
+
+def sft(records: Sequence[Record]) -> tuple[list[dict], dict]:
+    rows, corrected, out_of_scope = [], 0, 0
+    for r in records:
+        if "sft" not in r.scopes:
+            out_of_scope += 1
+            continue
+        if r.corrections:
+            corrected += 1
+            answer = _assistant(r.corrections[-1])
+        else:
+            answer = _assistant(r.completion, r.tool_calls)
+        rows.append(_row(r, messages=_prompt(r) + [answer]))
+    return rows, {"rows": len(rows), "from_corrections": corrected, "out_of_scope": out_of_scope}
+
+
+def dpo(records: Sequence[Record]) -> tuple[list[dict], dict]:
+    rows, sources, out_of_scope = [], {"feedback_pair": 0, "correction": 0, "rating": 0}, 0
+    by_prompt: dict[str, list[Record]] = {}
+    for r in records:
+        if "dpo" not in r.scopes:
+            out_of_scope += 1
+            continue
+        for chosen, rejected in r.pairs:
+            rows.append(_row(r, prompt=_prompt(r), chosen=[_assistant(chosen)],
+                             rejected=[_assistant(rejected)]))
+            sources["feedback_pair"] += 1
+        for correction in r.corrections[-1:]:
+            if normalize(correction) != normalize(r.completion):
+                rows.append(_row(r, prompt=_prompt(r), chosen=[_assistant(correction)],
+                                 rejected=[_assistant(r.completion, r.tool_calls)]))
+                sources["correction"] += 1
+        if r.rating is not None:
+            by_prompt.setdefault(normalize(r.prompt_text()), []).append(r)
+    for group in by_prompt.values():
+        best = max(group, key=lambda r: r.rating)
+        worst = min(group, key=lambda r: r.rating)
+        if best.rating > worst.rating and normalize(best.completion) != normalize(worst.completion):
+            rows.append(_row(best, prompt=_prompt(best),
+                             chosen=[_assistant(best.completion, best.tool_calls)],
+                             rejected=[_assistant(worst.completion, worst.tool_calls)]))
+            sources["rating"] += 1
+    return rows, {"rows": len(rows), "sources": sources, "out_of_scope": out_of_scope}
+
+
+def distill(records: Sequence[Record]) -> tuple[list[dict], dict]:
+    rows, versions, out_of_scope = [], {}, 0
+    for r in records:
+        if "distill" not in r.scopes:
+            out_of_scope += 1
+            continue
+        rows.append(_row(r, messages=_prompt(r) + [_assistant(r.completion, r.tool_calls)],
+                         model_version=r.model_version))
+        versions[r.model_version] = versions.get(r.model_version, 0) + 1
+    return rows, {"rows": len(rows), "model_versions": versions, "out_of_scope": out_of_scope}
+
+
+def split(rows: Sequence[dict], config: SplitConfig) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {"train": [], "eval": []}
+    for row in rows:
+        out["eval" if in_eval(row["trace_id"], config) else "train"].append(row)
+    return out

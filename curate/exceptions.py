@@ -1,0 +1,13 @@
+"""Errors raised by curation: bad configuration or records that cannot be read."""
+
+
+class CurationError(Exception):
+    """Base class for curation errors."""
+
+
+class ConfigError(CurationError, ValueError):
+    """A curation setting is out of range or inconsistent (the message names it and its value)."""
+
+
+class RecordError(CurationError, ValueError):
+    """A trace row cannot be turned into a record (the message names the trace and the field)."""

@@ -1,0 +1,133 @@
+"""The `curate` flow end to end on a real LanceDB trace store, under Prefect's test harness:
+planted secrets and PII gone from every output file, duplicates and contaminated items gone, the
+card's counts equal to what was planted, scopes respected, and erasure followed by a re-run leaves
+none of the contributor's text in any dataset file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from curate import synthetic
+from curate.card import load_card, load_split
+from curate.config import CurateConfig
+from flows.config import ShoalConfig
+from traces.schemas import Account, FeedbackIn, Trace
+from traces.store import TraceStore, TraceStoreConfig
+
+EVAL = ["Please call the weather tool for the city of Lyon and give the temperature in celsius "
+        "as one number only",
+        "Convert twenty three Australian dollars to Norwegian krone using the currency tool now",
+        "Start a fifty six minute timer called stretch and tell me when it is done please"]
+SCOPES = {"alice": ["sft", "dpo", "distill", "eval"], "bob": ["sft"],
+          "carol": ["sft", "dpo", "distill"]}
+
+
+def _all_bytes(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SHOAL_REGISTRY", raising=False)
+    return tmp_path / "home"
+
+
+def _fill(store: TraceStore, corpus) -> dict[str, Account]:
+    people = {}
+    for name, scopes in SCOPES.items():
+        people[name] = store.create_account("contributor", name)
+        grant = store.create_grant(people[name], scopes, days=30)
+        people[name + "/grant"] = grant
+    rename = {}
+    for row in corpus.traces:
+        who = row["contributor_id"]
+        grant = people[who + "/grant"]
+        trace = Trace(**{**row, "contributor_id": people[who].account_id,
+                         "grant_id": grant.grant_id, "grant_scopes": grant.scopes,
+                         "grant_expires_at": grant.expires_at})
+        store.record(trace)
+        rename[row["request_id"]] = who
+    store.flush()
+    for f in corpus.feedback:
+        who = rename[f["request_id"]]
+        store.add_feedback(people[who], FeedbackIn(
+            trace_id=f["request_id"], rating=f["rating"], correction=f["correction"] or None))
+    return people
+
+
+@pytest.mark.slow
+def test_curate_flow_cleans_documents_and_honours_erasure(home, prefect_harness):
+    from flows.curation import latest, run_curate
+
+    shoal = ShoalConfig.from_env()
+    corpus = synthetic.corpus(120, seed=11, eval_texts=EVAL)
+    store = TraceStore(TraceStoreConfig(uri=str(home / "traces" / "lancedb"),
+                                        log_dir=home / "traces" / "log", embed=False))
+    people = _fill(store, corpus)
+
+    result = run_curate(shoal, eval_texts=EVAL)
+    files = _all_bytes(shoal.datasets_dir)
+    assert files  # datasets were written
+    leaked = [k for k, v in corpus.planted["secrets"].items() if v.encode() in files]
+    assert leaked == []
+
+    ids = latest(shoal)
+    assert set(ids) == {"sft", "dpo", "distill"}
+    sft_dir = shoal.datasets_dir / ids["sft"]
+    card = load_card(sft_dir)
+    counts = card.counts
+    assert counts["dedup"]["exact"]["dropped"] == len(corpus.planted["exact_dups"])
+    assert counts["dedup"]["near"]["dropped"] == len(corpus.planted["near_dups"])
+    assert counts["decontamination"]["dropped"] == len(corpus.planted["contaminated"])
+    assert all(counts["quality"]["dropped"][name] == 1 for name in corpus.planted["low_quality"])
+    assert counts["traces"] == len(corpus.traces)
+    assert card.flow_run_id == result["flow_run_id"] and card.trace_ids["count"] > 0
+    assert card.source["version"] > 0 and card.config_digest
+    assert "names" in card.scrubber
+
+    sft_rows = load_split(sft_dir, "train") + load_split(sft_dir, "eval")
+    kept = {r["request_id"] for r in sft_rows}
+    for original, copy in corpus.planted["exact_dups"] + corpus.planted["near_dups"]:
+        assert not {original, copy} <= kept
+    assert not kept & set(corpus.planted["contaminated"])
+    dpo_dir = shoal.datasets_dir / ids["dpo"]
+    dpo_rows = load_split(dpo_dir, "train") + load_split(dpo_dir, "eval")
+    owners = {r["request_id"]: r["contributor_id"] for r in corpus.traces}
+    assert dpo_rows and {owners[r["request_id"]] for r in dpo_rows} <= {"alice", "carol"}
+
+    # erasure marks the datasets that used alice's traces; the next run rebuilds without her
+    alice_text = [r["completion"] for r in corpus.traces
+                  if r["contributor_id"] == "alice" and len(r["completion"]) > 40]
+    assert any(t.encode() in files for t in alice_text)
+    receipt = store.erase_contributor(people["alice"].account_id)
+    assert set(receipt["datasets_marked_for_rebuild"]) == set(ids.values())
+    again = run_curate(shoal, eval_texts=EVAL)
+    assert set(again["rebuilt_from"]) == set(ids.values())
+    files = _all_bytes(shoal.datasets_dir) + _all_bytes(shoal.cache_dir)
+    assert not [t for t in alice_text if t.encode() in files]
+    assert store.datasets_marked_for_rebuild() == []
+    new_ids = latest(shoal)
+    assert all((shoal.datasets_dir / d / "card.json").exists() for d in new_ids.values())
+    assert not any((shoal.datasets_dir / d).exists() for d in ids.values())
+
+
+@pytest.mark.slow
+def test_curate_flow_is_cached_by_input_hash(home, prefect_harness):
+    from flows.curation import run_curate
+
+    shoal = ShoalConfig.from_env()
+    store = TraceStore(TraceStoreConfig(uri=str(home / "traces" / "lancedb"),
+                                        log_dir=home / "traces" / "log", embed=False))
+    _fill(store, synthetic.corpus(20, seed=3))
+    config = CurateConfig(chunk_size=10)
+    first = run_curate(shoal, config, eval_texts=EVAL)
+    cached = sorted((shoal.cache_dir / "curate").rglob("*"))
+    second = run_curate(shoal, config, eval_texts=EVAL)
+    assert first["chunks"] == len(cached) >= 4 and first["chunks_cached"] == 0
+    assert second["chunks_cached"] == second["chunks"] == first["chunks"]
+    assert first["datasets"] == second["datasets"]
+    assert sorted((shoal.cache_dir / "curate").rglob("*")) == cached  # nothing new written
