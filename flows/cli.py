@@ -295,11 +295,7 @@ def chat(prompt: str, model: Annotated[str, typer.Option(help="name@channel or v
     """Answer PROMPT in-process from a verified checkout (the swarm's reference path)."""
     from serve.local import LocalModel
 
-    cfg = _cfg()
-    client = cfg.client()
-    version_id = client.resolve(model)
-    directory = cfg.models_dir / version_id.removeprefix("sha256:")
-    client.checkout(version_id, directory)
+    _, directory = _cfg().checkout(model)
     typer.echo(LocalModel.load(directory).chat([{"role": "user", "content": prompt}], max_tokens))
 
 

@@ -79,6 +79,15 @@ class ShoalConfig:
         root = self.home / "traces"
         return TraceStore(TraceStoreConfig(uri=str(root / "lancedb"), log_dir=root / "log"))
 
+    def checkout(self, ref: str) -> tuple[str, Path]:
+        """Resolve `ref` (name@channel, channel or version) and check the whole version out,
+        verified, into `models_dir`; returns (version id, directory)."""
+        client = self.client()
+        version_id = client.resolve(ref)
+        directory = self.models_dir / version_id.removeprefix("sha256:")
+        client.checkout(version_id, directory)
+        return version_id, directory
+
     def client(self):  # -> registry.client.RegistryClient
         from registry.client import RegistryClient
 

@@ -65,6 +65,10 @@ class Lineage(BaseModel):
     eval: dict[str, Any] = {}
     source: dict[str, str] = {}
     """For imports: the source file name and its SHA-256."""
+    training: dict[str, Any] = {}
+    """For trained versions: kind, steps, tokens, loss curve summary, run id."""
+    draft_for: str | None = None
+    """For draft models: the target version whose tokenizer and outputs they were trained on."""
 
 
 class Manifest(BaseModel):

@@ -1,4 +1,7 @@
-"""Training: DeepSpeed entry points (SFT, DPO, draft distillation) and the evaluation gate.
+"""Training: DeepSpeed entry points (SFT, DPO, draft distillation), the evaluation harness and gate.
 
-Not built yet; see the README's roadmap.
+`train.run` is what the DeepSpeed launcher starts on every process; `train.launch` builds that
+launch (one host, a hostfile, or explicit node ranks); `train.evaluate` scores a model on the
+shipped evaluation sets and `train.gate` compares a candidate with production. Weights come out as
+HF safetensors; registering them is the `register` flow's job.
 """

@@ -1,0 +1,105 @@
+"""Starting training with DeepSpeed's own launcher, on one host or many.
+
+- one host: `--num_gpus N` processes (`DS_ACCELERATOR=cpu` and gloo when there is no GPU);
+- many hosts with ssh: a hostfile (`host slots=N` lines), launched once on the first host;
+- many hosts without ssh: the same hostfile, launched on every host with its `--node_rank`
+  and a shared `--master_addr` / `--master_port` (what the tests do on loopback).
+
+`launch` runs the launcher as a subprocess, streams its output line by line to `on_line` and
+returns the run's `summary.json`; a failure raises `LaunchError` carrying the log's tail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from train.config import TrainConfig
+from train.exceptions import LaunchError
+
+
+@dataclass
+class Topology:
+    procs: int = 2
+    """Processes per host (GPUs per host in the field)."""
+    hostfile: Path | None = None
+    node_rank: int | None = None
+    """Set to launch this host's share without ssh (needs `hostfile` and `master_addr`)."""
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
+    cpu: bool | None = None
+    """Force the CPU accelerator (default: when no CUDA device is visible)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(config_path: Path, topo: Topology) -> list[str]:
+    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner",
+           "--master_addr", topo.master_addr, "--master_port", str(topo.master_port or free_port())]
+    if topo.hostfile:
+        cmd += ["--hostfile", str(topo.hostfile)]
+        if topo.node_rank is not None:
+            cmd += ["--no_ssh", "--node_rank", str(topo.node_rank)]
+    else:
+        cmd += ["--num_gpus", str(topo.procs)]
+    return cmd + ["--no_local_rank", "--module", "train.run", str(config_path)]
+
+
+def environment(topo: Topology) -> dict[str, str]:
+    env = dict(os.environ)
+    cpu = topo.cpu
+    if cpu is None:
+        import torch
+
+        cpu = not torch.cuda.is_available()
+    if cpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    # the module must be importable by every process, wherever the launcher is started
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def start(config: TrainConfig, topo: Topology) -> subprocess.Popen:
+    """Write the config into the run directory and start the launcher (does not wait)."""
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.json"
+    path.write_text(config.model_dump_json(indent=2))
+    return subprocess.Popen(command(path, topo), env=environment(topo), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True)  # so a caller can stop the whole group
+
+
+def wait(proc: subprocess.Popen, config: TrainConfig,
+         on_line: Callable[[str], None] | None = None) -> dict:
+    tail: deque[str] = deque(maxlen=40)
+    with open(Path(config.output) / "launcher.log", "a") as log:
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line.rstrip())
+            if on_line:
+                on_line(line.rstrip())
+    code = proc.wait()
+    summary = Path(config.output) / "summary.json"
+    if code != 0 or not summary.is_file():
+        raise LaunchError(f"training exited with code {code}:\n" + "\n".join(tail))
+    return json.loads(summary.read_text())
+
+
+def launch(config: TrainConfig, topo: Topology | None = None,
+           on_line: Callable[[str], None] | None = None) -> dict:
+    """Train with DeepSpeed's launcher and return the run summary."""
+    topo = topo or Topology()
+    return wait(start(config, topo), config, on_line)
