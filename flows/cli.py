@@ -45,12 +45,14 @@ def reports_errors(func):
     def wrapper(*args, **kwargs):
         from curate.exceptions import CurationError
         from registry.exceptions import RegistryError
+        from train.exceptions import TrainError
         from serve.exceptions import ServeError
         from traces.exceptions import TraceStoreError
 
         try:
             return func(*args, **kwargs)
-        except (RegistryError, ServeError, TraceStoreError, CurationError, ValueError) as exc:
+        except (RegistryError, ServeError, TraceStoreError, CurationError, TrainError,
+                ValueError) as exc:
             _fail(str(exc))
 
     return wrapper

@@ -43,12 +43,27 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
          tracker: Annotated[Optional[str], typer.Option(help="tracker URL")] = None,
          announce_url: Annotated[Optional[str], typer.Option()] = None,
          threads: Annotated[Optional[int], typer.Option(help="torch threads")] = None,
-         memory_budget_mb: float = 2048.0, idle_timeout: float = 300.0) -> None:
+         memory_budget_mb: float = 2048.0, idle_timeout: float = 300.0,
+         watch: Annotated[Optional[str], typer.Option(
+             help="follow this channel and roll out its new versions")] = None,
+         watch_poll: float = 2.0, drain_grace: float = 5.0) -> None:
     """Serve layers START:END of a verified registry version."""
     from serve.node import run_node
 
-    run_node(node_config(model, layers, port, tracker, announce_url, threads, memory_budget_mb,
-                         idle_timeout))
+    config = node_config(model, layers, port, tracker, announce_url, threads, memory_budget_mb,
+                         idle_timeout)
+    config.watch = _watch(watch, watch_poll, drain_grace)
+    run_node(config)
+
+
+def _watch(channel: str | None, poll_s: float, grace_s: float):
+    if not channel:
+        return None
+    from serve.rollout import ChannelWatch
+
+    cfg = _cfg()
+    return ChannelWatch(channel=channel, registry_url=cfg.registry_url, trust_dir=cfg.trust_dir,
+                        models_dir=cfg.models_dir, poll_s=poll_s, drain_grace_s=grace_s)
 
 
 def node_config(model: str, layers: str, port: int, tracker: str | None = None,
@@ -90,7 +105,10 @@ def gateway(model: Annotated[str, typer.Option()] = "production",
                 help="mean seconds between checks while a node is new")] = 2.0,
             proof_deadline: float = 1.0,
             traces: Annotated[Optional[Path], typer.Option(
-                help="trace store directory: accounts, consent, capture")] = None) -> None:
+                help="trace store directory: accounts, consent, capture")] = None,
+            watch: Annotated[Optional[str], typer.Option(
+                help="follow this channel: new requests move to its new versions")] = None,
+            watch_poll: float = 2.0, drain_grace: float = 5.0) -> None:
     """Run the OpenAI-compatible gateway in front of the swarm."""
     from serve.gateway.server import GatewayConfig, run_gateway
 
@@ -113,7 +131,8 @@ def gateway(model: Annotated[str, typer.Option()] = "production",
                               wire_dtype=wire_dtype, timeout_s=timeout,
                               drafter=None if drafter == "off" else drafter,
                               draft_model_dir=draft_dir, verify=verify, trusted_dir=trusted_dir,
-                              verifier=verifier_cfg, traces_dir=traces))
+                              verifier=verifier_cfg, traces_dir=traces,
+                              watch=_watch(watch, watch_poll, drain_grace)))
 
 
 def relay(routes: Annotated[list[str], typer.Argument(help="LISTEN:TARGET port pairs")],

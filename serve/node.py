@@ -9,8 +9,15 @@ Sessions are dropped after an idle timeout or, least recently used first, when t
 the memory budget; a later request on a dropped session gets an `Error` with code
 ``session-evicted`` so the gateway re-prefills it elsewhere.
 
-The node announces itself (span, version, address, public key, load, measured speed) to a tracker.
+The node announces itself (span, versions, address, public key, load, measured speed) to a tracker.
 It does not know about tokens, sampling or users.
+
+Rollout: with a `ChannelWatch` the node follows a registry channel. When the verified head names a
+new version it fetches only its span's files of that version, verifies them, loads them beside the
+old ones and from then on offers the new version to new sessions; sessions that started on the old
+version keep it (every `Forward` names its version) until they end, and the old weights are dropped
+once no session uses them. A head that fails verification changes nothing: the node keeps serving
+and reports why.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 
 from serve import wire
 from serve.links import Links, incoming
+from serve.rollout import ChannelWatch, Watcher
 from serve.span import SessionCache, SpanModel
 
 log = logging.getLogger("shoal.node")
@@ -49,6 +57,20 @@ class NodeConfig:
     max_batch: int = 64
     heartbeat_s: float = 1.0
     threads: int | None = None
+    watch: ChannelWatch | None = None
+    """Follow this registry channel and roll out its new versions (None: serve one version)."""
+
+
+@dataclass
+class Loaded:
+    """One version's span in memory."""
+
+    directory: Path
+    span: SpanModel
+    manifest: object = None
+    trees: dict = field(default_factory=dict)
+    retired_at: float | None = None
+    """When it stopped being the node's current version."""
 
 
 @dataclass
@@ -72,7 +94,11 @@ class Node:
         from registry.signing import SigningKey
 
         self.config = config
-        self.span = span or SpanModel(config.directory, config.start, config.end)
+        self.versions: dict[str, Loaded] = {config.version_id: Loaded(
+            config.directory, span or SpanModel(config.directory, config.start, config.end))}
+        self.current = config.version_id
+        self.session_version: dict[str, str] = {}
+        self.watcher = Watcher(config.watch) if config.watch else None
         self.key = key or SigningKey.generate("node")
         self.node_id = self.key.keyid[:16]
         self.url = config.announce_url or f"ws://{config.host}:{config.port}"
@@ -81,8 +107,15 @@ class Node:
         self.ms_per_token_layer = 1.0
         self._queue: asyncio.Queue = asyncio.Queue()
         self._links = Links()
-        self._manifest = None
-        self._trees: dict[str, list] = {}
+
+    @property
+    def span(self) -> SpanModel:
+        """The span of the current version (what new sessions run on)."""
+        return self.versions[self.current].span
+
+    @span.setter
+    def span(self, value: SpanModel) -> None:
+        self.versions[self.current].span = value
 
     # network -----------------------------------------------------------------------------------
 
@@ -98,6 +131,8 @@ class Node:
             tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._sweeper())]
             if self.config.tracker_url:
                 tasks.append(asyncio.create_task(self._announcer()))
+            if self.watcher is not None:
+                tasks.append(asyncio.create_task(self._watch()))
             await asyncio.gather(*tasks)
 
     async def _handle(self, ws) -> None:
@@ -108,7 +143,17 @@ class Node:
                 await self._queue.put((message, tensor))
             elif isinstance(message, wire.Close):
                 self.sessions.pop(message.session, None)
+                self.session_version.pop(message.session, None)
             elif isinstance(message, wire.Challenge):
+                if message.version and message.version not in self.versions:
+                    answer = wire.Error(message.request_id, "wrong-version",
+                                        f"version {message.version[:19]}… is not loaded here",
+                                        self.node_id)
+                    try:
+                        await ws.send(wire.encode(answer))
+                    except ConnectionClosed:
+                        return
+                    continue
                 proof = await asyncio.to_thread(self.prove, message)
                 try:
                     await ws.send(wire.encode(proof))
@@ -133,9 +178,10 @@ class Node:
 
     # proofs ------------------------------------------------------------------------------------
 
-    def proof_params(self) -> dict[str, torch.Tensor]:
+    def proof_params(self, span: SpanModel | None = None) -> dict[str, torch.Tensor]:
         """The tensors proofs are read from: the very parameters the forward pass uses."""
-        return {f"model.layers.{i}.{name}": p for i, layer in self.span.layers.items()
+        span = span or self.span
+        return {f"model.layers.{i}.{name}": p for i, layer in span.layers.items()
                 for name, p in layer.named_parameters()}
 
     def prove(self, challenge: wire.Challenge) -> wire.Proof:
@@ -143,33 +189,39 @@ class Node:
         from registry.manifest import Manifest, split_levels
         from serve.proofs import live_chunk, proof_digest, select_chunks, span_tensors
 
-        if self._manifest is None:
+        version = challenge.version or self.current
+        loaded = self.versions.get(version)
+        if loaded is None:  # unloaded since the challenge arrived: prove what is served
+            loaded, version = self.versions[self.current], self.current
+        if loaded.manifest is None:
             import json
 
-            envelope = json.loads((self.config.directory / "manifest.json").read_text())
-            self._manifest = Manifest.model_validate(envelope["signed"])
-        manifest = self._manifest
-        params = self.proof_params()
+            envelope = json.loads((loaded.directory / "manifest.json").read_text())
+            loaded.manifest = Manifest.model_validate(envelope["signed"])
+        manifest = loaded.manifest
+        params = self.proof_params() if version == self.current else \
+            self.proof_params(loaded.span)
         picks = select_chunks(challenge.nonce, self.node_id,
                               span_tensors(manifest, self.config.start, self.config.end),
                               challenge.count)
         items = []
         for name, index in picks:
             entry = manifest.tensors[name]
-            levels = self._trees.get(name)
+            levels = loaded.trees.get(name)
             if levels is None:
-                levels = self._trees[name] = split_levels(self._sidecar(entry.file)[name],
-                                                          entry.chunks)
+                levels = loaded.trees[name] = split_levels(
+                    self._sidecar(loaded.directory, entry.file)[name], entry.chunks)
             items.append(wire.ProofItem(name, index,
                                         live_chunk(params[name], index, manifest.chunk_size),
                                         merkle.path_of(levels, index)))
         signature = self.key.sign_bytes(proof_digest(challenge.nonce, self.node_id, items))
         return wire.Proof(challenge.request_id, self.node_id, challenge.nonce, items, signature)
 
-    def _sidecar(self, shard: str) -> dict[str, bytes]:
+    @staticmethod
+    def _sidecar(directory: Path, shard: str) -> dict[str, bytes]:
         from safetensors.numpy import load_file
 
-        path = self.config.directory / (shard.removesuffix(".safetensors") + ".merkle")
+        path = directory / (shard.removesuffix(".safetensors") + ".merkle")
         return {k: v.tobytes() for k, v in load_file(str(path)).items()}
 
     # compute -----------------------------------------------------------------------------------
@@ -183,7 +235,7 @@ class Node:
             await self._run_batch(pending)
 
     async def _run_batch(self, pending: list) -> None:
-        groups: dict[tuple[int, int], list] = {}
+        groups: dict[tuple[str, int, int], list] = {}
         later = []
         seen_sessions = set()
         for msg, hidden in pending:
@@ -196,15 +248,18 @@ class Node:
             if problem:
                 await self._reply_error(msg, problem[0], problem[1], self.node_id)
                 continue
-            groups.setdefault((hop.start, hop.end), []).append((msg, hidden))
-        for (start, end), items in groups.items():
+            version = msg.version or self.current
+            self.session_version[msg.session] = version
+            groups.setdefault((version, hop.start, hop.end), []).append((msg, hidden))
+        for (version, start, end), items in groups.items():
+            span = self.versions[version].span
             caches = [self.sessions.setdefault(m.session, SessionCache()) for m, _ in items]
             for cache, (m, _) in zip(caches, items):
                 cache.truncate(m.keep)
             t0 = time.perf_counter()
             try:
                 outputs = await asyncio.to_thread(
-                    self.span.forward, [(c, h) for c, (_, h) in zip(caches, items)], start, end)
+                    span.forward, [(c, h) for c, (_, h) in zip(caches, items)], start, end)
             except Exception as exc:  # a bug or OOM: report, do not kill the node
                 log.exception("forward failed")
                 for m, _ in items:
@@ -224,6 +279,12 @@ class Node:
         if not (self.config.start <= hop.start < hop.end <= self.config.end):
             return "wrong-span", (f"layers {hop.start}:{hop.end} requested, this node serves "
                                   f"{self.config.start}:{self.config.end}")
+        if msg.version and msg.version not in self.versions:
+            return "wrong-version", (f"version {msg.version[:19]}… is not loaded here (serving "
+                                     f"{', '.join(v[:19] for v in self.versions)})")
+        bound = self.session_version.get(msg.session)
+        if bound and msg.version and bound != msg.version:
+            return "wrong-version", f"session {msg.session} runs on {bound[:19]}…"
         if hidden is None or hidden.dim() != 2 or hidden.shape[1] != self.span.hidden_size:
             return "bad-tensor", f"expected hidden states [T, {self.span.hidden_size}]"
         cache = self.sessions.get(msg.session)
@@ -248,7 +309,7 @@ class Node:
         if msg.hop + 1 < len(msg.route):
             nxt = msg.route[msg.hop + 1]
             fwd = wire.Forward(msg.request_id, msg.session, msg.route, msg.hop + 1, msg.keep,
-                               msg.reply_to, msg.wire_dtype)
+                               msg.reply_to, msg.wire_dtype, msg.version)
             try:
                 await self._send(nxt.url, wire.encode(fwd, out, msg.wire_dtype))
             except Exception as exc:
@@ -270,6 +331,7 @@ class Node:
                 break
             total -= cache.nbytes
             del self.sessions[sid]
+            self.session_version.pop(sid, None)
             self.stats.evictions += 1
 
     async def _sweeper(self) -> None:
@@ -278,11 +340,53 @@ class Node:
             cutoff = time.monotonic() - self.config.idle_timeout_s
             for sid in [s for s, c in self.sessions.items() if c.last_used < cutoff]:
                 del self.sessions[sid]
+                self.session_version.pop(sid, None)
                 self.stats.evictions += 1
+
+    # rollout -----------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        watch = self.config.watch
+        while True:
+            head = await asyncio.to_thread(self.watcher.poll)
+            if head and head not in self.versions:
+                try:
+                    await asyncio.to_thread(self._load, head)
+                except Exception as exc:  # a bad checkout changes nothing
+                    log.warning("could not load %s: %s", head[:19], exc)
+                    self.watcher.state.update(ok=False, error=f"load failed: {exc}")
+            if head and head in self.versions and head != self.current:
+                self.versions[self.current].retired_at = time.monotonic()
+                self.versions[head].retired_at = None
+                log.info("node %s now offers %s (was %s)", self.node_id, head[:19],
+                         self.current[:19])
+                self.current = head
+            self._drop_drained(watch.drain_grace_s)
+            await asyncio.sleep(watch.poll_s)
+
+    def _load(self, version: str) -> None:
+        """Fetch, verify and load this node's span of `version` (beside what it serves)."""
+        start, end = self.config.start, self.config.end
+        directory = self.watcher.checkout(
+            version, f"L{start}-{end}", lambda m: m.small_files() + m.layer_files(start, end))
+        self.versions[version] = Loaded(directory, SpanModel(directory, start, end),
+                                        retired_at=time.monotonic())
+
+    def _drop_drained(self, grace_s: float) -> None:
+        """Unload old versions no session uses any more (after a grace period)."""
+        in_use = set(self.session_version.values())
+        now = time.monotonic()
+        for version, loaded in list(self.versions.items()):
+            if (version != self.current and version not in in_use
+                    and loaded.retired_at is not None and now - loaded.retired_at > grace_s):
+                del self.versions[version]
+                log.info("node %s unloaded %s", self.node_id, version[:19])
 
     def info(self) -> dict:
         return {"node_id": self.node_id, "url": self.url, "start": self.config.start,
-                "end": self.config.end, "version": self.config.version_id,
+                "end": self.config.end, "version": self.current,
+                "versions": sorted(self.versions),
+                "channel": dict(self.watcher.state) if self.watcher else {},
                 "public_key": self.key.public_hex, "sessions": len(self.sessions),
                 "pid": os.getpid(),
                 "queue": self._queue.qsize(), "ms_per_token_layer": self.ms_per_token_layer,

@@ -30,7 +30,7 @@ def best_route(nodes: list[NodeInfo], num_layers: int, *, version: str | None = 
     """Lowest-cost hops covering layers [0, num_layers); `NoRoute` names the first gap."""
     rtt_ms = rtt_ms or {}
     usable = [n for n in nodes if n.node_id not in exclude and n.status == "ok"
-              and (version is None or n.version == version)]
+              and (version is None or n.serves(version))]
     best: dict[int, float] = {0: 0.0}
     back: dict[int, tuple[int, NodeInfo]] = {}
     heap = [(0.0, 0)]

@@ -19,6 +19,11 @@ class NodeInfo(BaseModel):
     start: int = Field(ge=0)
     end: int = Field(gt=0)
     version: str
+    """The version new sessions get on this node (its channel's head once loaded)."""
+    versions: list[str] = []
+    """Every version loaded (during a rollout: the old one until its sessions drain)."""
+    channel: dict = {}
+    """The channel watch: name, whether the last read verified, the error if not."""
     public_key: str
     pid: int | None = None
     """Process id, for local swarms (tests kill nodes by it)."""
@@ -29,6 +34,10 @@ class NodeInfo(BaseModel):
     status: str = "ok"
     """Trust status: ``ok`` or ``evicted`` (set by verifiers)."""
     last_seen: float = 0.0
+
+
+    def serves(self, version: str) -> bool:
+        return version == self.version or version in self.versions
 
 
 class StatusUpdate(BaseModel):

@@ -69,6 +69,10 @@ class SwarmSpec:
     """Run nodes with `python -m MODULE` instead of `shoal node` (tests start cheating nodes)."""
     node_args: list[list[str]] | None = None
     """Extra arguments per node (same order as the spans)."""
+    watch: str | None = None
+    """Nodes and gateway follow this channel and roll out its new versions."""
+    watch_poll_s: float = 1.0
+    drain_grace_s: float = 5.0
 
 
 class LocalSwarm:
@@ -117,6 +121,7 @@ class LocalSwarm:
                     str(spec.threads_per_node), "--announce-url", f"ws://127.0.0.1:{relayed(port)}"]
             if spec.node_args:
                 args += spec.node_args[i]
+            args += self._watch_args()
             self._spawn(f"node{i}", args, module=spec.node_module or "flows.cli")
         self.return_port = free_port()
         self.return_url = f"ws://127.0.0.1:{relayed(self.return_port)}"
@@ -139,7 +144,7 @@ class LocalSwarm:
                 args += ["--draft-model", spec.draft_model]
             if not spec.chain:
                 args.append("--naive")
-            self._spawn("gateway", args)
+            self._spawn("gateway", args + self._watch_args())
             self.base_url = f"http://127.0.0.1:{gw_port}"
         if relays:
             self.set_delay(spec.delay_ms)
@@ -148,6 +153,13 @@ class LocalSwarm:
         self._write_state()
         self.wait_ready(wait_s, spans)
         return self
+
+    def _watch_args(self) -> list[str]:
+        spec = self.spec
+        if not spec.watch:
+            return []
+        return ["--watch", spec.watch, "--watch-poll", str(spec.watch_poll_s),
+                "--drain-grace", str(spec.drain_grace_s)]
 
     def set_delay(self, delay_ms: float) -> None:
         """Change the one-way delay of every relayed hop (takes effect within ~50 ms)."""

@@ -49,6 +49,8 @@ class Forward(msgspec.Struct, tag="forward", frozen=True):
     keep: int
     reply_to: str
     wire_dtype: str = "float32"
+    version: str = ""
+    """The model version the session runs on ("" = whatever the node serves by default)."""
     v: int = PROTOCOL
 
 
@@ -95,6 +97,8 @@ class Challenge(msgspec.Struct, tag="challenge", frozen=True):
     node_id: str
     """The node the verifier believes it is talking to; the selection depends on it."""
     count: int
+    version: str = ""
+    """Prove the weights of this version ("" = the node's current one)."""
     v: int = PROTOCOL
 
 

@@ -88,3 +88,12 @@ def imported_default(tmp_path_factory, default_gguf):
     checkout = tmp_path_factory.mktemp("default-checkout")
     reg.client().checkout(result.version_id, checkout)
     return reg, result.version_id, checkout
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Flows run under Prefect's test harness (a temporary API server for the whole session)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

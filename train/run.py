@@ -1,7 +1,7 @@
 """What the DeepSpeed launcher starts on every process: `python -m train.run CONFIG.json`.
 
-One loop serves SFT, distillation (SFT on the served model's outputs, usually into a truncated
-draft) and DPO (against a frozen copy of the starting weights). Rank 0 writes `log.jsonl` (one line
+One loop serves SFT, distillation (the served model's outputs, into a draft cut from the target's
+first layers and trained on the target's full next-token distribution) and DPO (against a frozen copy of the starting weights). Rank 0 writes `log.jsonl` (one line
 per optimizer step: loss averaged over ranks, learning rate, tokens, tokens/s, and for DPO the
 rewards and margin), checkpoints go to `checkpoints/` through DeepSpeed (model, optimizer, scheduler
 and the step), and a run that finds a checkpoint resumes from it with the same batch order. At the
@@ -68,6 +68,21 @@ def _pad_to(t: torch.Tensor, width: int, key: str) -> torch.Tensor:
     return F.pad(t, (0, width - t.shape[1]), value=fill)
 
 
+def distill_terms(student, teacher, batch: dict) -> dict:
+    """KL(target ‖ draft) over the answer tokens: the draft learns the target's whole next-token
+    distribution, not only its greedy choice (more signal per token than plain SFT)."""
+    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    with torch.no_grad():
+        target = teacher(input_ids=batch["input_ids"],
+                         attention_mask=batch["attention_mask"]).logits
+    mask = (batch["labels"][:, 1:] != data.IGNORE).unsqueeze(-1)
+    log_p = F.log_softmax(target[:, :-1].float(), -1)
+    log_q = F.log_softmax(logits[:, :-1].float(), -1)
+    kl = (log_p.exp() * (log_p - log_q) * mask).sum() / mask.sum().clamp(min=1)
+    agree = ((logits[:, :-1].argmax(-1) == target[:, :-1].argmax(-1)) & mask.squeeze(-1)).sum()
+    return {"loss": kl, "agreement": agree.float() / mask.sum().clamp(min=1)}
+
+
 class Run:
     """The state of one process of a run."""
 
@@ -98,6 +113,11 @@ class Run:
                                config.max_len)
         model = build(config)
         self.reference = build(config, trainable=False) if self.dpo else None
+        self.teacher = None
+        if config.kind == "distill" and config.draft_layers:  # the full target teaches the draft
+            self.teacher = build(config.model_copy(update={"draft_layers": None, "lora": None,
+                                                           "freeze_layers_below": 0}),
+                                 trainable=False)
         ds_config = config.deepspeed_json()
         ds_config["train_micro_batch_size_per_gpu"] = config.micro_batch
         ds_config["gradient_accumulation_steps"] = config.grad_accum
@@ -121,8 +141,9 @@ class Run:
             optimizer, lambda s: max(0.1, 1.0 - 0.9 * s / max(1, total)))
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
-        if self.reference is not None:
-            self.reference.to(self.engine.device)
+        for frozen in (self.reference, self.teacher):
+            if frozen is not None:
+                frozen.to(self.engine.device)
         self.trainable = sum(p.numel() for p in params)
 
     # -- batches ---------------------------------------------------------------------------------
@@ -141,6 +162,8 @@ class Run:
         if self.dpo:
             return dpo_terms(self.engine, self.reference, batch["chosen"], batch["rejected"],
                              self.config.dpo_beta)
+        if self.teacher is not None:
+            return distill_terms(self.engine, self.teacher, batch)
         return {"loss": self.engine(**batch).loss}
 
     def _tokens(self, batch: dict) -> int:

@@ -34,17 +34,47 @@ TOOLS_PROMPT = (
 
 
 @dataclass
-class GatewayState:
-    engine: Engine
-    model_name: str
+class Runtime:
+    """One model version at the gateway: its head, pipeline, engine and verifier."""
+
     version_id: str
-    api_keys: set[str] = field(default_factory=set)
-    """Accepted bearer keys; empty means no authentication."""
+    engine: Engine
     verifier: Any = None
     """The node verifier (serve.gateway.verifier.Verifier), when verification is on."""
+    inflight: int = 0
+    """Requests running on this version now (a retired version is dropped at zero)."""
+    retired_at: float | None = None
+    tasks: list = field(default_factory=list)
+
+
+@dataclass
+class GatewayState:
+    runtimes: dict[str, Runtime]
+    current: str
+    """The version new requests start on; a running request keeps the version it started on."""
+    model_name: str
+    api_keys: set[str] = field(default_factory=set)
+    """Accepted bearer keys; empty means no authentication."""
     traces: Any = None
     """The trace store (traces.store.TraceStore): accounts, consent, capture. None: static keys."""
+    rollout: dict = field(default_factory=dict)
+    """The channel watch and the last switch (shown by /v1/rollout and `shoal status`)."""
     started: float = field(default_factory=time.time)
+
+    def runtime(self) -> Runtime:
+        return self.runtimes[self.current]
+
+    @property
+    def engine(self) -> Engine:
+        return self.runtime().engine
+
+    @property
+    def verifier(self):
+        return self.runtime().verifier
+
+    @property
+    def version_id(self) -> str:
+        return self.current
 
 
 class ApiError(Exception):
@@ -149,6 +179,13 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
                                 state.engine.spec_stats.items()},
                 "traversals": p.traversals, "failovers": p.failovers,
                 "excluded": sorted(p._excluded_now())}
+
+    @app.get("/v1/rollout")
+    async def rollout():
+        """Which version new requests get, every version still loaded, and the channel watch."""
+        return {"current": state.current, **state.rollout,
+                "versions": {v: {"inflight": rt.inflight, "retired": rt.retired_at is not None}
+                             for v, rt in state.runtimes.items()}}
 
     @app.get("/verifier")
     async def verifier():
@@ -281,7 +318,8 @@ def _messages_of(body, chat: bool) -> list[dict[str, Any]]:
 
 async def respond(state: GatewayState, body, prompt: list[int], params: SamplingParams, *,
                   chat: bool, caller=None):
-    engine = state.engine
+    runtime = state.runtime()  # the whole request stays on this version, even mid-rollout
+    engine = runtime.engine
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     outcome = Outcome()
@@ -296,7 +334,7 @@ async def respond(state: GatewayState, body, prompt: list[int], params: Sampling
                 {"token": tokenizer.decode([i]), "logprob": v} for i, v in step.top]})
 
     def extension() -> dict[str, Any]:
-        return {"version": state.version_id, "route": outcome.route,
+        return {"version": runtime.version_id, "route": outcome.route,
                 "traversals": outcome.traversals, "failovers": outcome.failovers,
                 "tokens_per_traversal": round(outcome.completion_tokens /
                                               max(1, outcome.traversals), 3),
@@ -325,12 +363,13 @@ async def respond(state: GatewayState, body, prompt: list[int], params: Sampling
         """Durably log the trace (when consent allows) before the response completes."""
         from serve.gateway.capture import capture
 
-        proof = "verified" if state.verifier is not None else "unverified"
+        proof = "verified" if runtime.verifier is not None else "unverified"
         return capture(state.traces, caller, body, messages=_messages_of(body, chat),
                        completion=text.text, tool_calls=calls, outcome=outcome,
-                       version=state.version_id, proof_status=proof)
+                       version=runtime.version_id, proof_status=proof)
     if not body.stream:
         try:
+            runtime.inflight += 1
             async with contextlib.aclosing(gen):
                 async for step in gen:
                     record_logprob(step)
@@ -342,6 +381,8 @@ async def respond(state: GatewayState, body, prompt: list[int], params: Sampling
         except HopFailed as exc:
             raise ApiError(502, f"the swarm failed to answer: {exc}", "service_unavailable",
                            code="swarm_failure") from None
+        finally:
+            runtime.inflight -= 1
         text.flush()
         content = text.text
         calls = parse_tool_calls(content) if getattr(body, "tools", None) else []
@@ -385,6 +426,7 @@ async def respond(state: GatewayState, body, prompt: list[int], params: Sampling
                                       "model": state.model_name, "choices": [choice]}) + "\n\n"
 
     async def events():
+        runtime.inflight += 1
         try:
             if chat:
                 yield chunk(None, None, first=True)
@@ -409,6 +451,8 @@ async def respond(state: GatewayState, body, prompt: list[int], params: Sampling
                                                        "trace_id": trace_id}}) + "\n\n"
         except (NoRoute, HopFailed) as exc:
             yield "data: " + json.dumps(error_body(str(exc), "service_unavailable")) + "\n\n"
+        finally:
+            runtime.inflight -= 1
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")

@@ -124,7 +124,7 @@ class Pipeline:
         hops = [route] if self.chain else [[h] for h in route]
         for part in hops:
             msg = wire.Forward(uuid.uuid4().hex, session, part, 0, keep, self.reply_to,
-                               self.wire_dtype)
+                               self.wire_dtype, self.version or "")
             try:
                 hidden = await self.request(part[0].url, msg, hidden, node_id=part[0].node_id)
             except TimeoutError:

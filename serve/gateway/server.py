@@ -1,15 +1,29 @@
-"""Assemble and run a gateway process: head weights, discovery, pipeline, engine, HTTP API."""
+"""Assemble and run a gateway process: per-version runtimes (head weights, pipeline, engine,
+verifier), the HTTP API, and, with a channel watch, the rollout of new versions.
+
+Rollout at the gateway: when the watched channel's verified head names a new version, the gateway
+fetches that version's head files (and a full copy when it checks fingerprints), builds a runtime
+beside the current one, and waits until the swarm can route that version (nodes load it at their
+own pace). Only then do new requests start on it; requests already running finish on the version
+they started with, and a retired runtime is closed once it has none left.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from serve.gateway.api import GatewayState, Runtime
     from serve.gateway.verifier import VerifierConfig
+    from serve.rollout import ChannelWatch
+
+log = logging.getLogger("shoal.gateway")
 
 
 @dataclass
@@ -39,53 +53,137 @@ class GatewayConfig:
     verifier: "VerifierConfig | None" = None
     traces_dir: Path | None = None
     """Trace store directory (LanceDB tables + durable log). None: static API keys, no capture."""
+    watch: "ChannelWatch | None" = None
+    """Follow this channel and roll out its new versions (None: serve `version_id` only)."""
 
 
-def build_app(cfg: GatewayConfig):
+def build_runtime(cfg: GatewayConfig, version_id: str, directory: Path,
+                  trusted_dir: Path | None, draft_model_dir: Path | None = None, *,
+                  first: bool = True) -> "Runtime":
+    """Head, pipeline, engine and verifier for one version (the pipeline is not started yet).
+
+    The first runtime answers on the configured return port / URL (a relay may sit in front);
+    runtimes added by a rollout get a port of their own."""
     from serve.discovery import TrackerDiscovery
-    from serve.gateway.api import GatewayState, create_app
+    from serve.gateway.api import Runtime
     from serve.gateway.engine import Engine
     from serve.gateway.head import Head
     from serve.gateway.pipeline import Pipeline
 
-    head = Head(cfg.directory)
-    pipeline = Pipeline(TrackerDiscovery(cfg.tracker_url), head.num_layers, cfg.version_id,
-                        host=cfg.host, return_port=cfg.return_port, return_url=cfg.return_url,
+    head = Head(directory)
+    pipeline = Pipeline(TrackerDiscovery(cfg.tracker_url), head.num_layers, version_id,
+                        host=cfg.host, return_port=cfg.return_port if first else 0,
+                        return_url=cfg.return_url if first else None,
                         timeout_s=cfg.timeout_s, wire_dtype=cfg.wire_dtype, chain=cfg.chain)
-    state = GatewayState(Engine(head, pipeline, build_drafters(cfg), cfg.drafter),
-                         cfg.model_name, cfg.version_id, cfg.api_keys)
-    if cfg.traces_dir is not None:
-        from traces.store import TraceStore, TraceStoreConfig
-
-        state.traces = TraceStore(TraceStoreConfig(uri=str(cfg.traces_dir / "lancedb"),
-                                                   log_dir=cfg.traces_dir / "log"))
-        if "suffix" in state.engine.drafters:
-            seed_suffix_index(state.engine.drafters["suffix"], state.traces, head.tokenizer)
+    runtime = Runtime(version_id, Engine(head, pipeline, build_drafters(cfg, draft_model_dir),
+                                         cfg.drafter))
     if cfg.verify:
         import json
 
         from registry.manifest import Manifest
         from serve.gateway.verifier import Verifier
 
-        envelope = json.loads((cfg.directory / "manifest.json").read_text())
-        state.verifier = Verifier(pipeline, Manifest.model_validate(envelope["signed"]), head,
-                                  cfg.trusted_dir, cfg.verifier)
-        pipeline.gate = state.verifier.admits
+        envelope = json.loads((directory / "manifest.json").read_text())
+        runtime.verifier = Verifier(pipeline, Manifest.model_validate(envelope["signed"]), head,
+                                    trusted_dir, cfg.verifier)
+        pipeline.gate = runtime.verifier.admits
+    return runtime
+
+
+async def start_runtime(runtime: "Runtime") -> None:
+    await runtime.engine.pipeline.start()
+    if runtime.verifier is not None:
+        runtime.tasks.append(asyncio.create_task(runtime.verifier.run()))
+
+
+async def stop_runtime(runtime: "Runtime") -> None:
+    for task in runtime.tasks:
+        task.cancel()
+    await runtime.engine.pipeline.stop()
+
+
+def build_app(cfg: GatewayConfig):
+    from serve.gateway.api import GatewayState, create_app
+
+    first = build_runtime(cfg, cfg.version_id, cfg.directory, cfg.trusted_dir,
+                          cfg.draft_model_dir)
+    state = GatewayState({cfg.version_id: first}, cfg.version_id, cfg.model_name, cfg.api_keys)
+    if cfg.traces_dir is not None:
+        from traces.store import TraceStore, TraceStoreConfig
+
+        state.traces = TraceStore(TraceStoreConfig(uri=str(cfg.traces_dir / "lancedb"),
+                                                   log_dir=cfg.traces_dir / "log"))
+        if "suffix" in first.engine.drafters:
+            seed_suffix_index(first.engine.drafters["suffix"], state.traces,
+                              first.engine.head.tokenizer)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        await pipeline.start()
+        await start_runtime(first)
         if state.traces is not None:
             state.traces.start()  # replays what a crash left in the durable log
-        task = asyncio.create_task(state.verifier.run()) if state.verifier else None
+        watcher = asyncio.create_task(follow(cfg, state)) if cfg.watch else None
         yield
-        if task is not None:
-            task.cancel()
+        if watcher is not None:
+            watcher.cancel()
         if state.traces is not None:
             state.traces.stop()
-        await pipeline.stop()
+        for runtime in list(state.runtimes.values()):
+            await stop_runtime(runtime)
 
     return create_app(state, lifespan=lifespan)
+
+
+async def follow(cfg: GatewayConfig, state: "GatewayState") -> None:
+    """Watch the channel; build, wait for, switch to and retire runtimes as versions change."""
+    from serve.exceptions import NoRoute
+    from serve.rollout import Watcher
+
+    watcher = Watcher(cfg.watch)
+    state.rollout = {"channel": watcher.state, "switches": []}
+    pending: Runtime | None = None
+    while True:
+        try:
+            head = await asyncio.to_thread(watcher.poll)
+            if head and head != state.current and head not in state.runtimes and pending is None:
+                pending = await asyncio.to_thread(_prepare, cfg, watcher, head)
+                await start_runtime(pending)
+                state.runtimes[head] = pending
+                state.runtimes[head].retired_at = time.monotonic()  # not serving yet
+            if head and head != state.current and head in state.runtimes:
+                try:
+                    await state.runtimes[head].engine.pipeline.route()
+                except NoRoute:
+                    pass  # nodes are still loading it: keep the current version
+                else:
+                    old = state.current
+                    state.runtimes[old].retired_at = time.monotonic()
+                    state.runtimes[head].retired_at = None
+                    state.current = head
+                    pending = None
+                    state.rollout["switches"].append({"from": old, "to": head, "at": time.time()})
+                    log.info("new requests now start on %s (was %s)", head[:19], old[:19])
+            for version, runtime in list(state.runtimes.items()):
+                if (version != state.current and version != head and runtime.inflight == 0
+                        and runtime.retired_at is not None
+                        and time.monotonic() - runtime.retired_at > cfg.watch.drain_grace_s):
+                    del state.runtimes[version]
+                    await stop_runtime(runtime)
+                    log.info("closed runtime %s", version[:19])
+        except Exception as exc:  # a failed rollout step must never take the gateway down
+            log.warning("rollout step failed: %s", exc)
+            state.rollout["error"] = str(exc)
+            pending = None
+        await asyncio.sleep(cfg.watch.poll_s)
+
+
+def _prepare(cfg: GatewayConfig, watcher, version: str) -> "Runtime":
+    """Check out what the gateway needs of `version` (verified) and build its runtime."""
+    full = cfg.trusted_dir is not None
+    directory = watcher.checkout(version, "full" if full else "head",
+                                 (lambda m: sorted(m.files)) if full else
+                                 (lambda m: m.small_files() + m.shared_files()))
+    return build_runtime(cfg, version, directory, directory if full else None, first=False)
 
 
 def seed_suffix_index(drafter, store, tokenizer, limit: int = 5000) -> int:
@@ -96,12 +194,12 @@ def seed_suffix_index(drafter, store, tokenizer, limit: int = 5000) -> int:
     return len(rows)
 
 
-def build_drafters(cfg: GatewayConfig) -> dict:
+def build_drafters(cfg: GatewayConfig, draft_model_dir: Path | None = None) -> dict:
     from serve.drafters import make_drafter
 
     drafters = {"prompt_lookup": make_drafter("prompt_lookup"), "suffix": make_drafter("suffix")}
-    if cfg.draft_model_dir is not None:
-        drafters["draft_model"] = make_drafter("draft_model", directory=cfg.draft_model_dir)
+    if draft_model_dir is not None:
+        drafters["draft_model"] = make_drafter("draft_model", directory=draft_model_dir)
     if cfg.drafter is not None and cfg.drafter not in drafters:
         raise ValueError(f"default drafter {cfg.drafter!r} is not available "
                          f"({', '.join(drafters)})")

@@ -28,6 +28,7 @@ import torch
 
 from registry.manifest import Manifest
 from serve import wire
+from serve.exceptions import HopFailed
 from serve.proofs import DEFAULT_CHUNKS, ProofFailure, check_proof
 from serve.tracker import NodeInfo
 
@@ -108,11 +109,16 @@ class Verifier:
 
     async def prove(self, node: NodeInfo) -> Verdict:
         nonce = os.urandom(32)
-        challenge = wire.Challenge(uuid.uuid4().hex, nonce, node.node_id, self.config.chunks)
+        challenge = wire.Challenge(uuid.uuid4().hex, nonce, node.node_id, self.config.chunks,
+                                   self.pipeline.version or "")
         t0 = time.perf_counter()
         try:
             proof = await self.pipeline.request(node.url, challenge, node_id=node.node_id,
                                                 timeout_s=max(5.0, 3 * self.config.deadline_s))
+        except HopFailed as exc:
+            if exc.code == "wrong-version":  # mid-rollout: it no longer (or not yet) has it
+                return Verdict(node.node_id, "proof", False, "wrong-version", str(exc))
+            return Verdict(node.node_id, "proof", False, "unreachable", str(exc))
         except Exception as exc:
             return Verdict(node.node_id, "proof", False, "unreachable", str(exc))
         elapsed = time.perf_counter() - t0
@@ -170,6 +176,14 @@ class Verifier:
         t = self.trust.setdefault(node.node_id, Trust(node.node_id))
         t.checks += 1
         verdicts = [await self.prove(node)]
+        if verdicts[0].check == "wrong-version":
+            # not evidence of cheating, but no more routing for this version until it proves
+            # again: a node cannot dodge proofs by claiming the version is gone
+            self._record(verdicts[0])
+            if t.status == "trusted":
+                t.status, t.passed = "new", 0
+            self.schedule(t)
+            return verdicts
         every = self.config.fingerprint_every
         if fingerprint is None:
             fingerprint = bool(every) and self._trusted_dir is not None and (
@@ -217,7 +231,7 @@ class Verifier:
         while True:
             try:
                 for node in await self.pipeline.discovery.nodes():
-                    if node.version != self.pipeline.version:
+                    if self.pipeline.version and not node.serves(self.pipeline.version):
                         continue
                     t = self.trust.get(node.node_id)
                     if node.status == "evicted" and (t is None or t.status != "evicted"):

@@ -1,0 +1,68 @@
+"""Following a registry channel: what nodes and gateways use to roll out new versions.
+
+A `Watcher` reads one channel through a verifying registry client (signatures and thresholds,
+monotonic sequences, expiry). It returns the head's version only when every check passes; when a
+read fails (an unsigned or tampered record, a rolled-back sequence, an expired head, an unreachable
+store) it keeps the last good version and records why, so the process keeps serving what it had and
+`shoal status` can show the reason. `checkout` fetches and verifies just the files a process needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("shoal.rollout")
+
+
+@dataclass
+class ChannelWatch:
+    channel: str
+    """The channel to follow, e.g. `production`."""
+    registry_url: str
+    """Registry tree (local path or fsspec URL)."""
+    trust_dir: Path
+    """This process's pinned root and highest-seen sequences."""
+    models_dir: Path
+    """Where verified checkouts go."""
+    poll_s: float = 2.0
+    """Seconds between reads of the channel head."""
+    drain_grace_s: float = 5.0
+    """How long an old version stays loaded after its last session ends."""
+
+
+class Watcher:
+    def __init__(self, watch: ChannelWatch) -> None:
+        from registry.client import RegistryClient
+        from registry.storage import Store
+
+        self.watch = watch
+        self.client = RegistryClient(Store(watch.registry_url), watch.trust_dir)
+        self.version: str | None = None
+        self.state: dict = {"channel": watch.channel, "ok": None, "error": "", "sequence": None,
+                            "version": None, "checked_at": None}
+
+    def poll(self) -> str | None:
+        """The verified head version, or the last good one (with the failure recorded)."""
+        self.state["checked_at"] = time.time()
+        try:
+            record = self.client.channel(self.watch.channel)
+        except Exception as exc:  # fail closed: never act on a record that did not verify
+            if self.state["ok"] is not False or self.state["error"] != str(exc):
+                log.warning("channel %s refused, keeping %s: %s", self.watch.channel,
+                            (self.version or "-")[:19], exc)
+            self.state.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+            return self.version
+        self.version = record.version
+        self.state.update(ok=True, error="", sequence=record.sequence, version=record.version)
+        return self.version
+
+    def checkout(self, version: str, what: str, files_for: Callable) -> Path:
+        """Fetch and verify `files_for(manifest)` of `version` into its own directory."""
+        manifest = self.client.manifest(version)
+        directory = self.watch.models_dir / f"{version.removeprefix('sha256:')[:16]}-{what}"
+        self.client.checkout(version, directory, files=files_for(manifest))
+        return directory

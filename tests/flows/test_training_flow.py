@@ -1,0 +1,63 @@
+"""The `train` → `evaluate` → `register` flows on the tiny model: a refused candidate is registered
+but not promoted; an accepted one lands on `staging` with lineage naming the exact parent, dataset
+digests, training config digest and eval results; `production` never moves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from curate.card import load_card
+from flows.config import ShoalConfig
+from tests.serve.conftest import tiny_home
+from tests.train.conftest import make_sft
+
+SETTINGS = {"lr": 2e-3, "micro_batch": 4, "max_len": 64, "max_steps": 8, "epochs": 4}
+
+
+@pytest.mark.slow
+def test_train_evaluate_register_with_gate_and_lineage(tmp_path_factory, tiny_model_dir,
+                                                       prefect_harness, monkeypatch):
+    from flows.training import evaluate, register, train
+
+    home = tiny_home(tmp_path_factory, tiny_model_dir)
+    monkeypatch.setenv("SHOAL_HOME", str(home))
+    monkeypatch.delenv("SHOAL_REGISTRY", raising=False)
+    shoal = ShoalConfig.at(home)
+    client = shoal.client()
+    production = client.resolve("production")
+    dataset = make_sft(shoal.datasets_dir)
+
+    meta = train(str(home), "sft", "production", [dataset.name], SETTINGS, 2)
+    assert meta["parent"] == production and meta["summary"]["steps"] == 8
+    assert "[train] step 8/8" in (Path(meta["run_dir"]) / "launcher.log").read_text()
+
+    strict = evaluate(str(home), meta["run_dir"], gate={"improve": {"loglik.mean": 100.0}},
+                      limit=4)
+    assert not strict["gate"]["accepted"] and "loglik.mean" in strict["gate"]["reasons"][0]
+    refused = register(str(home), meta["run_dir"])
+    assert refused["promoted_to"] is None
+    assert not shoal.store().exists("channels/staging/head.json")
+
+    lenient = evaluate(str(home), meta["run_dir"],
+                       gate={"improve": {"loglik.mean": 0.5}, "hold": {"regression.accuracy": 0.5}},
+                       limit=4)
+    assert lenient["gate"]["accepted"]
+    accepted = register(str(home), meta["run_dir"])
+    assert accepted["promoted_to"] == "staging"
+    # the eval results are part of the lineage, so the two registrations are distinct versions
+    assert not client.manifest(refused["version"]).lineage.eval["gate"]["accepted"]
+
+    client = shoal.client()
+    manifest = client.manifest(accepted["version"])
+    assert manifest.lineage.parent == production
+    assert manifest.lineage.datasets == [load_card(dataset).rows_digest]
+    assert manifest.lineage.training_config == meta["config_digest"]
+    assert manifest.lineage.training["loss_last"] < manifest.lineage.training["loss_first"]
+    assert manifest.lineage.eval["gate"]["accepted"]
+    assert client.channel("staging").version == accepted["version"]
+    assert client.resolve("production") == production  # promotion to production is manual
+    history = json.loads((Path(meta["run_dir"]) / "registered.json").read_text())
+    assert history["version"] == accepted["version"]
