@@ -303,11 +303,12 @@ def chat(prompt: str, model: Annotated[str, typer.Option(help="name@channel or v
 
 @app.command("demo")
 @reports_errors
-def demo() -> None:
-    """Set up keys, registry and the signed genesis model, then answer a chat in-process."""
-    from flows.demo import run_demo
+def demo(seed: Annotated[int, typer.Option(help="seeds tasks, split and training")] = 0,
+         tasks: Annotated[int, typer.Option(help="contributor tasks")] = 96) -> None:
+    """The whole flywheel: genesis, swarm, workload, curate, train, gate, promote, roll out."""
+    from flows.demo import DemoConfig, run_demo
 
-    run_demo(_cfg())
+    run_demo(_cfg(), DemoConfig(seed=seed, tasks=tasks))
 
 
 def _register_serving() -> None:

@@ -1,100 +1,272 @@
-"""`make demo`: the project's main job on embedded defaults.
+"""`make demo`: the whole flywheel on embedded defaults, from a fresh clone.
 
 1. keys, a registry, and SmolLM2-135M-Instruct imported, signed and promoted as the genesis
    version (skipped when done);
-2. a local swarm: tracker, 3 nodes of 10 layers each, and the gateway, which admits each node only
-   after a live-weight proof and a fingerprint, and keeps consented traces;
-3. a contributor with a consent grant and an app talk to it through the official `openai` SDK;
-4. a summary: answers, routes, tokens per traversal, proofs passed, traces stored.
-
-It grows into the whole flywheel: curation, DeepSpeed training, the eval gate, promotion and rollout.
+2. a local swarm following `production`: tracker, 3 nodes of 10 layers each, the gateway (every
+   node admitted only after a live-weight proof and a fingerprint; consented traces kept);
+3. the held-out tool-call evaluation through the swarm (before), then the scripted workload through
+   the `openai` SDK: apps, contributors with grants sending tool-call tasks and correcting wrong
+   answers, one contributor without a grant;
+4. curate (Prefect) → train (DeepSpeed, 2 processes) → evaluate → gate → staging; the demo then
+   acts as the maintainer and signs the promotion to `production`; nodes and gateway roll it out;
+5. the held-out evaluation through the swarm again, now on the new version (after);
+6. a summary table, `$SHOAL_HOME/run/demo.json` and `demo.png`.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
 
 from flows.config import ShoalConfig
 from flows.genesis import DEFAULT_NAME, ensure_genesis
 
-QUESTIONS = [
-    ("app", "What is the capital of France? Answer in one sentence."),
-    ("contributor", 'Return exactly this JSON: {"tool": "get_weather", "arguments": '
-                    '{"city": "Paris", "unit": "celsius"}}'),
-]
+
+class DemoConfig(BaseModel):
+    seed: int = 0
+    """Seeds the contributors' tasks, the data split and training."""
+    tasks: int = Field(96, ge=8)
+    """Tool-call tasks the contributors send (before duplicates)."""
+    eval_items: int = Field(30, ge=1)
+    """Held-out items answered through the swarm before and after."""
+    gate_limit: int | None = 20
+    """Items per evaluation set the gate scores (None: all)."""
+    train: dict = Field(default_factory=lambda: {"max_steps": 14, "epochs": 3, "lr": 5e-5,
+                                                 "micro_batch": 4, "max_len": 160})
+    procs: int = Field(2, ge=1)
+    gate: dict = Field(default_factory=lambda: {"improve": {"tools_heldout.accuracy": 0.10},
+                                                "hold": {"regression.accuracy": 0.20}})
+    concurrency: int = Field(8, ge=1)
+    max_tokens: int = Field(40, ge=1)
+    nodes: int = Field(3, ge=1)
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of agent runs the curate flow holds out (the gate's log-likelihood rows)."""
 
 
-def run_demo(cfg: ShoalConfig, *, source=None, name: str = DEFAULT_NAME) -> dict:
-    """Run the demo; `source`/`name` replace the default model (tests use a tiny one)."""
+def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
+             name: str = DEFAULT_NAME) -> dict:
+    """Run the flywheel; `source`/`name` replace the default model (tests use a tiny one)."""
     import httpx
-    from openai import OpenAI
     from rich.console import Console
-    from rich.table import Table
 
+    from flows.curation import run_curate
+    from flows.genesis import ensure_keys
+    from flows.training import improve
+    from flows.workload import run_workload, swarm_eval
+    from curate.config import CurateConfig, SplitConfig
     from registry.manifest import short_id
+    from registry.publish import promote
     from serve.up import LocalSwarm, SwarmSpec
+    from train.evalsets import load
+    from train.tasks import items
 
+    config = config or DemoConfig()
     console = Console()
+    t_start = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def phase(label: str, t0: float) -> None:
+        phases[label] = round(time.perf_counter() - t0, 1)
+        console.log(f"[green]✓[/green] {label} ({phases[label]:.0f} s)")
+
     t0 = time.perf_counter()
     with console.status("keys, registry and the signed genesis model…"):
         genesis = ensure_genesis(cfg, say=lambda m: console.log(m), source=source, name=name)
     client = cfg.client()
     record = client.channel("production")
+    if record.version != genesis.version_id:  # an earlier run promoted its candidate
+        promote(cfg.store(), genesis.version_id, "production", [ensure_keys(cfg)["promote"]],
+                note="demo: start from genesis")
+        record = client.channel("production")
     manifest = client.manifest(record.version)
-    console.log(f"genesis {short_id(genesis.version_id)} "
-                f"({'imported' if genesis.imported else 'already imported'}); production "
-                f"#{record.sequence} -> {short_id(record.version)} (signatures, snapshot checked)")
+    console.log(f"production #{record.sequence} → {short_id(record.version)} "
+                f"(signatures, snapshot and expiry checked)")
+    phase("genesis", t0)
 
     store = cfg.trace_store()
     keys, accounts = {}, {}
-    for role in ("app", "contributor"):
-        account = accounts[role] = store.create_account(role, f"demo-{role}")
-        keys[role] = store.create_key(account.account_id)[1]
-        if role == "contributor":
-            store.create_grant(account, ["sft", "dpo"], days=30)
-    swarm = LocalSwarm(SwarmSpec(model="production", nodes=3, traces=True), cfg.home,
+    for who, role, scopes in (("app", "app", None), ("alice", "contributor",
+                                                     ["sft", "dpo", "distill", "eval"]),
+                              ("bob", "contributor", ["sft", "dpo"]),
+                              ("optout", "contributor", None)):
+        account = accounts[who] = store.create_account(role, f"demo-{who}")
+        keys[who] = store.create_key(account.account_id)[1]
+        if scopes:
+            store.create_grant(account, scopes, days=30)
+
+    t0 = time.perf_counter()
+    swarm = LocalSwarm(SwarmSpec(model="production", nodes=config.nodes, traces=True,
+                                 watch="production", watch_poll_s=1.0), cfg.home,
                        manifest.num_layers)
-    with console.status("starting 3 nodes and the gateway; verifying every node…"):
+    with console.status(f"starting {config.nodes} nodes and the gateway; verifying every node…"):
         swarm.start(wait_s=600)
-    rows, summary = [], {"version": record.version, "answers": []}
+    phase("swarm up", t0)
+    heldout = load("tools_heldout")[:config.eval_items]
+    summary: dict = {"seed": config.seed, "genesis": genesis.version_id, "config":
+                     config.model_dump()}
     try:
-        console.log(f"swarm ready at {swarm.base_url}/v1")
-        for role, question in QUESTIONS:
-            api = OpenAI(base_url=f"{swarm.base_url}/v1", api_key=keys[role], max_retries=0)
-            started = time.perf_counter()
-            r = api.chat.completions.create(model=manifest.name, temperature=0, max_tokens=48,
-                                            messages=[{"role": "user", "content": question}])
-            ext = r.model_extra["shoal"]
-            seconds = time.perf_counter() - started
-            rows.append((role, question, r.choices[0].message.content, ext, seconds,
-                         r.usage.completion_tokens))
-            summary["answers"].append({"role": role, "question": question,
-                                       "answer": r.choices[0].message.content,
-                                       "tok_s": r.usage.completion_tokens / seconds, **ext})
-        verifier = httpx.get(f"{swarm.base_url}/verifier", timeout=10).json()
+        base = swarm.base_url
+        t0 = time.perf_counter()
+        with console.status(f"held-out evaluation through the swarm ({len(heldout)} items)…"):
+            summary["eval_before"] = swarm_eval(base, keys["app"], manifest.name, heldout,
+                                                concurrency=config.concurrency,
+                                                max_tokens=config.max_tokens)
+        phase("eval before", t0)
+
+        t0 = time.perf_counter()
+        tasks = items(config.tasks, seed=config.seed)
+        with console.status("workload: apps and contributors via the openai SDK…") as status:
+            summary["workload"] = run_workload(
+                base, manifest.name, keys, tasks, concurrency=config.concurrency,
+                max_tokens=config.max_tokens,
+                on_progress=lambda d, n: status.update(f"workload: {d}/{n} tasks answered…"))
+        phase("workload", t0)
+        summary["verifier"] = _verifier(httpx.get(f"{base}/verifier", timeout=10).json())
+
+        t0 = time.perf_counter()
+        with console.status("curate flow: scrub, dedup, filter, decontaminate, build sets…"):
+            curated = run_curate(cfg, CurateConfig(split=SplitConfig(
+                seed=config.seed, eval_fraction=config.eval_fraction)))
+        phase("curate", t0)
+
+        t0 = time.perf_counter()
+        settings = {**config.train, "seed": config.seed}
+        with console.status("train (DeepSpeed) → evaluate → gate → register…"):
+            result = improve(str(cfg.home), "sft", "production",
+                             [curated["datasets"]["sft"]["dataset_id"]], settings, config.procs,
+                             config.gate, config.gate_limit)
+        phase("train + evaluate + register", t0)
+        candidate = result["registered"]["version"]
+        accepted = result["eval"]["gate"]["accepted"]
+
+        if accepted:
+            t0 = time.perf_counter()
+            keys_ = ensure_keys(cfg)
+            promote(cfg.store(), candidate, "production", [keys_["promote"]],
+                    note=f"maintainer: gate accepted run {result['run']['run_id']}")
+            with console.status("rolling out: nodes load the new version, gateway switches…"):
+                _wait_rollout(base, candidate)
+            phase("promote + rollout", t0)
+            t0 = time.perf_counter()
+            with console.status("held-out evaluation through the swarm, new version…"):
+                summary["eval_after"] = swarm_eval(base, keys["app"], manifest.name, heldout,
+                                                   concurrency=config.concurrency,
+                                                   max_tokens=config.max_tokens)
+            phase("eval after", t0)
+        else:
+            console.log("[red]the gate refused the candidate:[/red] "
+                        + "; ".join(result["eval"]["gate"]["reasons"]))
+        summary["nodes"] = httpx.get(f"{swarm.tracker_url}/nodes", timeout=5).json()
     finally:
         swarm.stop()
-    stored = [r for a in accounts.values() for r in store.query(contributor_id=a.account_id)]
-    for role, question, answer, *_ in rows:
-        console.print(f"[bold]{role}:[/bold] {question}\n[bold]swarm:[/bold] {answer}\n")
-    table = Table(title="shoal demo")
-    for col in ("who", "route (node ids)", "tokens/traversal", "tok/s", "trace"):
-        table.add_column(col)
-    for role, _, _, ext, seconds, tokens in rows:
-        table.add_row(role, " → ".join(n[:6] for n in ext["route"]),
-                      f"{ext['tokens_per_traversal']:.2f}", f"{tokens / seconds:.1f}",
-                      (ext["trace_id"] or "not stored")[:12])
-    console.print(table)
-    passed = sum(n["passed"] for n in verifier["nodes"].values())
-    console.print(f"nodes admitted: {sum(n['status'] == 'trusted' for n in verifier['nodes'].values())}"
-                  f"/{len(verifier['nodes'])}, checks passed {passed}, failures "
-                  f"{verifier['failures']}; traces stored: {len(stored)} (only the opted-in "
-                  f"contributor's)")
-    summary.update(verifier={"checks_passed": passed, "failures": verifier["failures"]},
-                   traces_stored=len(stored), seconds=time.perf_counter() - t0)
-    out = cfg.home / "run" / "demo.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
-    console.log(f"done in {summary['seconds']:.1f} s; summary in {out}")
+
+    stored = [r for a in accounts.values() for r in store.query(contributor_id=a.account_id,
+                                                                 limit=100_000)]
+    counts = curated["counts"]
+    summary.update(
+        candidate=candidate, gate=result["eval"]["gate"], promoted=accepted,
+        traces={"stored": len(stored),
+                "optout_stored": len(store.query(contributor_id=accounts["optout"].account_id)),
+                "scrubbed_records": counts["scrub"]["records_changed"],
+                "replaced": counts["scrub"]["replaced"],
+                "deduplicated": {k: v["dropped"] for k, v in counts["dedup"].items()},
+                "decontaminated": counts["decontamination"]["dropped"],
+                "filtered": counts["quality"]["dropped"]},
+        datasets={k: {"id": d["dataset_id"], **d["splits"]}
+                  for k, d in curated["datasets"].items()},
+        training={k: result["run"]["summary"][k] for k in (
+            "steps", "tokens", "loss_first", "loss_last", "tokens_per_s", "world_size",
+            "eval_before", "eval_after", "loss_curve")},
+        gate_metrics={"production": result["eval"].get("production_metrics"),
+                      "candidate": result["eval"].get("metrics")},
+        channel=[{"sequence": r.sequence, "version": r.version, "note": r.note}
+                 for r in cfg.client().history("production")],
+        phases=phases, seconds=round(time.perf_counter() - t_start, 1))
+    out = cfg.home / "run"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "nodes"},
+                                              indent=2, default=str))
+    _plot(summary, out / "demo.png")
+    _print(console, summary)
+    console.log(f"done in {summary['seconds']:.0f} s; {out / 'demo.json'} and {out / 'demo.png'}")
     return summary
+
+
+def _verifier(v: dict) -> dict:
+    nodes = v.get("nodes", {})
+    return {"nodes": len(nodes), "trusted": sum(n["status"] == "trusted" for n in nodes.values()),
+            "checks_passed": sum(n["passed"] for n in nodes.values()),
+            "failures": v.get("failures", 0)}
+
+
+def _wait_rollout(base: str, version: str, timeout_s: float = 600) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(f"{base}/v1/rollout", timeout=10).json()["current"] == version:
+            return
+        time.sleep(1.0)
+    raise TimeoutError(f"the swarm did not move to {version[:19]}… in {timeout_s:.0f} s")
+
+
+def _print(console, s: dict) -> None:
+    from rich.table import Table
+
+    from registry.manifest import short_id
+
+    table = Table(title=f"shoal flywheel (seed {s['seed']})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    w = s["workload"]
+    table.add_row("serving", f"{w['requests']} requests, {w['tok_s_per_stream']} tok/s per stream, "
+                             f"{w['tokens_per_traversal']} tokens/traversal")
+    v = s["verifier"]
+    table.add_row("proofs", f"{v['trusted']}/{v['nodes']} nodes trusted, {v['checks_passed']} "
+                            f"checks passed, {v['failures']} failures")
+    t = s["traces"]
+    table.add_row("traces", f"{t['stored']} stored ({t['optout_stored']} from the opted-out user), "
+                            f"{t['scrubbed_records']} scrubbed {t['replaced']}, deduped "
+                            f"{t['deduplicated']}, decontaminated {t['decontaminated']}")
+    table.add_row("datasets", ", ".join(f"{k} {d['train']}+{d['eval']}"
+                                        for k, d in s["datasets"].items()))
+    tr = s["training"]
+    table.add_row("training", f"{tr['steps']} steps × {tr['world_size']} processes, loss "
+                              f"{tr['loss_first']:.3f} → {tr['loss_last']:.3f}, "
+                              f"{tr['tokens_per_s']} tok/s")
+    gate = "ACCEPTED" if s["gate"]["accepted"] else "REFUSED: " + "; ".join(s["gate"]["reasons"])
+    table.add_row("gate", gate)
+    before = s["eval_before"]["accuracy"]
+    after = s.get("eval_after", {}).get("accuracy")
+    table.add_row("held-out (swarm)", f"{before:.2f} → {after:.2f}" if after is not None
+                  else f"{before:.2f} (not promoted)")
+    table.add_row("production", "  ".join(f"#{r['sequence']} {short_id(r['version'])} "
+                                          f"({r['note'][:30]})" for r in s["channel"]))
+    table.add_row("time", ", ".join(f"{k} {v:.0f}s" for k, v in s["phases"].items()))
+    console.print(table)
+
+
+def _plot(s: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    after = s.get("eval_after", {}).get("accuracy")
+    a.bar(["genesis", "new version"], [s["eval_before"]["accuracy"], after or 0],
+          color=["#999999", "#4477aa"])
+    a.set_ylim(0, 1)
+    a.set_title("held-out tool calls (through the swarm)")
+    a.set_ylabel("exact-match accuracy")
+    b.plot(range(1, len(s["training"]["loss_curve"]) + 1), s["training"]["loss_curve"],
+           marker="o")
+    b.set_xlabel("step")
+    b.set_ylabel("SFT loss")
+    b.set_title("training (DeepSpeed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -80,10 +80,13 @@ def train(home: str, kind: str = "sft", parent: str = "production",
 
 
 @task(name="score model", persist_result=False, cache_policy=NO_CACHE)
-def score(model_dir: str, heldout: list[dict], limit: int | None) -> dict:
+def score(model_dir: str, heldout: list[dict], limit: int | None, home: str | None = None,
+          version: str | None = None) -> dict:
     from train.evaluate import evaluate
 
-    return evaluate(Path(model_dir), heldout_rows=heldout, limit=limit)
+    cache = ShoalConfig.at(home).home / "evals" if home and version else None
+    return evaluate(Path(model_dir), heldout_rows=heldout, limit=limit, cache_dir=cache,
+                    cache_key=version.removeprefix("sha256:")[:32] if version else None)
 
 
 @task(name="draft acceptance", persist_result=False, cache_policy=NO_CACHE)
@@ -125,8 +128,8 @@ def evaluate(home: str, run_dir: str, production: str = "production", gate: dict
         report = {"kind": "distill", "acceptance": rates, "gate": decision,
                   "metrics": {"acceptance.rate": rates["after"]["rate"]}}
     else:
-        _, production_dir = checkout(home, production)
-        prod = score(production_dir, heldout, limit)
+        production_id, production_dir = checkout(home, production)
+        prod = score(production_dir, heldout, limit, home, production_id)
         cand = score(candidate_dir, heldout, limit)
         decision = decide(metrics(cand), metrics(prod), GateConfig.model_validate(gate or {}))
         report = {"kind": meta["kind"], "production": prod, "candidate": cand, "gate": decision,

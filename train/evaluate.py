@@ -94,12 +94,21 @@ def loglik(model, tokenizer, rows: list[dict], *, max_len: int = 256, batch: int
 
 def evaluate(model_dir: Path, *, sets: tuple[str, ...] = ("tools_heldout", "regression"),
              heldout_rows: list[dict] | None = None, limit: int | None = None,
-             max_new_tokens: int = 48, batch: int = 8) -> dict:
-    """Score one model directory on the task sets and the held-out answers."""
+             max_new_tokens: int = 48, batch: int = 8, cache_dir: Path | None = None,
+             cache_key: str | None = None) -> dict:
+    """Score one model directory on the task sets and the held-out answers.
+
+    With `cache_dir` and `cache_key` (a version id's hex), task-set scores are kept and reused:
+    greedy decoding of the same weights on the same items gives the same answers."""
     model, tokenizer = load_model(Path(model_dir))
     t0 = time.perf_counter()
     report: dict = {"model": str(model_dir), "sets": {}}
     for name in sets:
+        cached = cache_dir / f"{cache_key}-{name}-{limit}-{max_new_tokens}.json" \
+            if cache_dir and cache_key else None
+        if cached and cached.is_file():  # greedy decoding of one version: the same every time
+            report["sets"][name] = json.loads(cached.read_text())
+            continue
         items = load(name)[:limit]
         answers = generate(model, tokenizer, [it["messages"] for it in items],
                            max_new_tokens=max_new_tokens, batch=batch)
@@ -109,6 +118,9 @@ def evaluate(model_dir: Path, *, sets: tuple[str, ...] = ("tools_heldout", "regr
             "samples": [{"id": it["id"], "passed": ok, "answer": a[:200]}
                         for it, a, ok in list(zip(items, answers, passed))[:5]],
             "failed_ids": [it["id"] for it, ok in zip(items, passed) if not ok]}
+        if cached:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(report["sets"][name]))
     if heldout_rows:
         report["loglik"] = loglik(model, tokenizer, heldout_rows)
     report["seconds"] = round(time.perf_counter() - t0, 1)

@@ -1,4 +1,6 @@
-"""`make demo`'s job, end to end on the tiny model: genesis, a verified swarm, the SDK, traces."""
+"""`make demo`'s job, the whole flywheel, end to end on the tiny model with every real component:
+genesis, a verified swarm following `production`, the SDK workload with feedback, the curate flow,
+DeepSpeed training, the gate, promotion, rollout, and the evaluation on the new version."""
 
 from __future__ import annotations
 
@@ -7,18 +9,34 @@ import json
 import pytest
 
 from flows.config import ShoalConfig
-from flows.demo import run_demo
+from flows.demo import DemoConfig, run_demo
 
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_end_to_end(tmp_path, tiny_model_dir):
+def test_flywheel_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir, prefect_harness):
     cfg = ShoalConfig(home=tmp_path / "home", registry_url=str(tmp_path / "home" / "registry"))
-    summary = run_demo(cfg, source=tiny_model_dir, name="tiny")
-    assert [a["role"] for a in summary["answers"]] == ["app", "contributor"]
-    assert all(len(a["route"]) == 3 for a in summary["answers"])
-    assert summary["answers"][0]["trace_id"] is None  # apps never contribute
-    assert summary["answers"][1]["trace_id"]  # the contributor opted in
-    assert summary["traces_stored"] == 1
-    assert summary["verifier"]["failures"] == 0 and summary["verifier"]["checks_passed"] >= 3
-    assert json.loads((cfg.home / "run" / "demo.json").read_text())["traces_stored"] == 1
+    config = DemoConfig(tasks=16, eval_items=4, gate_limit=2, concurrency=4, max_tokens=8,
+                        eval_fraction=0.3,
+                        train={"max_steps": 6, "epochs": 3, "lr": 3e-3, "micro_batch": 2,
+                               "max_len": 96},
+                        gate={"improve": {"loglik.mean": 0.01}, "hold": {}})
+    s = run_demo(cfg, config, source=tiny_model_dir, name="tiny")
+    assert s["gate"]["accepted"] and s["promoted"]
+    assert s["candidate"] != s["genesis"]
+    assert s["eval_before"]["versions"] == [s["genesis"]]
+    assert s["eval_after"]["versions"] == [s["candidate"]]  # every answer from the new version
+    assert [r["version"] for r in s["channel"]][-2:] == [s["genesis"], s["candidate"]]
+    assert all(n["version"] == s["candidate"] for n in s["nodes"])
+    w = s["workload"]
+    assert w["tasks"] == 16 + 3 and w["corrected"] + w["correct"] == w["tasks"]
+    t = s["traces"]
+    assert t["optout_stored"] == 0 and t["stored"] == 16 + 3 + 1  # alice + bob, not app/optout
+    assert t["scrubbed_records"] >= 1 and t["replaced"].get("EMAIL_ADDRESS") == 1
+    assert t["deduplicated"]["exact"] >= 3
+    assert s["datasets"]["sft"]["train"] > 0
+    assert s["training"]["loss_last"] < s["training"]["loss_first"]
+    assert s["verifier"]["failures"] == 0 and s["verifier"]["trusted"] == 3
+    saved = json.loads((cfg.home / "run" / "demo.json").read_text())
+    assert saved["candidate"] == s["candidate"]
+    assert (cfg.home / "run" / "demo.png").stat().st_size > 5000

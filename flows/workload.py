@@ -1,0 +1,129 @@
+"""The scripted workload of the demo: apps and contributors talking to the swarm through the
+official `openai` SDK, and the held-out evaluation run through the swarm.
+
+- apps ask general questions and a tool call (apps never contribute traces);
+- contributors with consent grants send tool-call tasks (`train.tasks`); a program checks every
+  answer and the contributor sends feedback: a good rating, or a low one with the correct call as
+  a correction. One contributor pastes PII and a secret into a request; one re-sends a few tasks;
+  one contributor has no grant (nothing of theirs is stored).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+
+APP_QUESTIONS = ["What is the capital of France? Answer in one sentence.",
+                 "Name three primary colors."]
+SENSITIVE = ("Set a timer for 12 minutes for the tea. By the way my email is "
+             "jane.roe@example.org and my key is sk-proj-Ab3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY")
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    traversals: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    traces: list[str] = field(default_factory=list)
+
+    def add(self, response, seconds: float) -> dict:
+        ext = response.model_extra.get("shoal", {})
+        self.requests += 1
+        self.tokens += response.usage.completion_tokens
+        self.seconds += seconds
+        self.traversals += ext.get("traversals", 0)
+        self.drafted += ext.get("drafted", 0)
+        self.accepted += ext.get("accepted", 0)
+        if ext.get("trace_id"):
+            self.traces.append(ext["trace_id"])
+        return ext
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "completion_tokens": self.tokens,
+                "tok_s_per_stream": round(self.tokens / self.seconds, 2) if self.seconds else None,
+                "tokens_per_traversal": round(self.tokens / self.traversals, 2)
+                if self.traversals else None,
+                "drafted": self.drafted, "accepted": self.accepted,
+                "traces_returned": len(self.traces)}
+
+
+def chat(base_url: str, key: str, model: str, messages: list[dict], max_tokens: int,
+         stats: Stats | None = None):
+    from openai import OpenAI
+
+    api = OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=2, timeout=300)
+    t0 = time.perf_counter()
+    r = api.chat.completions.create(model=model, messages=messages, temperature=0,
+                                    max_tokens=max_tokens)
+    if stats is not None:
+        stats.add(r, time.perf_counter() - t0)
+    return r
+
+
+def feedback(base_url: str, key: str, trace_id: str, **body) -> None:
+    r = httpx.post(f"{base_url}/v1/feedback", json={"trace_id": trace_id, **body},
+                   headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    r.raise_for_status()
+
+
+def run_workload(base_url: str, model: str, keys: dict[str, str], tasks: list[dict], *,
+                 concurrency: int = 8, max_tokens: int = 40, resend: int = 3,
+                 on_progress=None) -> dict:
+    """Apps, contributors with feedback, an opted-out user; returns counts and speed."""
+    from train.tasks import answer_text, check_call
+
+    stats = Stats()
+    for q in APP_QUESTIONS:
+        chat(base_url, keys["app"], model, [{"role": "user", "content": q}], max_tokens, stats)
+    chat(base_url, keys["optout"], model, [{"role": "user", "content": APP_QUESTIONS[0]}],
+         max_tokens, stats)
+    chat(base_url, keys["alice"], model, [{"role": "user", "content": SENSITIVE}], max_tokens,
+         stats)
+    who = ["alice", "bob"]
+    jobs = [(who[i % 2], t) for i, t in enumerate(tasks)]
+    jobs += [("bob", t) for t in tasks[:resend]]  # the same task sent again: dedup drops it
+    outcome = {"correct": 0, "corrected": 0, "done": 0}
+
+    def one(job):
+        person, task = job
+        r = chat(base_url, keys[person], model, task["messages"], max_tokens, stats)
+        trace = r.model_extra["shoal"].get("trace_id")
+        ok = check_call(r.choices[0].message.content or "", task["answer"])
+        if trace:
+            if ok:
+                feedback(base_url, keys[person], trace, rating=5)
+            else:
+                feedback(base_url, keys[person], trace, rating=1,
+                         correction=answer_text(task["answer"]))
+        outcome["correct" if ok else "corrected"] += 1
+        outcome["done"] += 1
+        if on_progress:
+            on_progress(outcome["done"], len(jobs))
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, jobs))
+    return {**stats.as_dict(), **outcome, "tasks": len(jobs)}
+
+
+def swarm_eval(base_url: str, key: str, model: str, items: list[dict], *, concurrency: int = 8,
+               max_tokens: int = 40) -> dict:
+    """Score evaluation items answered by the swarm (an app key: nothing is stored)."""
+    from train.evaluate import score
+
+    stats = Stats()
+
+    def one(item):
+        r = chat(base_url, key, model, item["messages"], max_tokens, stats)
+        return score(item, r.choices[0].message.content or ""), r.model_extra["shoal"]["version"]
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, items))
+    versions = sorted({v for _, v in results})
+    return {"accuracy": sum(ok for ok, _ in results) / len(items), "n": len(items),
+            "versions": versions, **stats.as_dict()}
