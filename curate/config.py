@@ -26,7 +26,7 @@ class DedupConfig(BaseModel):
     """MinHash permutations (accuracy of the Jaccard estimate)."""
     shingle: int = Field(5, ge=1, le=16)
     """Words per shingle."""
-    semantic_threshold: float = Field(0.97, gt=0.0, le=1.0)
+    semantic_threshold: float = Field(0.98, gt=0.0, le=1.0)
     """Cosine similarity of embeddings above which two records say the same thing."""
     semantic: bool = True
     """Run semantic dedup over the embeddings the trace store keeps (records without one are kept)."""

@@ -38,9 +38,13 @@ class Record:
         return "\n".join(_content_text(m) for m in self.messages)
 
     def text(self) -> str:
-        """Prompt and answer as one string: what dedup and decontamination compare."""
+        """Prompt and answer as one string: what dedup and decontamination compare.
+
+        System messages are left out: apps send the same long system prompt with every request,
+        and shared boilerplate must not make two different conversations look alike."""
+        turns = "\n".join(_content_text(m) for m in self.messages if m.get("role") != "system")
         calls = " ".join(json.dumps(c, sort_keys=True) for c in self.tool_calls)
-        return f"{self.prompt_text()}\n{self.completion}\n{calls}".strip()
+        return f"{turns}\n{self.completion}\n{calls}".strip()
 
     def map_text(self, fn: Callable[[str], str]) -> Record:
         """A copy with `fn` applied to every free-text field (messages, answer, tool calls, feedback)."""

@@ -16,6 +16,7 @@ Bare URLs are kept (code and docs are full of them); only their credentials are 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -111,7 +112,13 @@ class Scrubber:
         engine = LocalSpacy(models=[{"lang_code": "en", "model_name": self.config.spacy_model}])
         engine.load()
         registry = RecognizerRegistry(supported_languages=["en"])
-        registry.load_predefined_recognizers(nlp_engine=engine, languages=["en"])
+        quiet = logging.getLogger("presidio-analyzer")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # it warns about every recognizer of other languages
+        try:
+            registry.load_predefined_recognizers(nlp_engine=engine, languages=["en"])
+        finally:
+            quiet.setLevel(level)
         keep = set(PII_RECOGNIZERS) | ({"SpacyRecognizer"} if self.ner else set())
         registry.recognizers = [r for r in registry.recognizers if r.name in keep]
         self.pii_entities = list(PII_ENTITIES) + (["PERSON"] if self.ner else [])

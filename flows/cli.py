@@ -304,7 +304,7 @@ def chat(prompt: str, model: Annotated[str, typer.Option(help="name@channel or v
 @app.command("demo")
 @reports_errors
 def demo(seed: Annotated[int, typer.Option(help="seeds tasks, split and training")] = 0,
-         tasks: Annotated[int, typer.Option(help="contributor tasks")] = 96) -> None:
+         tasks: Annotated[int, typer.Option(help="contributor tasks")] = 80) -> None:
     """The whole flywheel: genesis, swarm, workload, curate, train, gate, promote, roll out."""
     from flows.demo import DemoConfig, run_demo
 

@@ -219,8 +219,11 @@ def verify(node_url: Annotated[str, typer.Option("--node", help="ws://host:port 
         raise typer.Exit(1)
 
 
-def status(tracker: Annotated[str, typer.Option()] = "http://127.0.0.1:7000") -> None:
-    """Nodes (span, version, trust status, load) and the channel heads, in one view."""
+def status(tracker: Annotated[str, typer.Option()] = "http://127.0.0.1:7000",
+           gateway: Annotated[Optional[str], typer.Option(
+               help="gateway URL: adds its rollout state")] = None) -> None:
+    """Nodes (span, versions, trust, channel watch, load), the gateway's rollout, and the channel
+    heads, in one view."""
     import httpx
     from rich.console import Console
     from rich.table import Table
@@ -229,8 +232,8 @@ def status(tracker: Annotated[str, typer.Option()] = "http://127.0.0.1:7000") ->
 
     console = Console()
     table = Table(title=f"nodes at {tracker}")
-    for col in ("node", "layers", "version", "trust", "sessions", "batches", "max batch",
-                "ms/token/layer"):
+    for col in ("node", "layers", "offers", "loaded", "trust", "channel", "sessions",
+                "batches", "ms/token/layer"):
         table.add_column(col)
     try:
         nodes = httpx.get(f"{tracker}/nodes", timeout=5).json()
@@ -239,10 +242,25 @@ def status(tracker: Annotated[str, typer.Option()] = "http://127.0.0.1:7000") ->
         console.print(f"[red]tracker unreachable: {exc}[/red]")
     for n in sorted(nodes, key=lambda n: (n["start"], n["node_id"])):
         st = n.get("stats", {})
+        watch = n.get("channel") or {}
+        channel = "-" if not watch else (f"{watch['channel']} #{watch.get('sequence')}"
+                                         if watch.get("ok") else
+                                         f"[red]{watch['channel']}: {watch.get('error')}[/red]")
         table.add_row(n["node_id"], f"{n['start']}:{n['end']}", short_id(n["version"]),
-                      n["status"], str(n["sessions"]), str(st.get("batches", 0)),
-                      str(st.get("max_batch", 0)), f"{n['ms_per_token_layer']:.2f}")
+                      " ".join(short_id(v) for v in n.get("versions") or [n["version"]]),
+                      n["status"], channel, str(n["sessions"]), str(st.get("batches", 0)),
+                      f"{n['ms_per_token_layer']:.2f}")
     console.print(table)
+    if gateway:
+        try:
+            r = httpx.get(f"{gateway}/v1/rollout", timeout=5).json()
+            loaded = ", ".join(f"{short_id(v)} ({d['inflight']} in flight"
+                               f"{', retired' if d['retired'] else ''})"
+                               for v, d in r["versions"].items())
+            console.print(f"gateway {gateway}: new requests → {short_id(r['current'])}; "
+                          f"loaded: {loaded}")
+        except httpx.HTTPError as exc:
+            console.print(f"[red]gateway unreachable: {exc}[/red]")
     cfg = _cfg()
     client = cfg.client()
     heads = Table(title=f"channels at {cfg.registry_url}")

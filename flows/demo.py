@@ -28,13 +28,13 @@ from flows.genesis import DEFAULT_NAME, ensure_genesis
 class DemoConfig(BaseModel):
     seed: int = 0
     """Seeds the contributors' tasks, the data split and training."""
-    tasks: int = Field(96, ge=8)
+    tasks: int = Field(80, ge=8)
     """Tool-call tasks the contributors send (before duplicates)."""
     eval_items: int = Field(30, ge=1)
     """Held-out items answered through the swarm before and after."""
     gate_limit: int | None = 20
     """Items per evaluation set the gate scores (None: all)."""
-    train: dict = Field(default_factory=lambda: {"max_steps": 14, "epochs": 3, "lr": 5e-5,
+    train: dict = Field(default_factory=lambda: {"max_steps": 12, "epochs": 3, "lr": 5e-5,
                                                  "micro_batch": 4, "max_len": 160})
     procs: int = Field(2, ge=1)
     gate: dict = Field(default_factory=lambda: {"improve": {"tools_heldout.accuracy": 0.10},

@@ -87,6 +87,18 @@ def _wait_current(swarm, version: str, timeout: float = 90) -> None:
     raise AssertionError(f"gateway still on {state['current']}: {state}")
 
 
+def _status(swarm, shoal) -> str:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["status", "--tracker", swarm.tracker_url, "--gateway",
+                                      swarm.base_url],
+                                env={"SHOAL_HOME": str(shoal.home), "COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 def _expected(directory, max_tokens: int) -> str:
     model, tok = _model(directory)
     ids = local_greedy((model, tok), MESSAGES, max_tokens)
@@ -160,5 +172,8 @@ def test_a_forged_channel_head_changes_nothing_and_is_reported(rollout):
         rollout_state = httpx.get(f"{swarm.base_url}/v1/rollout", timeout=5).json()
         assert rollout_state["current"] == serving
         assert rollout_state["channel"]["ok"] is False
+        view = _status(swarm, shoal)
+        assert "REFUSED" in view and "new requests →" in view
+        assert view.count("production:") >= 3  # every node shows the refused channel
     finally:
         path.write_text(original)
