@@ -127,8 +127,8 @@ def register_run(run_dir: Path) -> None:
     typer.echo(json.dumps(result, indent=2))
 
 
-def bench_train(model: str = "production", steps: int = 6, micro_batch: int = 4, procs: int = 2,
-                max_len: int = 128, zero: str = "zero2", grad_accum: int = 1,
+def bench_train(model: str = "production", steps: int = 4, micro_batch: int = 4, procs: int = 2,
+                max_len: int = 128, zero: str = "zero1", grad_accum: int = 4,
                 out: Annotated[str, typer.Option()] = "bench-out") -> None:
     """SFT tokens/s: DeepSpeed (launcher, ZeRO) vs a plain torch loop, in one run."""
     from train.bench import run_train_bench

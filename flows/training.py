@@ -25,11 +25,10 @@ from flows.config import ShoalConfig
 def _dataset_dirs(shoal: ShoalConfig, kind: str, ids: list[str] | None) -> list[Path]:
     from flows.curation import latest
 
-    if not ids:
-        source = "distill" if kind == "distill" else kind
-        newest = latest(shoal).get(source)
+    if not ids:  # each training kind reads the curated set of the same name
+        newest = latest(shoal).get(kind)
         if not newest:
-            raise ValueError(f"no curated {source} dataset yet: run `shoal flow curate` first")
+            raise ValueError(f"no curated {kind} dataset yet: run `shoal flow curate` first")
         ids = [newest]
     dirs = [shoal.datasets_dir / i for i in ids]
     missing = [str(d) for d in dirs if not (d / "card.json").is_file()]

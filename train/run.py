@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from train import data
 from train.config import TrainConfig
+from train.exceptions import TrainConfigError
 from train.model import build, export
 
 
@@ -90,7 +91,6 @@ class Run:
         import deepspeed
         import torch.distributed as dist
         from deepspeed.accelerator import get_accelerator
-        from transformers import AutoTokenizer
 
         self.config = config
         self.out = Path(config.output)
@@ -101,16 +101,39 @@ class Run:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
         torch.manual_seed(config.seed)
+        self.dpo = config.kind == "dpo"
+        self._load_data()
+        self._build_engine()
+
+    def _load_data(self) -> None:
+        """Tokenize the datasets' train and eval splits; plan this rank's micro-batches."""
+        from transformers import AutoTokenizer
+
+        config = self.config
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
-        self.dpo = config.kind == "dpo"
         encode = data.encode_pairs if self.dpo else data.encode_lm
         self.train_set = encode(self.tokenizer, data.load_rows(config.datasets, "train"),
                                 config.max_len)
         self.eval_set = encode(self.tokenizer, data.load_rows(config.datasets, "eval"),
                                config.max_len)
+        micro = data.micro_batches(len(self.train_set), seed=config.seed, epoch=0,
+                                   micro=config.micro_batch, rank=self.rank, world=self.world)
+        self.steps_per_epoch = len(micro) // config.grad_accum
+        if self.steps_per_epoch == 0:
+            raise TrainConfigError(f"{len(self.train_set)} examples make no full step of "
+                                   f"grad_accum={config.grad_accum}")
+        self.total = self.steps_per_epoch * config.epochs
+        if config.max_steps:
+            self.total = min(self.total, config.max_steps)
+
+    def _build_engine(self) -> None:
+        """The trained model under DeepSpeed, plus the frozen reference (DPO) or teacher (draft)."""
+        import deepspeed
+
+        config = self.config
         model = build(config)
         self.reference = build(config, trainable=False) if self.dpo else None
         self.teacher = None
@@ -123,20 +146,9 @@ class Run:
         ds_config["gradient_accumulation_steps"] = config.grad_accum
         ds_config["train_batch_size"] = config.micro_batch * config.grad_accum * self.world
         _precision(ds_config, self.cpu)
-        self.micro = data.micro_batches(len(self.train_set), seed=config.seed, epoch=0,
-                                        micro=config.micro_batch, rank=self.rank, world=self.world)
-        self.steps_per_epoch = len(self.micro) // config.grad_accum
-        if self.steps_per_epoch == 0:
-            from train.exceptions import TrainConfigError
-
-            raise TrainConfigError(f"{len(self.train_set)} examples make no full step of "
-                                   f"grad_accum={config.grad_accum}")
-        self.total = self.steps_per_epoch * config.epochs
-        if config.max_steps:
-            self.total = min(self.total, config.max_steps)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-        total = self.total
+        total = self.total  # linear decay to 10 % of the learning rate
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: max(0.1, 1.0 - 0.9 * s / max(1, total)))
         self.engine, _, _, self.scheduler = deepspeed.initialize(
@@ -297,15 +309,17 @@ class Run:
         """The full trained state on rank 0 (ZeRO-3 parameters are gathered first)."""
         module = self.engine.module
         if self.engine.zero_optimization_stage() == 3:
-            from deepspeed.zero import GatheredParameters
+            from deepspeed.runtime.zero import GatheredParameters
 
             state = {}
             for name, p in module.named_parameters():
                 with GatheredParameters([p]):
                     if self.rank == 0:
                         state[name] = p.detach().clone().cpu()
-            if self.rank == 0:
-                state.update({n: b.detach().clone().cpu() for n, b in module.named_buffers()})
+            if self.rank == 0:  # persistent buffers only (rotary tables are rebuilt on load)
+                persistent = set(module.state_dict())
+                state.update({n: b.detach().clone().cpu() for n, b in module.named_buffers()
+                              if n in persistent})
             return state
         return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()} \
             if self.rank == 0 else {}

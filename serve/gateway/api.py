@@ -45,6 +45,8 @@ class Runtime:
     """Requests running on this version now (a retired version is dropped at zero)."""
     retired_at: float | None = None
     tasks: list = field(default_factory=list)
+    draft: str | None = None
+    """Version id of the draft model paired with this version (rolled out from `<channel>-draft`)."""
 
 
 @dataclass
@@ -184,8 +186,8 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
     async def rollout():
         """Which version new requests get, every version still loaded, and the channel watch."""
         return {"current": state.current, **state.rollout,
-                "versions": {v: {"inflight": rt.inflight, "retired": rt.retired_at is not None}
-                             for v, rt in state.runtimes.items()}}
+                "versions": {v: {"inflight": rt.inflight, "retired": rt.retired_at is not None,
+                                 "draft": rt.draft} for v, rt in state.runtimes.items()}}
 
     @app.get("/verifier")
     async def verifier():

@@ -163,6 +163,7 @@ async def follow(cfg: GatewayConfig, state: "GatewayState") -> None:
                     pending = None
                     state.rollout["switches"].append({"from": old, "to": head, "at": time.time()})
                     log.info("new requests now start on %s (was %s)", head[:19], old[:19])
+            await _pair_draft(watcher, state)
             for version, runtime in list(state.runtimes.items()):
                 if (version != state.current and version != head and runtime.inflight == 0
                         and runtime.retired_at is not None
@@ -175,6 +176,35 @@ async def follow(cfg: GatewayConfig, state: "GatewayState") -> None:
             state.rollout["error"] = str(exc)
             pending = None
         await asyncio.sleep(cfg.watch.poll_s)
+
+
+async def _pair_draft(watcher, state: "GatewayState") -> None:
+    """Give the current runtime the draft model promoted on `<channel>-draft` for its version.
+
+    Drafts roll out like targets: signed, verified, fetched once; a draft is used only with the
+    version its lineage names (`draft_for`), so a new target never runs with a stale draft."""
+    from serve.drafters import make_drafter
+
+    channel = f"{watcher.watch.channel}-draft"
+    runtime = state.runtime()
+    try:
+        if not watcher.client.store.exists(f"channels/{channel}/head.json"):
+            return
+        record = await asyncio.to_thread(watcher.client.channel, channel)
+        manifest = await asyncio.to_thread(watcher.client.manifest, record.version)
+    except Exception as exc:  # an unverifiable draft is simply not used
+        state.rollout["draft"] = {"channel": channel, "ok": False, "error": str(exc)}
+        return
+    state.rollout["draft"] = {"channel": channel, "ok": True, "version": record.version,
+                              "draft_for": manifest.lineage.draft_for}
+    if manifest.lineage.draft_for != runtime.version_id or runtime.draft == record.version:
+        return
+    directory = await asyncio.to_thread(watcher.checkout, record.version, "full",
+                                        lambda m: sorted(m.files))
+    drafter = await asyncio.to_thread(make_drafter, "draft_model", directory=directory)
+    runtime.engine.drafters["draft_model"] = drafter
+    runtime.draft = record.version
+    log.info("draft %s paired with %s", record.version[:19], runtime.version_id[:19])
 
 
 def _prepare(cfg: GatewayConfig, watcher, version: str) -> "Runtime":

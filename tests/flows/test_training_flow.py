@@ -61,3 +61,27 @@ def test_train_evaluate_register_with_gate_and_lineage(tmp_path_factory, tiny_mo
     assert client.resolve("production") == production  # promotion to production is manual
     history = json.loads((Path(meta["run_dir"]) / "registered.json").read_text())
     assert history["version"] == accepted["version"]
+
+
+@pytest.mark.slow
+def test_a_distilled_draft_is_registered_for_its_target(tmp_path_factory, tiny_model_dir,
+                                                         prefect_harness, monkeypatch):
+    from flows.training import improve
+    from tests.train.test_distill_and_gate import _distill_set
+
+    home = tiny_home(tmp_path_factory, tiny_model_dir)
+    monkeypatch.setenv("SHOAL_HOME", str(home))
+    monkeypatch.delenv("SHOAL_REGISTRY", raising=False)
+    shoal = ShoalConfig.at(home)
+    target = shoal.client().resolve("production")
+    dataset = _distill_set(tiny_model_dir, shoal.datasets_dir)
+    result = improve(str(home), "distill", "production", [dataset.name],
+                     {"draft_layers": 2, "lr": 5e-3, "micro_batch": 4, "max_len": 64,
+                      "epochs": 12, "max_steps": 60}, 2, None, 16)
+    rates = result["eval"]["acceptance"]
+    assert rates["after"]["rate"] > rates["before"]["rate"]
+    registered = result["registered"]
+    assert registered["promoted_to"] == "staging-draft" and registered["name"] == "tiny-draft"
+    manifest = shoal.client().manifest(registered["version"])
+    assert manifest.lineage.draft_for == target and manifest.num_layers == 2
+    assert manifest.lineage.datasets == [load_card(dataset).rows_digest]

@@ -177,3 +177,37 @@ def test_a_forged_channel_head_changes_nothing_and_is_reported(rollout):
         assert view.count("production:") >= 3  # every node shows the refused channel
     finally:
         path.write_text(original)
+
+
+def test_a_draft_rolls_out_paired_with_its_target(rollout, tiny_model_dir, tmp_path):
+    """A draft promoted on `production-draft` for the version being served is fetched, verified
+    and used by the gateway; speculation with it leaves the text unchanged."""
+    from registry.manifest import Lineage
+    from registry.publish import import_model, promote
+    from train.model import truncate
+
+    swarm, shoal, keys = rollout["swarm"], rollout["shoal"], rollout["keys"]
+    serving = _ask(swarm)["shoal"]["version"]
+    target_dir = tiny_model_dir if serving == rollout["v1"] else rollout["v2_dir"]
+    model, tok = _model(target_dir)
+    truncate(model, 2)
+    model.save_pretrained(tmp_path / "draft")
+    tok.save_pretrained(tmp_path / "draft")
+    draft = import_model(shoal.store(), tmp_path / "draft", name="tiny-draft",
+                         release_keys=[keys["release"]],
+                         lineage=Lineage(parent=serving, draft_for=serving)).version_id
+    promote(shoal.store(), draft, "production-draft", [keys["promote"]], note="draft")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{swarm.base_url}/v1/rollout", timeout=5).json()
+        if state["versions"][serving]["draft"] == draft:
+            break
+        time.sleep(0.3)
+    assert state["versions"][serving]["draft"] == draft, state
+    r = httpx.post(f"{swarm.base_url}/v1/chat/completions", headers=AUTH, timeout=60,
+                   json={"model": "tiny", "messages": MESSAGES, "temperature": 0,
+                         "max_tokens": 12, "speculation": {"drafter": "draft_model"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["shoal"]["version"] == serving and body["shoal"]["drafted"] > 0
+    assert body["choices"][0]["message"]["content"] == _expected(target_dir, 12)

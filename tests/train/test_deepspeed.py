@@ -32,6 +32,17 @@ def test_sft_zero2_changes_every_parameter_and_lowers_heldout_loss(runs, tiny_mo
     assert [e["step"] for e in log] == list(range(1, 9)) and all(e["tokens"] > 0 for e in log)
 
 
+def test_zero3_gathers_partitioned_weights_and_trains_like_zero2(runs):
+    config2, zero2 = runs("sft")
+    config3, zero3 = runs("zero3", zero="zero3")
+    assert zero3["zero_stage"] == 3
+    assert zero3["loss_curve"] == pytest.approx(zero2["loss_curve"], rel=1e-4)
+    a, b = state(Path(config3.output) / "model"), state(Path(config2.output) / "model")
+    assert set(a) == set(b)
+    for k in a:  # the export gathered every partitioned parameter
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
 def test_lora_export_equals_base_plus_scaled_adapter_product(runs, tiny_model_dir):
     from safetensors.torch import load_file
 
