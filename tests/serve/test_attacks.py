@@ -113,5 +113,6 @@ def test_standalone_verify_command(cheater_swarm, monkeypatch):
     bad = CliRunner().invoke(app, ["verify", "--node", urls[cheater_swarm.cheaters["bf16"]],
                                    "--model", "tiny@production", "--no-fingerprint"])
     assert bad.exit_code == 1 and "FAIL proof" in bad.output and "merkle" in bad.output
-    shown = CliRunner().invoke(app, ["status", "--tracker", cheater_swarm.tracker_url])
+    shown = CliRunner().invoke(app, ["status", "--tracker", cheater_swarm.tracker_url],
+                               env={"COLUMNS": "300"})  # a wide table: no cell is cut
     assert shown.exit_code == 0 and "evicted" in shown.output and "production" in shown.output
