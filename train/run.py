@@ -26,15 +26,17 @@ from train.model import build, export
 
 
 def _precision(ds_config: dict, cpu: bool) -> None:
-    """fp32 on CPU; bf16 where the accelerator supports it ("auto" in the shipped configs)."""
+    """fp32 on CPU; on GPUs bf16 where supported, else fp16 with loss scaling ("auto")."""
     from deepspeed.accelerator import get_accelerator
 
     bf16 = ds_config.setdefault("bf16", {})
-    if bf16.get("enabled") == "auto":
-        bf16["enabled"] = (not cpu) and get_accelerator().is_bf16_supported()
+    fp16 = ds_config.setdefault("fp16", {})
     if cpu:
-        bf16["enabled"] = False
-        ds_config.setdefault("fp16", {})["enabled"] = False
+        bf16["enabled"] = fp16["enabled"] = False
+        return
+    if bf16.get("enabled") == "auto":
+        bf16["enabled"] = get_accelerator().is_bf16_supported()
+        fp16["enabled"] = not bf16["enabled"]
 
 
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

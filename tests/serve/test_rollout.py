@@ -146,20 +146,29 @@ def test_rollout_keeps_streams_consistent_then_moves_new_sessions(rollout, tiny_
     assert back["choices"][0]["message"]["content"] == _expected(tiny_model_dir, 12)
 
 
-def test_a_forged_channel_head_changes_nothing_and_is_reported(rollout):
+@pytest.mark.parametrize("forgery", ["unsigned", "replayed-old-record"])
+def test_a_forged_channel_head_changes_nothing_and_is_reported(rollout, forgery):
     swarm, shoal = rollout["swarm"], rollout["shoal"]
-    head = shoal.store().root / "channels" / "production" / "head.json" \
-        if hasattr(shoal.store(), "root") else None
-    path = head or (shoal.home / "registry" / "channels" / "production" / "head.json")
+    channel = shoal.home / "registry" / "channels" / "production"
+    path = channel / "head.json"
     serving = _ask(swarm)["shoal"]["version"]
     other = rollout["v2"] if serving == rollout["v1"] else rollout["v1"]
     original = path.read_text()
     envelope = json.loads(original)
-    forged = {**envelope, "signed": {**envelope["signed"], "version": other,
-                                     "sequence": envelope["signed"]["sequence"] + 1},
-              "signatures": []}
+    if forgery == "unsigned":  # points at the other version, claims a higher sequence, no keys
+        forged = json.dumps({**envelope, "signed": {**envelope["signed"], "version": other,
+                                                    "sequence": envelope["signed"]["sequence"] + 1},
+                             "signatures": []})
+    else:  # a genuinely signed but older record, replayed as the head (a rollback attack)
+        if envelope["signed"]["sequence"] == 1:  # make sure there is an older record to replay
+            from registry.publish import promote
+
+            promote(shoal.store(), serving, "production", [rollout["keys"]["promote"]])
+            time.sleep(1.0)
+            original = path.read_text()
+        forged = (channel / "0000000001.json").read_text()
     try:
-        path.write_text(json.dumps(forged))
+        path.write_text(forged)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             nodes = node_stats(swarm)
@@ -177,6 +186,11 @@ def test_a_forged_channel_head_changes_nothing_and_is_reported(rollout):
         assert view.count("production:") >= 3  # every node shows the refused channel
     finally:
         path.write_text(original)
+    deadline = time.monotonic() + 30  # the genuine head verifies again
+    while time.monotonic() < deadline and not all(n["channel"].get("ok")
+                                                  for n in node_stats(swarm)):
+        time.sleep(0.3)
+    assert all(n["channel"]["ok"] for n in node_stats(swarm))
 
 
 def test_a_draft_rolls_out_paired_with_its_target(rollout, tiny_model_dir, tmp_path):
