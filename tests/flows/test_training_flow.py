@@ -17,15 +17,20 @@ from tests.train.conftest import make_sft
 SETTINGS = {"lr": 2e-3, "micro_batch": 4, "max_len": 64, "max_steps": 8, "epochs": 4}
 
 
-@pytest.mark.slow
-def test_train_evaluate_register_with_gate_and_lineage(tmp_path_factory, tiny_model_dir,
-                                                       prefect_harness, monkeypatch):
-    from flows.training import evaluate, register, train
-
+@pytest.fixture
+def shoal(tmp_path_factory, tiny_model_dir, monkeypatch) -> ShoalConfig:
+    """A SHOAL_HOME whose registry has the tiny model on `production`, set in the environment."""
     home = tiny_home(tmp_path_factory, tiny_model_dir)
     monkeypatch.setenv("SHOAL_HOME", str(home))
     monkeypatch.delenv("SHOAL_REGISTRY", raising=False)
-    shoal = ShoalConfig.at(home)
+    return ShoalConfig.at(home)
+
+
+@pytest.mark.slow
+def test_train_evaluate_register_with_gate_and_lineage(shoal, prefect_harness):
+    from flows.training import evaluate, register, train
+
+    home = shoal.home
     client = shoal.client()
     production = client.resolve("production")
     dataset = make_sft(shoal.datasets_dir)
@@ -64,15 +69,11 @@ def test_train_evaluate_register_with_gate_and_lineage(tmp_path_factory, tiny_mo
 
 
 @pytest.mark.slow
-def test_a_distilled_draft_is_registered_for_its_target(tmp_path_factory, tiny_model_dir,
-                                                         prefect_harness, monkeypatch):
+def test_a_distilled_draft_is_registered_for_its_target(shoal, tiny_model_dir, prefect_harness):
     from flows.training import improve
     from tests.train.test_distill_and_gate import _distill_set
 
-    home = tiny_home(tmp_path_factory, tiny_model_dir)
-    monkeypatch.setenv("SHOAL_HOME", str(home))
-    monkeypatch.delenv("SHOAL_REGISTRY", raising=False)
-    shoal = ShoalConfig.at(home)
+    home = shoal.home
     target = shoal.client().resolve("production")
     dataset = _distill_set(tiny_model_dir, shoal.datasets_dir)
     result = improve(str(home), "distill", "production", [dataset.name],
