@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from curate.exceptions import RecordError
@@ -32,7 +32,6 @@ class Record:
     corrections: tuple[str, ...] = ()
     vector: tuple[float, ...] | None = None
     created_at: str = ""
-    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def prompt_text(self) -> str:
         return "\n".join(_content_text(m) for m in self.messages)

@@ -19,12 +19,12 @@ def _cfg():
 
 def _checkout(ref: str, what: str, files_for) -> tuple[str, Path, object]:
     """Resolve `ref` in the registry and fetch + verify the files `files_for(manifest)` names."""
+    from serve.rollout import checkout_files
+
     cfg = _cfg()
     client = cfg.client()
     version_id = client.resolve(ref)
-    manifest = client.manifest(version_id)
-    directory = cfg.models_dir / f"{version_id.removeprefix('sha256:')[:16]}-{what}"
-    client.checkout(version_id, directory, files=files_for(manifest))
+    directory, manifest = checkout_files(client, cfg.models_dir, version_id, what, files_for)
     return version_id, directory, manifest
 
 

@@ -62,7 +62,14 @@ class Watcher:
 
     def checkout(self, version: str, what: str, files_for: Callable) -> Path:
         """Fetch and verify `files_for(manifest)` of `version` into its own directory."""
-        manifest = self.client.manifest(version)
-        directory = self.watch.models_dir / f"{version.removeprefix('sha256:')[:16]}-{what}"
-        self.client.checkout(version, directory, files=files_for(manifest))
-        return directory
+        return checkout_files(self.client, self.watch.models_dir, version, what, files_for)[0]
+
+
+def checkout_files(client, models_dir: Path, version: str, what: str,
+                   files_for: Callable) -> tuple[Path, object]:
+    """Fetch and verify `files_for(manifest)` of `version` into `models_dir/<hex16>-<what>`;
+    returns (directory, manifest). Shared by `shoal node|gateway` and the channel watchers."""
+    manifest = client.manifest(version)
+    directory = models_dir / f"{version.removeprefix('sha256:')[:16]}-{what}"
+    client.checkout(version, directory, files=files_for(manifest))
+    return directory, manifest
