@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,40 @@ from pathlib import Path
 from serve.exceptions import ServeError
 
 
+_given: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port that is free now and that no outgoing connection will take.
+
+    A port from `bind(0)` lies in the kernel's ephemeral range, so in the seconds between choosing
+    it and the server binding it (the server imports first) any client connection on this host can
+    get it as its local port, and the server then fails to start. Ports below that range are only
+    ever taken by an explicit bind, so pick a random one there that binds now and that this process
+    has not handed out before.
+    """
+    low = _ephemeral_low()
+    start = max(1024, low - 12000)
+    rng = random.Random(time.time_ns() ^ os.getpid())
+    for _ in range(256):
+        port = rng.randrange(start, low)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise ServeError(f"no free loopback port in {start}..{low - 1}")
 
 
 def even_spans(num_layers: int, nodes: int) -> list[tuple[int, int]]:

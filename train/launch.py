@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections import deque
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve.up import free_port
 from train.config import TrainConfig
 from train.exceptions import LaunchError
 
@@ -36,12 +36,6 @@ class Topology:
     master_port: int | None = None
     cpu: bool | None = None
     """Force the CPU accelerator (default: when no CUDA device is visible)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command(config_path: Path, topo: Topology) -> list[str]:

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from serve.up import free_port
 from tests.train.conftest import make_dpo, state
 from train.config import TrainConfig
-from train.launch import Topology, free_port, launch, start, wait
+from train.launch import Topology, launch, start, wait
 
 pytestmark = pytest.mark.slow
 
