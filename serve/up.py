@@ -20,7 +20,6 @@ from pathlib import Path
 
 from serve.exceptions import ServeError
 
-
 _given: set[int] = set()
 
 

@@ -1,11 +1,14 @@
 """The `curate` flow end to end on a real LanceDB trace store, under Prefect's test harness:
 planted secrets and PII gone from every output file, duplicates and contaminated items gone, the
-card's counts equal to what was planted, scopes respected, and erasure followed by a re-run leaves
-none of the contributor's text in any dataset file."""
+card's counts equal to what was planted, scopes respected, erasure followed by a re-run leaves
+none of the contributor's text in any dataset file, and a Dask cluster of separate worker processes
+builds the same datasets as one process."""
 
 from __future__ import annotations
 
-import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from curate import synthetic
 from curate.card import load_card, load_split
 from curate.config import CurateConfig
 from flows.config import ShoalConfig
+from serve.up import free_port
 from traces.schemas import Account, FeedbackIn, Trace
 from traces.store import TraceStore, TraceStoreConfig
 
@@ -131,3 +135,61 @@ def test_curate_flow_is_cached_by_input_hash(home, prefect_harness):
     assert second["chunks_cached"] == second["chunks"] == first["chunks"]
     assert first["datasets"] == second["datasets"]
     assert sorted((shoal.cache_dir / "curate").rglob("*")) == cached  # nothing new written
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A Dask scheduler and two single-threaded workers as separate processes (what other machines
+    would run), on loopback; yields the scheduler address."""
+    from distributed import Client
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    bin_dir = Path(sys.executable).parent
+    logs = [open(tmp_path / f"dask-{name}.log", "wb") for name in ("scheduler", "workers")]
+    procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                               address.rsplit(":", 1)[1], "--no-dashboard"],
+                              stdout=logs[0], stderr=subprocess.STDOUT)]
+    procs.append(subprocess.Popen([bin_dir / "dask", "worker", address, "--nworkers", "2",
+                                   "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                                  stdout=logs[1], stderr=subprocess.STDOUT))
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+
+
+@pytest.mark.slow
+def test_curate_flow_on_a_dask_cluster_builds_the_same_datasets(home, prefect_harness,
+                                                                 dask_cluster):
+    from distributed import Client
+
+    from flows.curation import run_curate
+
+    shoal = ShoalConfig.from_env()
+    store = TraceStore(TraceStoreConfig(uri=str(home / "traces" / "lancedb"),
+                                        log_dir=home / "traces" / "log", embed=False))
+    corpus = synthetic.corpus(40, seed=5, eval_texts=EVAL)
+    _fill(store, corpus)
+    config = CurateConfig(chunk_size=10)
+    on_dask = run_curate(shoal, config, dask_address=dask_cluster, eval_texts=EVAL)
+    with Client(dask_cluster) as client:
+        ran = client.run_on_scheduler(lambda dask_scheduler: {
+            name: p.state_counts["memory"] for name, p in dask_scheduler.task_prefixes.items()})
+    assert ran.get("scrub_chunk") == on_dask["chunks"] >= 4  # every chunk was computed there
+    files = _all_bytes(shoal.datasets_dir)
+    assert not [k for k, v in corpus.planted["secrets"].items() if v.encode() in files]
+
+    # the same traces on this process alone, cache cleared: identical datasets
+    shutil.rmtree(shoal.cache_dir / "curate")
+    local = run_curate(shoal, config, eval_texts=EVAL)
+    assert local["chunks_cached"] == 0
+    assert local["datasets"] == on_dask["datasets"]
