@@ -18,6 +18,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.context import get_run_context
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from curate import pipeline
 from curate.card import write_dataset
@@ -25,6 +26,21 @@ from curate.config import CurateConfig
 from curate.decontam import EvalIndex
 from curate.records import Record, records_from_rows
 from flows.config import ShoalConfig
+
+
+def cache_storage(shoal: ShoalConfig) -> str:
+    """The result storage of the scrub step: `$SHOAL_HOME/cache/curate`, the directory erasure wipes.
+
+    Set by the flow itself, so every way of running it (`run_curate`, a served deployment, a
+    worker) caches there and never in Prefect's default storage. Prefect wants it saved as a
+    block; one block per cache directory."""
+    from prefect.filesystems import LocalFileSystem
+
+    cache = shoal.cache_dir / "curate"
+    cache.mkdir(parents=True, exist_ok=True)
+    block = f"shoal-cache-{hashlib.sha256(str(cache).encode()).hexdigest()[:16]}"
+    LocalFileSystem(basepath=str(cache)).save(block, overwrite=True)
+    return f"local-file-system/{block}"
 
 
 # Only the scrub step persists results (scrubbed text, for input-hash caching); raw traces and
@@ -100,7 +116,10 @@ def drop_marked(home: str, keep: list[str]) -> list[str]:
     return dropped
 
 
-@flow(name="curate", log_prints=True, persist_result=False)
+# One chunk at a time unless a runner is chosen (`run_curate`): the scrubber is built once per
+# process and not shared between threads.
+@flow(name="curate", log_prints=True, persist_result=False,
+      task_runner=ThreadPoolTaskRunner(max_workers=1))
 def curate(home: str, config: dict | None = None, eval_texts: list[str] | None = None) -> dict:
     """Curate every consented trace under `home` into datasets; returns their ids and counts."""
     log = get_run_logger()
@@ -116,7 +135,8 @@ def curate(home: str, config: dict | None = None, eval_texts: list[str] | None =
              f"grant expired or revoked)")
 
     chunks = [records[i:i + cfg.chunk_size] for i in range(0, len(records), cfg.chunk_size)]
-    futures = scrub_chunk.map(chunks, unmapped(cfg)) if chunks else []
+    scrub = scrub_chunk.with_options(result_storage=cache_storage(ShoalConfig.at(home)))
+    futures = scrub.map(chunks, unmapped(cfg)) if chunks else []
     merged = pipeline.merge([f.result() for f in futures], cfg)
     cached = sum(f.state.name == "Cached" for f in futures)
     scrub_stats = merged.stats
@@ -149,26 +169,17 @@ def curate(home: str, config: dict | None = None, eval_texts: list[str] | None =
 def run_curate(shoal: ShoalConfig, config: CurateConfig | None = None, *, workers: int = 1,
                dask_address: str | None = None, eval_texts: list[str] | None = None) -> dict:
     """Run the flow with a task runner chosen for this machine (or a Dask cluster)."""
-    from prefect.filesystems import LocalFileSystem
-    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+    from prefect.task_runners import ProcessPoolTaskRunner
 
+    flow_ = curate
     if dask_address:
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError as e:
             raise RuntimeError("--dask needs the prefect-dask package: pip install prefect-dask") from e
-        runner = DaskTaskRunner(address=dask_address)
+        flow_ = curate.with_options(task_runner=DaskTaskRunner(address=dask_address))
     elif workers > 1:
-        runner = ProcessPoolTaskRunner(max_workers=workers)
-    else:
-        runner = ThreadPoolTaskRunner(max_workers=1)
-    cache = shoal.cache_dir / "curate"
-    cache.mkdir(parents=True, exist_ok=True)
-    # Prefect wants result storage saved as a block; one block per cache directory
-    block = f"shoal-cache-{hashlib.sha256(str(cache).encode()).hexdigest()[:16]}"
-    LocalFileSystem(basepath=str(cache)).save(block, overwrite=True)
-    flow_ = curate.with_options(task_runner=runner,
-                                result_storage=f"local-file-system/{block}")
+        flow_ = curate.with_options(task_runner=ProcessPoolTaskRunner(max_workers=workers))
     return flow_(str(shoal.home), (config or CurateConfig()).model_dump(), eval_texts)
 
 

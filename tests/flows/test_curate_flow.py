@@ -6,6 +6,7 @@ builds the same datasets as one process."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -193,3 +194,52 @@ def test_curate_flow_on_a_dask_cluster_builds_the_same_datasets(home, prefect_ha
     local = run_curate(shoal, config, eval_texts=EVAL)
     assert local["chunks_cached"] == 0
     assert local["datasets"] == on_dask["datasets"]
+
+
+@pytest.mark.slow
+def test_curate_served_as_a_scheduled_deployment(home, prefect_harness, tmp_path):
+    """`shoal flow curate --cron …` against a Prefect server registers the deployment with its
+    schedule; a run of it builds the datasets and caches chunks only under `$SHOAL_HOME/cache`."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.curation import latest
+
+    shoal = ShoalConfig.from_env()
+    store = TraceStore(TraceStoreConfig(uri=str(home / "traces" / "lancedb"),
+                                        log_dir=home / "traces" / "log", embed=False))
+    _fill(store, synthetic.corpus(20, seed=7, eval_texts=EVAL))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "flow", "curate", "--cron",
+                             "0 3 * * *"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        deployment = None
+        with get_client(sync_client=True) as client:
+            while deployment is None:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "deployment never appeared"
+                try:
+                    deployment = client.read_deployment_by_name("curate/shoal")
+                except ObjectNotFound:
+                    time.sleep(1)
+        assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+        assert deployment.parameters["home"] == str(shoal.home)
+
+        run = run_deployment("curate/shoal", timeout=240)
+        assert run.state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
+        assert set(latest(shoal)) == {"sft", "dpo", "distill"}
+        assert list((shoal.cache_dir / "curate").iterdir())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
