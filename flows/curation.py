@@ -117,8 +117,9 @@ def drop_marked(home: str, keep: list[str]) -> list[str]:
 
 
 # One chunk at a time unless a runner is chosen (`run_curate`): the scrubber is built once per
-# process and not shared between threads.
-@flow(name="curate", log_prints=True, persist_result=False,
+# process and not shared between threads. No `log_prints`: libraries that capture stdout around
+# `dis.dis` (dill, under `datasets`' fingerprinting) would have their capture logged line by line.
+@flow(name="curate", persist_result=False,
       task_runner=ThreadPoolTaskRunner(max_workers=1))
 def curate(home: str, config: dict | None = None, eval_texts: list[str] | None = None) -> dict:
     """Curate every consented trace under `home` into datasets; returns their ids and counts."""

@@ -30,11 +30,15 @@ class DemoConfig(BaseModel):
     """Seeds the contributors' tasks, the data split and training."""
     tasks: int = Field(80, ge=8)
     """Tool-call tasks the contributors send (before duplicates)."""
+    general: int = Field(16, ge=0, le=32)
+    """Plain questions the contributors also ask (no tools offered). Their checked and corrected
+    answers go into training too, so the new version keeps answering plainly when no tools are
+    offered (without them it starts quoting bare words as if replying to a tool prompt)."""
     eval_items: int = Field(30, ge=1)
     """Held-out items answered through the swarm before and after."""
     gate_limit: int | None = 20
     """Items per evaluation set the gate scores (None: all)."""
-    train: dict = Field(default_factory=lambda: {"max_steps": 12, "epochs": 3, "lr": 5e-5,
+    train: dict = Field(default_factory=lambda: {"max_steps": 16, "epochs": 3, "lr": 5e-5,
                                                  "micro_batch": 4, "max_len": 160})
     procs: int = Field(2, ge=1)
     gate: dict = Field(default_factory=lambda: {"improve": {"tools_heldout.accuracy": 0.10},
@@ -61,7 +65,7 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
     from registry.publish import promote
     from serve.up import LocalSwarm, SwarmSpec
     from train.evalsets import load
-    from train.tasks import items
+    from train.tasks import general_items, items
 
     config = config or DemoConfig()
     console = Console()
@@ -118,9 +122,10 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
 
         t0 = time.perf_counter()
         tasks = items(config.tasks, seed=config.seed)
+        general = general_items(config.general, seed=config.seed)
         with console.status("workload: apps and contributors via the openai SDK…") as status:
             summary["workload"] = run_workload(
-                base, manifest.name, keys, tasks, concurrency=config.concurrency,
+                base, manifest.name, keys, tasks, general=general, concurrency=config.concurrency,
                 max_tokens=config.max_tokens,
                 on_progress=lambda d, n: status.update(f"workload: {d}/{n} tasks answered…"))
         phase("workload", t0)
@@ -224,6 +229,8 @@ def _print(console, s: dict) -> None:
     w = s["workload"]
     table.add_row("serving", f"{w['requests']} requests, {w['tok_s_per_stream']} tok/s per stream, "
                              f"{w['tokens_per_traversal']} tokens/traversal")
+    table.add_row("contributors", f"{w['tasks']} tasks ({w['general']} plain questions): "
+                                  f"{w['correct']} answered right, {w['corrected']} corrected")
     v = s["verifier"]
     table.add_row("proofs", f"{v['trusted']}/{v['nodes']} nodes trusted, {v['checks_passed']} "
                             f"checks passed, {v['failures']} failures")

@@ -2,9 +2,9 @@
 official `openai` SDK, and the held-out evaluation run through the swarm.
 
 - apps ask general questions and a tool call (apps never contribute traces);
-- contributors with consent grants send tool-call tasks (`train.tasks`); a program checks every
-  answer and the contributor sends feedback: a good rating, or a low one with the correct call as
-  a correction. One contributor pastes PII and a secret into a request; one re-sends a few tasks;
+- contributors with consent grants send tool-call tasks and plain questions (`train.tasks`); a
+  program checks every answer and the contributor sends feedback: a good rating, or a low one with
+  the correct call or reply as a correction. One contributor pastes PII and a secret into a request; one re-sends a few tasks;
   one contributor has no grant (nothing of theirs is stored).
 """
 
@@ -72,11 +72,21 @@ def feedback(base_url: str, key: str, trace_id: str, **body) -> None:
     r.raise_for_status()
 
 
+def correct_reply(item: dict) -> str:
+    """What a contributor sends as the correction of a wrong answer to `item`."""
+    from train.tasks import answer_text
+
+    return item["reply"] if "reply" in item else answer_text(item["answer"])
+
+
 def run_workload(base_url: str, model: str, keys: dict[str, str], tasks: list[dict], *,
-                 concurrency: int = 8, max_tokens: int = 40, resend: int = 3,
-                 on_progress=None) -> dict:
-    """Apps, contributors with feedback, an opted-out user; returns counts and speed."""
-    from train.tasks import answer_text, check_call
+                 general: list[dict] = (), concurrency: int = 8, max_tokens: int = 40,
+                 resend: int = 3, on_progress=None) -> dict:
+    """Apps, contributors with feedback, an opted-out user; returns counts and speed.
+
+    `tasks` are tool-call items, `general` plain questions; both are checked by the program the
+    evaluation uses and get the same feedback."""
+    from train.evaluate import score
 
     stats = Stats()
     for q in APP_QUESTIONS:
@@ -86,22 +96,23 @@ def run_workload(base_url: str, model: str, keys: dict[str, str], tasks: list[di
     chat(base_url, keys["alice"], model, [{"role": "user", "content": SENSITIVE}], max_tokens,
          stats)
     who = ["alice", "bob"]
-    jobs = [(who[i % 2], t) for i, t in enumerate(tasks)]
+    jobs = [(who[i % 2], t) for i, t in enumerate([*tasks, *general])]
     jobs += [("bob", t) for t in tasks[:resend]]  # the same task sent again: dedup drops it
-    outcome = {"correct": 0, "corrected": 0, "done": 0}
+    outcome = {"correct": 0, "corrected": 0, "done": 0, "general": len(general),
+               "general_correct": 0}
 
     def one(job):
         person, task = job
         r = chat(base_url, keys[person], model, task["messages"], max_tokens, stats)
         trace = r.model_extra["shoal"].get("trace_id")
-        ok = check_call(r.choices[0].message.content or "", task["answer"])
+        ok = score(task, r.choices[0].message.content or "")
         if trace:
             if ok:
                 feedback(base_url, keys[person], trace, rating=5)
             else:
-                feedback(base_url, keys[person], trace, rating=1,
-                         correction=answer_text(task["answer"]))
+                feedback(base_url, keys[person], trace, rating=1, correction=correct_reply(task))
         outcome["correct" if ok else "corrected"] += 1
+        outcome["general_correct"] += ok and task["check"] != "tool_call"
         outcome["done"] += 1
         if on_progress:
             on_progress(outcome["done"], len(jobs))

@@ -86,10 +86,25 @@ def wait(proc: subprocess.Popen, config: TrainConfig,
             if on_line:
                 on_line(line.rstrip())
     code = proc.wait()
+    release_shared_memory(proc.args)
     summary = Path(config.output) / "summary.json"
     if code != 0 or not summary.is_file():
         raise LaunchError(f"training exited with code {code}:\n" + "\n".join(tail))
     return json.loads(summary.read_text())
+
+
+def release_shared_memory(cmd: list[str]) -> list[Path]:
+    """Remove the /dev/shm segments DeepSpeed's CPU all-reduce made for the run `cmd` launched.
+
+    DeepSpeed's shm communicator creates one ~70 MB segment per local rank, named after the master
+    address and port, and never unlinks it: every CPU run would leave them behind in /dev/shm, which
+    is memory. Called once the launcher has exited (every rank mapped its peers' at start-up)."""
+    addr, port = (cmd[cmd.index(flag) + 1] for flag in ("--master_addr", "--master_port"))
+    pattern = f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_*"
+    removed = sorted(Path("/dev/shm").glob(pattern))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def launch(config: TrainConfig, topo: Topology | None = None,

@@ -68,6 +68,64 @@ def items(n: int, *, seed: int, heldout: bool = False) -> list[dict]:
     return out
 
 
+# Plain questions contributors also ask, with no tools offered: (question, a correct reply, words
+# one of which a correct reply contains). None is in the regression suite (a test checks), so the
+# suite still measures what training on tool calls costs elsewhere.
+GENERAL = [
+    ("What is the capital of Spain?", "The capital of Spain is Madrid.", ["Madrid"]),
+    ("What is the capital of Canada?", "The capital of Canada is Ottawa.", ["Ottawa"]),
+    ("What is the capital of Egypt?", "The capital of Egypt is Cairo.", ["Cairo"]),
+    ("What is the capital of Russia?", "The capital of Russia is Moscow.", ["Moscow"]),
+    ("What is the capital of the United Kingdom?", "The capital of the United Kingdom is London.",
+     ["London"]),
+    ("What is the capital of China?", "The capital of China is Beijing.", ["Beijing"]),
+    ("Which planet is known as the Red Planet?", "Mars is known as the Red Planet.", ["Mars"]),
+    ("Which planet is closest to the Sun?", "Mercury is the planet closest to the Sun.",
+     ["Mercury"]),
+    ("How many months are there in a year?", "There are 12 months in a year.", ["12", "twelve"]),
+    ("How many minutes are in an hour?", "There are 60 minutes in an hour.", ["60", "sixty"]),
+    ("How many sides does a triangle have?", "A triangle has 3 sides.", ["3", "three"]),
+    ("How many legs does a dog have?", "A dog has 4 legs.", ["4", "four"]),
+    ("What is 3 plus 5?", "3 plus 5 is 8.", ["8", "eight"]),
+    ("What is 9 minus 4?", "9 minus 4 is 5.", ["5", "five"]),
+    ("What is 6 times 2?", "6 times 2 is 12.", ["12", "twelve"]),
+    ("What is the boiling point of water in Celsius?",
+     "Water boils at 100 degrees Celsius at sea level.", ["100"]),
+    ("What color is grass?", "Grass is green.", ["green"]),
+    ("What color are ripe bananas?", "Ripe bananas are yellow.", ["yellow"]),
+    ("What do cows drink?", "Cows drink water.", ["water"]),
+    ("Which animal is known for having a very long neck?",
+     "The giraffe is known for its very long neck.", ["giraffe"]),
+    ("What is the largest mammal on Earth?", "The blue whale is the largest mammal on Earth.",
+     ["blue whale"]),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa.", ["Leonardo"]),
+    ("What is the chemical symbol for gold?", "The chemical symbol for gold is Au.", ["Au"]),
+    ("What is the opposite of up?", "The opposite of up is down.", ["down"]),
+    ("What is the opposite of day?", "The opposite of day is night.", ["night"]),
+    ("Which continent is Brazil in?", "Brazil is in South America.", ["South America"]),
+    ("Which continent is Japan in?", "Japan is in Asia.", ["Asia"]),
+    ("What is the tallest mountain in the world?",
+     "Mount Everest is the tallest mountain in the world.", ["Everest"]),
+    ("What star is at the center of our solar system?",
+     "The Sun is the star at the center of our solar system.", ["Sun"]),
+    ("What do caterpillars turn into?", "Caterpillars turn into butterflies or moths.",
+     ["butterfl", "moth"]),
+    ("How many wheels does a bicycle have?", "A bicycle has 2 wheels.", ["2", "two"]),
+    ("What language is mostly spoken in Brazil?", "Portuguese is mostly spoken in Brazil.",
+     ["Portuguese"]),
+]
+
+
+def general_items(n: int, *, seed: int) -> list[dict]:
+    """`n` plain questions from `GENERAL` (no tools offered), scored by `contains` like the
+    regression suite; `reply` is what a contributor sends as a correction."""
+    rng = random.Random(seed)
+    picked = rng.sample(GENERAL, min(n, len(GENERAL)))
+    return [{"id": f"general-{seed}-{i}", "messages": [{"role": "user", "content": q}],
+             "check": "contains", "answer": words, "reply": reply}
+            for i, (q, reply, words) in enumerate(picked)]
+
+
 def answer_text(call: dict) -> str:
     """The canonical reply for an expected call (what a correct model writes)."""
     return json.dumps(call, separators=(", ", ": "))

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_flywheel_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir, prefect_harness):
     cfg = ShoalConfig(home=tmp_path / "home", registry_url=str(tmp_path / "home" / "registry"))
-    config = DemoConfig(tasks=16, eval_items=4, gate_limit=2, concurrency=4, max_tokens=8,
+    config = DemoConfig(tasks=16, general=4, eval_items=4, gate_limit=2, concurrency=4, max_tokens=8,
                         eval_fraction=0.3,
                         train={"max_steps": 6, "epochs": 3, "lr": 3e-3, "micro_batch": 2,
                                "max_len": 96},
@@ -29,9 +29,9 @@ def test_flywheel_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir, prefect
     assert [r["version"] for r in s["channel"]][-2:] == [s["genesis"], s["candidate"]]
     assert all(n["version"] == s["candidate"] for n in s["nodes"])
     w = s["workload"]
-    assert w["tasks"] == 16 + 3 and w["corrected"] + w["correct"] == w["tasks"]
+    assert w["tasks"] == 16 + 4 + 3 and w["corrected"] + w["correct"] == w["tasks"]
     t = s["traces"]
-    assert t["optout_stored"] == 0 and t["stored"] == 16 + 3 + 1  # alice + bob, not app/optout
+    assert t["optout_stored"] == 0 and t["stored"] == 16 + 4 + 3 + 1  # alice + bob, not app/optout
     assert t["scrubbed_records"] >= 1 and t["replaced"].get("EMAIL_ADDRESS") == 1
     assert t["deduplicated"]["exact"] >= 3
     assert s["datasets"]["sft"]["train"] > 0

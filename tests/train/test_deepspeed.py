@@ -96,7 +96,25 @@ def test_dpo_raises_the_heldout_margin(tiny_model_dir, tmp_path):
     config = TrainConfig(kind="dpo", model=str(tiny_model_dir), datasets=[str(dpo_dir)],
                          output=str(tmp_path / "dpo"), lr=2e-3, micro_batch=4, max_len=64,
                          max_steps=8, epochs=4, dpo_beta=0.1)
-    summary = launch(config, Topology(procs=2))
+    port = free_port()
+    segments = f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_*"
+    seen: set[Path] = set()
+    done = threading.Event()
+
+    def watch() -> None:  # DeepSpeed's CPU all-reduce segments while the run is alive
+        while not done.is_set():
+            seen.update(Path("/dev/shm").glob(segments))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        summary = launch(config, Topology(procs=2, master_port=port))
+    finally:
+        done.set()
+        watcher.join()
+    assert len(seen) == 2  # one per rank, ~70 MB of memory each ...
+    assert not list(Path("/dev/shm").glob(segments))  # ... and released when the run ends
     before, after = summary["eval_before"], summary["eval_after"]
     assert abs(before["margin"]) < 1e-4  # policy == reference at the start
     assert after["margin"] > 0.5 and after["accuracy"] == 1.0
