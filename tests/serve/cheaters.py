@@ -15,6 +15,7 @@ import torch
 
 from serve import wire
 from serve.node import Node
+from serve.proofs import proof_digest
 
 
 def round_bf16(t: torch.Tensor) -> torch.Tensor:
@@ -78,13 +79,12 @@ class Cheater(Node):
             old = self._first_proof
             return wire.Proof(challenge.request_id, old.node_id, old.nonce, old.items,
                               old.signature)
-        if self.mode == "other-node":  # answer with a proof made under another identity
-            real_key, real_id = self.key, self.node_id
-            self.key, self.node_id = self._neighbour, self._neighbour.keyid[:16]
-            try:
-                return super().prove(challenge)
-            finally:
-                self.key, self.node_id = real_key, real_id
+        if self.mode == "other-node":  # answer with a proof signed under another identity
+            # (built aside: swapping self.node_id would let a heartbeat announce the other id)
+            own = super().prove(challenge)
+            other = self._neighbour.keyid[:16]
+            signature = self._neighbour.sign_bytes(proof_digest(own.nonce, other, own.items))
+            return wire.Proof(own.request_id, other, own.nonce, own.items, signature)
         if self.mode == "slow":
             time.sleep(1.6)
         return super().prove(challenge)
