@@ -4,8 +4,8 @@ official `openai` SDK, and the held-out evaluation run through the swarm.
 - apps ask general questions and a tool call (apps never contribute traces);
 - contributors with consent grants send tool-call tasks and plain questions (`train.tasks`); a
   program checks every answer and the contributor sends feedback: a good rating, or a low one with
-  the correct call or reply as a correction. One contributor pastes PII and a secret into a request; one re-sends a few tasks;
-  one contributor has no grant (nothing of theirs is stored).
+  the correct call or reply as a correction. One contributor pastes PII and a secret into a
+  request; one re-sends a few tasks; one contributor has no grant (nothing of theirs is stored).
 """
 
 from __future__ import annotations
