@@ -17,14 +17,13 @@ def _cfg():
     return ShoalConfig.from_env()
 
 
-def _checkout(ref: str, what: str, files_for) -> tuple[str, Path, object]:
-    """Resolve `ref` in the registry and fetch + verify the files `files_for(manifest)` names."""
-    from serve.rollout import checkout_files
-
+def _checkout(ref: str, role: str, span: tuple[int, int] | None = None
+              ) -> tuple[str, Path, object]:
+    """Resolve `ref` in the registry and fetch + verify what `role` needs of it."""
     cfg = _cfg()
     client = cfg.client()
     version_id = client.resolve(ref)
-    directory, manifest = checkout_files(client, cfg.models_dir, version_id, what, files_for)
+    directory, manifest = client.checkout_role(version_id, cfg.models_dir, role, span)
     return version_id, directory, manifest
 
 
@@ -76,8 +75,7 @@ def node_config(model: str, layers: str, port: int, tracker: str | None = None,
         start, end = (int(x) for x in layers.split(":"))
     except ValueError:
         raise typer.BadParameter(f"--layers {layers!r}: expected START:END") from None
-    version_id, directory, _ = _checkout(
-        model, f"L{start}-{end}", lambda m: m.small_files() + m.layer_files(start, end))
+    version_id, directory, _ = _checkout(model, "span", (start, end))
     return NodeConfig(directory=directory, start=start, end=end, version_id=version_id,
                       port=port, announce_url=announce_url, tracker_url=tracker, threads=threads,
                       memory_budget_bytes=int(memory_budget_mb * 2**20),
@@ -112,13 +110,12 @@ def gateway(model: Annotated[str, typer.Option()] = "production",
     """Run the OpenAI-compatible gateway in front of the swarm."""
     from serve.gateway.server import GatewayConfig, run_gateway
 
-    version_id, directory, manifest = _checkout(
-        model, "head", lambda m: m.small_files() + m.shared_files())
+    version_id, directory, manifest = _checkout(model, "head")
     draft_dir = trusted_dir = None
     if draft_model:
-        draft_dir = _checkout(draft_model, "full", lambda m: sorted(m.files))[1]
+        draft_dir = _checkout(draft_model, "full")[1]
     if verify and fingerprints:
-        trusted_dir = _checkout(model, "full", lambda m: sorted(m.files))[1]
+        trusted_dir = _checkout(model, "full")[1]
     from serve.gateway.verifier import VerifierConfig
 
     verifier_cfg = VerifierConfig(log_path=verdict_log or _cfg().home / "run" / "verdicts.jsonl",
@@ -188,10 +185,7 @@ def verify(node_url: Annotated[str, typer.Option("--node", help="ws://host:port 
     from serve.tracker import NodeInfo
     from serve import wire
 
-    version_id, directory, manifest = _checkout(
-        model, "full" if fingerprint else "head",
-        (lambda m: sorted(m.files)) if fingerprint else
-        (lambda m: m.small_files() + m.shared_files()))
+    version_id, directory, manifest = _checkout(model, "full" if fingerprint else "head")
     head = Head(directory)
 
     async def run() -> bool:

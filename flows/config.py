@@ -34,7 +34,8 @@ class ShoalConfig:
 
     @property
     def models_dir(self) -> Path:
-        """Verified checkouts of versions, one directory per version id."""
+        """Verified checkouts of versions, one directory per version and role
+        (`registry.layout.checkout_dir`)."""
         return self.home / "models"
 
     @property
@@ -84,9 +85,7 @@ class ShoalConfig:
         verified, into `models_dir`; returns (version id, directory)."""
         client = self.client()
         version_id = client.resolve(ref)
-        directory = self.models_dir / version_id.removeprefix("sha256:")
-        client.checkout(version_id, directory)
-        return version_id, directory
+        return version_id, client.checkout_role(version_id, self.models_dir, "full")[0]
 
     def client(self):  # -> registry.client.RegistryClient
         from registry.client import RegistryClient

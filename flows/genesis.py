@@ -37,10 +37,10 @@ def ensure_keys(cfg: ShoalConfig) -> dict:
 
 
 def ensure_registry(cfg: ShoalConfig, keys: dict) -> None:
-    from registry.publish import init_registry, make_policy, new_registry_id
+    from registry.publish import has_registry, init_registry, make_policy, new_registry_id
 
     store = cfg.store()
-    if store.exists("root/1.root.json"):
+    if has_registry(store):
         return
     policy = make_policy(version=1, registry=new_registry_id(), roles={
         role: ([keys[role]], 1) for role in ("root", "release", "promote")})

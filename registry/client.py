@@ -16,16 +16,15 @@ import uuid
 from pathlib import Path
 
 from registry import channels as ch
-from registry import merkle
+from registry import layout, merkle
 from registry.exceptions import NotFoundError, RegistryError, VerificationError
+from registry.layout import MANIFEST_FILE, Role, checkout_dir
 from registry.manifest import MERKLE_SUFFIX, Manifest, split_levels, tensor_levels, version_id_of
 from registry.policy import (RootPolicy, check_threshold, load_root, verify_initial_root,
                              verify_rotation)
 from registry.safetensors_header import read_header
 from registry.signing import Envelope
 from registry.storage import Store
-
-MANIFEST_FILE = "manifest.json"
 
 
 def parse_envelope(data: bytes, what: str) -> Envelope:
@@ -77,11 +76,11 @@ class RegistryClient:
         if self._root_path.exists():
             trusted = load_root(parse_envelope(self._root_path.read_bytes(), "pinned root"))
         else:  # trust on first use: pin the registry's first root
-            first = self.store.read("root/1.root.json")
+            first = self.store.read(layout.root(1))
             trusted = verify_initial_root(parse_envelope(first, "root v1"))
             _atomic_write(self._root_path, first)
-        while self.store.exists(f"root/{trusted.version + 1}.root.json"):
-            data = self.store.read(f"root/{trusted.version + 1}.root.json")
+        while self.store.exists(layout.root(trusted.version + 1)):
+            data = self.store.read(layout.root(trusted.version + 1))
             trusted = verify_rotation(trusted, parse_envelope(data, f"root v{trusted.version + 1}"))
             _atomic_write(self._root_path, data)
         if trusted.expired():
@@ -94,7 +93,7 @@ class RegistryClient:
 
     def manifest(self, version_id: str) -> Manifest:
         """A version's manifest after checking its digest and its `release` signatures."""
-        rel = f"versions/{version_id.removeprefix('sha256:')}/{MANIFEST_FILE}"
+        rel = layout.manifest(version_id)
         return self.check_manifest(parse_envelope(self.store.read(rel), rel), version_id)
 
     def check_manifest(self, envelope: Envelope, version_id: str | None = None) -> Manifest:
@@ -109,13 +108,13 @@ class RegistryClient:
             raise VerificationError("manifest-schema", f"malformed manifest: {exc}") from None
 
     def versions(self) -> list[str]:
-        return ["sha256:" + h for h in self.store.list("versions")]
+        return ["sha256:" + h for h in self.store.list(layout.VERSIONS)]
 
     def resolve(self, ref: str) -> str:
         """Turn ``name@channel``, ``name@<hex prefix>``, a channel or a version id into a
         verified version id."""
         name, _, what = ref.rpartition("@") if "@" in ref else ("", "", ref)
-        if self.store.exists(f"channels/{what}/head.json"):
+        if self.has_channel(what):
             version_id = self.channel(what).version
         else:
             prefix = what.removeprefix("sha256:")
@@ -134,7 +133,7 @@ class RegistryClient:
     # channels ----------------------------------------------------------------------------------
 
     def snapshot(self) -> ch.Snapshot:
-        envelope = parse_envelope(self.store.read("snapshot.json"), "snapshot")
+        envelope = parse_envelope(self.store.read(layout.SNAPSHOT), "snapshot")
         policy = self.policy()
         check_threshold(envelope, policy, "promote", what="snapshot")
         snap = ch.parse_snapshot(envelope)
@@ -147,7 +146,7 @@ class RegistryClient:
     def channel(self, channel: str) -> ch.ChannelRecord:
         """The verified head of `channel`; remembers its sequence to refuse rollbacks later."""
         snap = self.snapshot()
-        envelope = parse_envelope(self.store.read(f"channels/{channel}/head.json"),
+        envelope = parse_envelope(self.store.read(layout.channel_head(channel)),
                                   f"{channel} head")
         return self.check_channel_record(envelope, channel, snap)
 
@@ -167,10 +166,10 @@ class RegistryClient:
         """Every record of `channel`, oldest first, with signatures and the hash chain checked."""
         policy = self.policy()
         records, prev_digest = [], None
-        for fname in self.store.list(f"channels/{channel}"):
+        for fname in self.store.list(layout.channel_dir(channel)):
             if fname == "head.json":
                 continue
-            envelope = parse_envelope(self.store.read(f"channels/{channel}/{fname}"), fname)
+            envelope = parse_envelope(self.store.read(f"{layout.channel_dir(channel)}/{fname}"), fname)
             check_threshold(envelope, policy, "promote", what=f"{channel}/{fname}")
             record = ch.parse_record(envelope)
             if record.prev != prev_digest or record.sequence != len(records) + 1:
@@ -204,18 +203,28 @@ class RegistryClient:
             except NotFoundError:
                 raise VerificationError("missing-file", f"{fname}: blob missing from the "
                                         "registry") from None
-        rel = f"versions/{version_id.removeprefix('sha256:')}/{MANIFEST_FILE}"
+        rel = layout.manifest(version_id)
         _atomic_write(dest / MANIFEST_FILE, self.store.read(rel))
         return manifest
 
     def open_span(self, version_id: str, start: int, end: int, dest: Path) -> Manifest:
         """Fetch and verify only what a node serving layers [start, end) needs."""
-        manifest = self.manifest(version_id)
-        if not 0 <= start < end <= manifest.num_layers:
-            raise ValueError(f"span {start}:{end} is outside the model's "
-                             f"{manifest.num_layers} layers")
-        files = manifest.small_files() + manifest.layer_files(start, end)
+        files = self.manifest(version_id).files_for("span", (start, end))
         return self.checkout(version_id, dest, files=files)
+
+    def checkout_role(self, version_id: str, models_dir: Path, role: Role,
+                      span: tuple[int, int] | None = None) -> tuple[Path, Manifest]:
+        """Fetch and verify what `role` needs of a version into its directory under `models_dir`
+        (`layout.checkout_dir`); returns (directory, manifest). Every process checks out this way:
+        `shoal node|gateway|chat`, the channel watchers, training and benchmarks."""
+        manifest = self.manifest(version_id)
+        directory = checkout_dir(models_dir, version_id, role, span)
+        self.checkout(version_id, directory, files=manifest.files_for(role, span))
+        return directory, manifest
+
+    def has_channel(self, channel: str) -> bool:
+        """Whether the registry holds a head record for `channel` (not yet verified)."""
+        return self.store.exists(layout.channel_head(channel))
 
     def verify_dir(self, directory: Path, *, partial: bool = False) -> Manifest:
         """Re-verify a checked-out directory offline: signatures, every file, every tensor root.

@@ -109,6 +109,20 @@ class Manifest(BaseModel):
         return sorted(f for f in self.files
                       if not f.endswith(".safetensors") and not f.endswith(MERKLE_SUFFIX))
 
+    def files_for(self, role: str, span: tuple[int, int] | None = None) -> list[str]:
+        """The files a process of `role` fetches (`registry.layout.Role`): every file (`full`),
+        the gateway's non-layer files (`head`), or a node's layers `span` = (start, end)."""
+        if role == "full":
+            return sorted(self.files)
+        if role == "head":
+            return self.small_files() + self.shared_files()
+        if role == "span":
+            if span is None or not 0 <= span[0] < span[1] <= self.num_layers:
+                raise ValueError(f"span {span} is not a layer range of the model's "
+                                 f"{self.num_layers} layers")
+            return self.small_files() + self.layer_files(*span)
+        raise ValueError(f"unknown checkout role {role!r}: full, head or span")
+
 
 def version_id_of(manifest_json: dict[str, Any]) -> str:
     return "sha256:" + sha256_hex(canonical_json(manifest_json))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry import channels as ch
+from registry import layout
 from registry.exceptions import NotFoundError, RegistryError, VerificationError
 from registry.importer import source_digest, stage
 from registry.manifest import Lineage, Manifest, build_manifest, version_id_of
@@ -61,11 +62,11 @@ def make_policy(*, version: int, registry: str, roles: dict[str, tuple[list[Sign
 def init_registry(store: Store, policy: RootPolicy, root_keys: list[SigningKey],
                   promote_keys: list[SigningKey]) -> None:
     """Write root v1 and an empty snapshot. Refuses an already initialised store."""
-    if store.exists("root/1.root.json"):
+    if has_registry(store):
         raise RegistryError(f"{store.url}: registry already initialised")
     envelope = sign_all(Envelope(signed=policy.model_dump(mode="json")), root_keys)
     verify_initial_root(envelope)
-    store.write_new("root/1.root.json", _dump(envelope))
+    store.write_new(layout.root(1), _dump(envelope))
     snap = ch.Snapshot(registry=policy.registry, version=1, expires=expires_in(DEFAULT_CHANNEL_DAYS),
                        channels={})
     _write_snapshot(store, policy, snap, promote_keys)
@@ -75,11 +76,16 @@ def new_registry_id() -> str:
     return f"shoal-{uuid.uuid4().hex[:16]}"
 
 
+def has_registry(store: Store) -> bool:
+    """Whether `store` already holds a registry (its first root)."""
+    return store.exists(layout.root(1))
+
+
 def current_root(store: Store) -> RootPolicy:
     """The newest root in the store, verified along the chain from v1."""
-    policy = verify_initial_root(_envelope(store, "root/1.root.json"))
-    while store.exists(f"root/{policy.version + 1}.root.json"):
-        policy = verify_rotation(policy, _envelope(store, f"root/{policy.version + 1}.root.json"))
+    policy = verify_initial_root(_envelope(store, layout.root(1)))
+    while store.exists(layout.root(policy.version + 1)):
+        policy = verify_rotation(policy, _envelope(store, layout.root(policy.version + 1)))
     return policy
 
 
@@ -88,7 +94,7 @@ def rotate_root(store: Store, new: RootPolicy, signers: list[SigningKey]) -> Env
     trusted = current_root(store)
     envelope = sign_all(Envelope(signed=new.model_dump(mode="json")), signers)
     verify_rotation(trusted, envelope)
-    store.write_new(f"root/{new.version}.root.json", _dump(envelope))
+    store.write_new(layout.root(new.version), _dump(envelope))
     return envelope
 
 
@@ -101,9 +107,9 @@ class Imported:
 
 
 def find_by_source(store: Store, name: str, digest: str) -> str | None:
-    for hexid in store.list("versions"):
+    for hexid in store.list(layout.VERSIONS):
         try:
-            signed = _envelope(store, f"versions/{hexid}/manifest.json").signed
+            signed = _envelope(store, layout.manifest(hexid)).signed
         except RegistryError:
             continue
         if signed.get("name") == name and signed.get("lineage", {}).get("source", {}).get(
@@ -132,7 +138,7 @@ def publish_dir(store: Store, directory: Path, manifest: Manifest,
                 release_keys: list[SigningKey] = ()) -> Imported:
     """Upload a built version directory: blobs first, the manifest envelope last."""
     version_id = manifest.version_id
-    rel = f"versions/{version_id.removeprefix('sha256:')}/manifest.json"
+    rel = layout.manifest(version_id)
     if store.exists(rel):
         existing = _envelope(store, rel)
         if release_keys:
@@ -154,7 +160,7 @@ def import_default_if_missing(store: Store, source: Path, name: str,
 
 
 def sign_version(store: Store, version_id: str, key: SigningKey) -> None:
-    rel = f"versions/{version_id.removeprefix('sha256:')}/manifest.json"
+    rel = layout.manifest(version_id)
     envelope = _envelope(store, rel)
     if version_id_of(envelope.signed) != version_id:
         raise VerificationError("manifest-digest", f"{rel} does not hash to {version_id}")
@@ -162,15 +168,15 @@ def sign_version(store: Store, version_id: str, key: SigningKey) -> None:
 
 
 def channel_head(store: Store, channel: str) -> Envelope | None:
-    return _envelope(store, f"channels/{channel}/head.json") if store.exists(
-        f"channels/{channel}/head.json") else None
+    return _envelope(store, layout.channel_head(channel)) if store.exists(
+        layout.channel_head(channel)) else None
 
 
 def promote(store: Store, version_id: str, channel: str, keys: list[SigningKey], *,
             note: str = "", days: float = DEFAULT_CHANNEL_DAYS) -> ch.ChannelRecord:
     """Append a signed record pointing `channel` at `version_id`, and a new snapshot."""
     policy = current_root(store)
-    rel = f"versions/{version_id.removeprefix('sha256:')}/manifest.json"
+    rel = layout.manifest(version_id)
     if not store.exists(rel):
         raise NotFoundError(f"version {version_id} is not in the registry")
     manifest_env = _envelope(store, rel)
@@ -185,9 +191,9 @@ def promote(store: Store, version_id: str, channel: str, keys: list[SigningKey],
         prev=ch.record_digest(head) if head else None, promoted_at=iso(utcnow()), note=note)
     envelope = sign_all(Envelope(signed=record.model_dump(mode="json")), keys)
     check_threshold(envelope, policy, "promote", what=f"{channel} record {record.sequence}")
-    store.write_new(f"channels/{channel}/{record.sequence:010d}.json", _dump(envelope))
-    store.write(f"channels/{channel}/head.json", _dump(envelope))
-    snap_env = _envelope(store, "snapshot.json")
+    store.write_new(layout.channel_record(channel, record.sequence), _dump(envelope))
+    store.write(layout.channel_head(channel), _dump(envelope))
+    snap_env = _envelope(store, layout.SNAPSHOT)
     snap = ch.parse_snapshot(snap_env)
     _write_snapshot(store, policy, ch.Snapshot(
         registry=policy.registry, version=snap.version + 1, expires=expires_in(days),
@@ -199,5 +205,5 @@ def _write_snapshot(store: Store, policy: RootPolicy, snap: ch.Snapshot,
                     keys: list[SigningKey]) -> None:
     envelope = sign_all(Envelope(signed=snap.model_dump(mode="json")), keys)
     check_threshold(envelope, policy, "promote", what=f"snapshot v{snap.version}")
-    store.write_new(f"snapshots/{snap.version:010d}.json", _dump(envelope))
-    store.write("snapshot.json", _dump(envelope))
+    store.write_new(layout.snapshot(snap.version), _dump(envelope))
+    store.write(layout.SNAPSHOT, _dump(envelope))

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from registry import layout
 from registry.exceptions import NotFoundError, VerificationError
 
 BLOCK = 1 << 20
@@ -96,7 +97,7 @@ class Store:
     @staticmethod
     def blob_path(sha256: str) -> str:
         assert len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256), sha256
-        return f"blobs/sha256/{sha256}"
+        return layout.blob(sha256)
 
     def put_blob(self, local: Path, sha256: str) -> bool:
         """Upload a file under its digest; False when the blob was already there."""

@@ -114,8 +114,7 @@ def run_swarm_bench(cfg: SwarmBenchConfig, shoal_cfg) -> dict:
 
     client = shoal_cfg.client()
     version_id = client.resolve(cfg.model)
-    directory = shoal_cfg.models_dir / version_id.removeprefix("sha256:")
-    manifest = client.checkout(version_id, directory)
+    directory, manifest = client.checkout_role(version_id, shoal_cfg.models_dir, "full")
     baseline = LocalModel.load(directory)
     results: dict = {"generate": measure_generate(baseline.model, baseline.tokenizer, cfg),
                      "swarm": {}}
@@ -172,8 +171,7 @@ def build_drafters(cfg: SwarmBenchConfig, client, shoal_cfg) -> dict:
         if not cfg.draft_model:
             raise ValueError("the draft_model drafter needs --draft-model REF")
         version = client.resolve(cfg.draft_model)
-        where = shoal_cfg.models_dir / version.removeprefix("sha256:")
-        client.checkout(version, where)
+        where = client.checkout_role(version, shoal_cfg.models_dir, "full")[0]
         drafters["draft_model"] = make_drafter("draft_model", directory=where)
     return drafters
 

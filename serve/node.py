@@ -367,8 +367,7 @@ class Node:
     def _load(self, version: str) -> None:
         """Fetch, verify and load this node's span of `version` (beside what it serves)."""
         start, end = self.config.start, self.config.end
-        directory = self.watcher.checkout(
-            version, f"L{start}-{end}", lambda m: m.small_files() + m.layer_files(start, end))
+        directory = self.watcher.checkout(version, "span", (start, end))
         self.versions[version] = Loaded(directory, SpanModel(directory, start, end),
                                         retired_at=time.monotonic())
 

@@ -4,16 +4,19 @@ A `Watcher` reads one channel through a verifying registry client (signatures an
 monotonic sequences, expiry). It returns the head's version only when every check passes; when a
 read fails (an unsigned or tampered record, a rolled-back sequence, an expired head, an unreachable
 store) it keeps the last good version and records why, so the process keeps serving what it had and
-`shoal status` can show the reason. `checkout` fetches and verifies just the files a process needs.
+`shoal status` can show the reason. `checkout` fetches and verifies just the files a process needs (`registry.layout.Role`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from registry.layout import Role
 
 log = logging.getLogger("shoal.rollout")
 
@@ -60,16 +63,6 @@ class Watcher:
         self.state.update(ok=True, error="", sequence=record.sequence, version=record.version)
         return self.version
 
-    def checkout(self, version: str, what: str, files_for: Callable) -> Path:
-        """Fetch and verify `files_for(manifest)` of `version` into its own directory."""
-        return checkout_files(self.client, self.watch.models_dir, version, what, files_for)[0]
-
-
-def checkout_files(client, models_dir: Path, version: str, what: str,
-                   files_for: Callable) -> tuple[Path, object]:
-    """Fetch and verify `files_for(manifest)` of `version` into `models_dir/<hex16>-<what>`;
-    returns (directory, manifest). Shared by `shoal node|gateway` and the channel watchers."""
-    manifest = client.manifest(version)
-    directory = models_dir / f"{version.removeprefix('sha256:')[:16]}-{what}"
-    client.checkout(version, directory, files=files_for(manifest))
-    return directory, manifest
+    def checkout(self, version: str, role: "Role", span: tuple[int, int] | None = None) -> Path:
+        """Fetch and verify what `role` needs of `version` into its own directory."""
+        return self.client.checkout_role(version, self.watch.models_dir, role, span)[0]

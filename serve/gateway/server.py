@@ -188,7 +188,7 @@ async def _pair_draft(watcher, state: "GatewayState") -> None:
     channel = f"{watcher.watch.channel}-draft"
     runtime = state.runtime()
     try:
-        if not watcher.client.store.exists(f"channels/{channel}/head.json"):
+        if not watcher.client.has_channel(channel):
             return
         record = await asyncio.to_thread(watcher.client.channel, channel)
         manifest = await asyncio.to_thread(watcher.client.manifest, record.version)
@@ -199,8 +199,7 @@ async def _pair_draft(watcher, state: "GatewayState") -> None:
                               "draft_for": manifest.lineage.draft_for}
     if manifest.lineage.draft_for != runtime.version_id or runtime.draft == record.version:
         return
-    directory = await asyncio.to_thread(watcher.checkout, record.version, "full",
-                                        lambda m: sorted(m.files))
+    directory = await asyncio.to_thread(watcher.checkout, record.version, "full")
     drafter = await asyncio.to_thread(make_drafter, "draft_model", directory=directory)
     runtime.engine.drafters["draft_model"] = drafter
     runtime.draft = record.version
@@ -210,9 +209,7 @@ async def _pair_draft(watcher, state: "GatewayState") -> None:
 def _prepare(cfg: GatewayConfig, watcher, version: str) -> "Runtime":
     """Check out what the gateway needs of `version` (verified) and build its runtime."""
     full = cfg.trusted_dir is not None
-    directory = watcher.checkout(version, "full" if full else "head",
-                                 (lambda m: sorted(m.files)) if full else
-                                 (lambda m: m.small_files() + m.shared_files()))
+    directory = watcher.checkout(version, "full" if full else "head")
     return build_runtime(cfg, version, directory, directory if full else None, first=False)
 
 

@@ -183,3 +183,26 @@ def test_registry_bench_runs_on_tiny(tiny_registry, tmp_path):
     assert report["manifest_build_mb_s"] > 0
     assert report["span"]["layers"] == "1:3" and 0 < report["span"]["fraction_of_model"] < 1
     assert (tmp_path / "out" / "registry.json").exists()
+
+
+def test_checkout_roles_share_one_scheme(tiny_registry, tmp_path):
+    """Each role fetches exactly its files into `<hex16>-<role>`; a bad span is a ValueError."""
+    reg, vid = tiny_registry
+    client = reg.client()
+    manifest = client.manifest(vid)
+    head, _ = client.checkout_role(vid, tmp_path, "head")
+    span, _ = client.checkout_role(vid, tmp_path, "span", (1, 3))
+    full, _ = client.checkout_role(vid, tmp_path, "full")
+    hex16 = vid.removeprefix("sha256:")[:16]
+    assert [head.name, span.name, full.name] == [f"{hex16}-head", f"{hex16}-L1-3", f"{hex16}-full"]
+    files = lambda d: sorted(p.name for p in d.iterdir() if p.name != "manifest.json")  # noqa: E731
+    assert files(full) == sorted(manifest.files)
+    assert "model-shared.safetensors" in files(head)
+    assert not any(f.startswith("model-layer-") for f in files(head))
+    assert {f for f in files(span) if f.startswith("model-layer-")} == {
+        "model-layer-001.safetensors", "model-layer-001.merkle",
+        "model-layer-002.safetensors", "model-layer-002.merkle"}
+    with pytest.raises(ValueError):
+        manifest.files_for("span", (3, 99))
+    with pytest.raises(ValueError):
+        manifest.files_for("everything")
