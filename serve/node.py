@@ -34,31 +34,11 @@ import torch
 
 from serve import wire
 from serve.links import Links, incoming
-from serve.rollout import ChannelWatch, Watcher
+from serve.config import NodeConfig
+from serve.rollout import Watcher
 from serve.span import SessionCache, SpanModel
 
 log = logging.getLogger("shoal.node")
-
-
-@dataclass
-class NodeConfig:
-    directory: Path
-    """Verified checkout holding (at least) the span's shards, config and index."""
-    start: int
-    end: int
-    version_id: str
-    port: int
-    host: str = "127.0.0.1"
-    announce_url: str | None = None
-    """Address peers should dial (e.g. a latency relay in front of this node)."""
-    tracker_url: str | None = None
-    idle_timeout_s: float = 300.0
-    memory_budget_bytes: int = 2 << 30
-    max_batch: int = 64
-    heartbeat_s: float = 1.0
-    threads: int | None = None
-    watch: ChannelWatch | None = None
-    """Follow this registry channel and roll out its new versions (None: serve one version)."""
 
 
 @dataclass

@@ -23,9 +23,7 @@ import torch
 
 from registry.manifest import Manifest, layer_of
 from serve import wire
-
-DEFAULT_CHUNKS = 16
-"""Chunks opened per challenge."""
+from serve.config import DEFAULT_PROOF_CHUNKS as DEFAULT_CHUNKS
 
 
 def span_tensors(manifest: Manifest, start: int, end: int) -> list[tuple[str, int]]:

@@ -11,30 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from registry.layout import Role
 
+from serve.config import ChannelWatch
+
 log = logging.getLogger("shoal.rollout")
-
-
-@dataclass
-class ChannelWatch:
-    channel: str
-    """The channel to follow, e.g. `production`."""
-    registry_url: str
-    """Registry tree (local path or fsspec URL)."""
-    trust_dir: Path
-    """This process's pinned root and highest-seen sequences."""
-    models_dir: Path
-    """Where verified checkouts go."""
-    poll_s: float = 2.0
-    """Seconds between reads of the channel head."""
-    drain_grace_s: float = 5.0
-    """How long an old version stays loaded after its last session ends."""
 
 
 class Watcher:

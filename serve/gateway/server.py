@@ -14,47 +14,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serve.config import GatewayConfig
+
 if TYPE_CHECKING:
     from serve.gateway.api import GatewayState, Runtime
-    from serve.gateway.verifier import VerifierConfig
-    from serve.rollout import ChannelWatch
 
 log = logging.getLogger("shoal.gateway")
-
-
-@dataclass
-class GatewayConfig:
-    directory: Path
-    """Verified checkout holding config, tokenizer and the shared (non-layer) shards."""
-    version_id: str
-    model_name: str
-    tracker_url: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    return_port: int = 0
-    return_url: str | None = None
-    """Address last hops dial to answer (e.g. a latency relay in front of the return port)."""
-    api_keys: set[str] = field(default_factory=set)
-    timeout_s: float = 60.0
-    wire_dtype: str = "float32"
-    chain: bool = True
-    drafter: str | None = "prompt_lookup"
-    """Default drafter for requests that do not choose one (None: no speculation)."""
-    draft_model_dir: Path | None = None
-    """Verified checkout of a draft model; enables the `draft_model` drafter."""
-    verify: bool = True
-    """Challenge nodes with live-weight proofs (admission, then at random intervals)."""
-    trusted_dir: Path | None = None
-    """Verified full checkout for output fingerprints (None: proofs only)."""
-    verifier: "VerifierConfig | None" = None
-    traces_dir: Path | None = None
-    """Trace store directory (LanceDB tables + durable log). None: static API keys, no capture."""
-    watch: "ChannelWatch | None" = None
-    """Follow this channel and roll out its new versions (None: serve `version_id` only)."""
 
 
 def build_runtime(cfg: GatewayConfig, version_id: str, directory: Path,

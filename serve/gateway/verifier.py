@@ -29,7 +29,8 @@ import torch
 from registry.manifest import Manifest
 from serve import wire
 from serve.exceptions import HopFailed
-from serve.proofs import DEFAULT_CHUNKS, ProofFailure, check_proof
+from serve.config import VerifierConfig
+from serve.proofs import ProofFailure, check_proof
 from serve.tracker import NodeInfo
 
 log = logging.getLogger("shoal.verifier")
@@ -41,26 +42,6 @@ CANARY_TEXTS = [
     '{"name": "search", "arguments": {"query": "train times to Lyon", "limit": 3}}',
     "Write a polite email asking to move our call to Thursday afternoon.",
 ]
-
-
-@dataclass
-class VerifierConfig:
-    chunks: int = DEFAULT_CHUNKS
-    """Chunks opened per proof."""
-    deadline_s: float = 1.0
-    """A proof arriving later than this after the challenge was sent fails."""
-    interval_s: float = 30.0
-    """Mean time between checks of an established node."""
-    new_interval_s: float = 2.0
-    """Mean time between checks during probation."""
-    probation: int = 5
-    """Checks before a node counts as established."""
-    fingerprint_every: int = 3
-    """Every n-th check also sends a canary (0: never)."""
-    tolerance: float = 1e-4
-    """Max relative error of a canary's output. Calibrated (docs/proofs.md): honest nodes measure
-    0 to ~1e-6, a bf16-rounded copy of a SmolLM2 span >= 6.5e-4, an int8 one >= 3e-3."""
-    log_path: Path | None = None
 
 
 @dataclass

@@ -1,0 +1,142 @@
+"""The typed configurations of serve/'s processes: node, gateway, verifier and channel watch.
+
+Each config owns its defaults and constraints; the CLI (`flows/cli/`) and `serve.up.LocalSwarm`
+pass only what a user set, so a default is written down once, here. The module imports nothing
+heavy (no torch), so `shoal --help` can read the defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+WireDtype = Literal["float32", "bfloat16", "float16"]
+DEFAULT_PROOF_CHUNKS = 16
+"""Chunks a live-weight proof opens (`serve.proofs.DEFAULT_CHUNKS`)."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ChannelWatch(_Config):
+    """Follow a registry channel and roll out its new versions."""
+
+    channel: str = Field(min_length=1)
+    """The channel to follow, e.g. `production`."""
+    registry_url: str
+    """Registry tree (local path or fsspec URL)."""
+    trust_dir: Path
+    """This process's pinned root and highest-seen sequences."""
+    models_dir: Path
+    """Where verified checkouts go."""
+    poll_s: float = Field(2.0, gt=0)
+    """Seconds between reads of the channel head."""
+    drain_grace_s: float = Field(5.0, ge=0)
+    """How long an old version stays loaded after its last session ends."""
+
+
+class NodeConfig(_Config):
+    """One node process: which span of which version it serves, where, and its limits."""
+
+    directory: Path
+    """Verified checkout holding (at least) the span's shards, config and index."""
+    start: int = Field(ge=0)
+    """First layer of the span."""
+    end: int = Field(gt=0)
+    """One past the last layer of the span."""
+    version_id: str
+    """The version the node serves first."""
+    port: int = Field(ge=0, le=65535)
+    """Websocket port to listen on."""
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    announce_url: str | None = None
+    """Address peers should dial (e.g. a latency relay in front of this node)."""
+    tracker_url: str | None = None
+    """Tracker to announce to (None: no announcements)."""
+    idle_timeout_s: float = Field(300.0, gt=0)
+    """A session unused this long is dropped."""
+    memory_budget_bytes: int = Field(2 << 30, gt=0)
+    """KV caches beyond this are dropped, least recently used first."""
+    max_batch: int = Field(64, ge=1)
+    """Most forwards run as one batch."""
+    heartbeat_s: float = Field(1.0, gt=0)
+    """Seconds between announcements."""
+    threads: int | None = Field(None, ge=1)
+    """Torch threads (None: torch's default)."""
+    watch: ChannelWatch | None = None
+    """Follow this registry channel and roll out its new versions (None: serve one version)."""
+
+
+class VerifierConfig(_Config):
+    """How the gateway checks nodes (docs/proofs.md)."""
+
+    chunks: int = Field(DEFAULT_PROOF_CHUNKS, ge=1, le=4096)
+    """Chunks opened per proof."""
+    deadline_s: float = Field(1.0, gt=0)
+    """A proof arriving later than this after the challenge was sent fails."""
+    interval_s: float = Field(30.0, gt=0)
+    """Mean time between checks of an established node."""
+    new_interval_s: float = Field(2.0, gt=0)
+    """Mean time between checks during probation."""
+    probation: int = Field(5, ge=0)
+    """Checks before a node counts as established."""
+    fingerprint_every: int = Field(3, ge=0)
+    """Every n-th check also sends a canary (0: never)."""
+    tolerance: float = Field(1e-4, gt=0)
+    """Max relative error of a canary's output. Calibrated (docs/proofs.md): honest nodes measure
+    0 to ~1e-6, a bf16-rounded copy of a SmolLM2 span >= 6.5e-4, an int8 one >= 3e-3."""
+    log_path: Path | None = None
+    """Append every verdict to this JSONL file (None: keep them in memory only)."""
+
+
+class GatewayConfig(_Config):
+    """The gateway process: the version it serves, its API, routing, speculation and checks."""
+
+    directory: Path
+    """Verified checkout holding config, tokenizer and the shared (non-layer) shards."""
+    version_id: str
+    """The version served first."""
+    model_name: str
+    """The model's name in the API (`GET /v1/models`)."""
+    tracker_url: str
+    """Where nodes are discovered."""
+    host: str = "127.0.0.1"
+    """Address to bind (HTTP and the return port)."""
+    port: int = Field(8000, ge=0, le=65535)
+    """HTTP port of the OpenAI-compatible API."""
+    return_port: int = Field(0, ge=0, le=65535)
+    """Websocket port last hops answer on (0: any free port)."""
+    return_url: str | None = None
+    """Address last hops dial to answer (e.g. a latency relay in front of the return port)."""
+    api_keys: set[str] = Field(default_factory=set)
+    """Accepted static bearer keys (empty: open; a trace store's accounts replace them)."""
+    timeout_s: float = Field(60.0, gt=0)
+    """A traversal that has not answered after this long fails over."""
+    wire_dtype: WireDtype = "float32"
+    """Dtype of hidden states on the wire."""
+    chain: bool = True
+    """Chain forwarding (each node passes on to the next); False calls nodes one by one."""
+    drafter: str | None = "prompt_lookup"
+    """Default drafter for requests that do not choose one (None: no speculation)."""
+    draft_model_dir: Path | None = None
+    """Verified checkout of a draft model; enables the `draft_model` drafter."""
+    verify: bool = True
+    """Challenge nodes with live-weight proofs (admission, then at random intervals)."""
+    trusted_dir: Path | None = None
+    """Verified full checkout for output fingerprints (None: proofs only)."""
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    """How nodes are checked."""
+    traces_dir: Path | None = None
+    """Trace store directory (LanceDB tables + durable log). None: static API keys, no capture."""
+    watch: ChannelWatch | None = None
+    """Follow this channel and roll out its new versions (None: serve `version_id` only)."""
+
+
+def defaults(config: type[BaseModel]) -> dict[str, object]:
+    """Field name -> default of a config class (what the CLI shows in `--help`)."""
+    return {name: f.get_default(call_default_factory=True)
+            for name, f in config.model_fields.items() if not f.is_required()}
