@@ -182,7 +182,7 @@ def verify(node_url: Annotated[str, typer.Option("--node", help="ws://host:port 
     from serve.gateway.head import Head
     from serve.gateway.pipeline import Pipeline
     from serve.gateway.verifier import Verifier, VerifierConfig
-    from serve.tracker import NodeInfo
+    from serve.discovery import NodeInfo
     from serve import wire
 
     version_id, directory, manifest = _checkout(model, "full" if fingerprint else "head")

@@ -53,7 +53,8 @@ def prompt_of(tokenizer, length: int) -> list[int]:
 
 async def _generate(engine, prompt: list[int], tokens: int) -> tuple[float, float, int]:
     """(ttft_s, total_s, tokens) of one greedy generation that ignores end-of-sequence."""
-    from serve.gateway.engine import Outcome, SamplingParams
+    from serve.gateway.engine import Outcome
+    from serve.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
     outcome = Outcome()

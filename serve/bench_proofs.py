@@ -39,7 +39,8 @@ def detection(manifest, start: int, end: int, chunks: int = DEFAULT_CHUNKS) -> d
 
 
 async def _aggregate(engine, prompt: list[int], sessions: int, tokens: int) -> float:
-    from serve.gateway.engine import Outcome, SamplingParams
+    from serve.gateway.engine import Outcome
+    from serve.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
 

@@ -29,7 +29,8 @@ def load_workload(name: str) -> list[list[dict]]:
 
 async def run_workload(engine, tokenizer, prompts: list[list[int]], drafter: str,
                        tokens: int) -> dict:
-    from serve.gateway.engine import Outcome, SamplingParams
+    from serve.gateway.engine import Outcome
+    from serve.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=tokens, temperature=0.0)
     produced = traversals = 0

@@ -1,4 +1,5 @@
-"""How a gateway finds nodes. One interface, so a DHT can replace the tracker later.
+"""How a gateway finds nodes: the `NodeInfo` record and the `Discovery` interface, so a DHT can
+replace the tracker later.
 
 `Discovery.nodes()` returns the live nodes of the swarm with their spans, versions, addresses,
 keys, load, speed and trust status (routing skips evicted ones); `report()` tells the swarm a
@@ -9,7 +10,36 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from serve.tracker import NodeInfo
+from pydantic import BaseModel, Field
+
+
+class NodeInfo(BaseModel):
+    """What a node says about itself, and what discovery adds (trust status, last seen)."""
+
+    node_id: str
+    url: str
+    start: int = Field(ge=0)
+    end: int = Field(gt=0)
+    version: str
+    """The version new sessions get on this node (its channel's head once loaded)."""
+    versions: list[str] = []
+    """Every version loaded (during a rollout: the old one until its sessions drain)."""
+    channel: dict = {}
+    """The channel watch: name, whether the last read verified, the error if not."""
+    public_key: str
+    pid: int | None = None
+    """Process id, for local swarms (tests kill nodes by it)."""
+    sessions: int = 0
+    queue: int = 0
+    ms_per_token_layer: float = 1.0
+    stats: dict = {}
+    status: str = "ok"
+    """Trust status: ``ok`` or ``evicted`` (set by verifiers)."""
+    last_seen: float = 0.0
+    """When the tracker last heard from the node (its clock)."""
+
+    def serves(self, version: str) -> bool:
+        return version == self.version or version in self.versions
 
 
 class Discovery(Protocol):

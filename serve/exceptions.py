@@ -1,14 +1,13 @@
-"""Errors raised by serve/. The gateway's HTTP layer turns them into OpenAI-shaped responses."""
+"""Errors raised by serve/. Only the gateway's HTTP layer (`serve/gateway/api.py`) turns them into
+status codes; every error body there has OpenAI's shape."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class ServeError(Exception):
     """Base class of serving errors."""
-
-
-class SessionEvicted(ServeError):
-    """A node dropped a session (idle timeout or memory budget); the gateway re-prefills."""
 
 
 class HopFailed(ServeError):
@@ -18,9 +17,47 @@ class HopFailed(ServeError):
         super().__init__(f"node {node_id}: {message}")
         self.node_id = node_id
         self.code = code
-        """``session-evicted`` and ``cache-short`` are not the node's fault: re-prefill only."""
+        """The node's error code (`wire.Error.code`), or ``failed`` / ``timeout`` locally."""
+
+
+class SessionEvicted(HopFailed):
+    """A node no longer holds (all of) a session's cache: dropped by idle timeout or memory budget
+    (``session-evicted``), or shorter than the request assumes (``cache-short``). Not the node's
+    fault: the gateway re-prefills the session, without excluding the node."""
+
+    CODES = ("session-evicted", "cache-short")
+
+
+def hop_error(node_id: str, code: str, message: str) -> HopFailed:
+    """The exception for a node's `Error` frame."""
+    cls = SessionEvicted if code in SessionEvicted.CODES else HopFailed
+    return cls(node_id, f"{code}: {message}", code)
 
 
 class NoRoute(ServeError):
     """No set of live nodes covers every layer; the message names the missing span."""
 
+
+class WireError(ServeError, ValueError):
+    """A frame that cannot be decoded: truncated, unknown type, or another protocol version."""
+
+
+@dataclass
+class ProofFailure(ServeError):
+    """A live-weight proof failed `check` (a short name such as ``nonce`` or ``merkle``)."""
+
+    check: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.check}] {self.detail}"
+
+
+class ApiError(ServeError):
+    """A request the API refuses, with its HTTP status and OpenAI error fields."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (status, message, type_,
+                                                                       param, code)

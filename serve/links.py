@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from serve import wire
+from serve.exceptions import WireError
 
 CONNECT_TIMEOUT_S = 5.0
 log = logging.getLogger("shoal.links")
@@ -26,7 +27,7 @@ async def incoming(ws) -> AsyncIterator[tuple[wire.Message, object]]:
         async for frame in ws:
             try:
                 yield wire.decode(frame)
-            except wire.WireError as exc:
+            except WireError as exc:
                 log.warning("bad frame: %s", exc)
     except ConnectionClosed:
         return

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
 
 import torch
 
 from registry.manifest import Manifest, layer_of
 from serve import wire
 from serve.config import DEFAULT_PROOF_CHUNKS as DEFAULT_CHUNKS
+from serve.exceptions import ProofFailure
 
 
 def span_tensors(manifest: Manifest, start: int, end: int) -> list[tuple[str, int]]:
@@ -62,15 +62,6 @@ def live_chunk(param: torch.Tensor, index: int, chunk_size: int) -> bytes:
     """Bytes [index*C, (index+1)*C) of a live parameter, as stored in memory."""
     flat = param.detach().contiguous().view(-1).view(torch.uint8)
     return flat[index * chunk_size:(index + 1) * chunk_size].numpy().tobytes()
-
-
-@dataclass
-class ProofFailure(Exception):
-    check: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"[{self.check}] {self.detail}"
 
 
 def check_proof(proof: wire.Proof, *, nonce: bytes, node_id: str, public_key: str,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 
 from serve.exceptions import NoRoute
-from serve.tracker import NodeInfo
+from serve.discovery import NodeInfo
 from serve.wire import Hop
 
 LOAD_PENALTY = 0.25

@@ -10,34 +10,9 @@ from __future__ import annotations
 import time
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-
-class NodeInfo(BaseModel):
-    node_id: str
-    url: str
-    start: int = Field(ge=0)
-    end: int = Field(gt=0)
-    version: str
-    """The version new sessions get on this node (its channel's head once loaded)."""
-    versions: list[str] = []
-    """Every version loaded (during a rollout: the old one until its sessions drain)."""
-    channel: dict = {}
-    """The channel watch: name, whether the last read verified, the error if not."""
-    public_key: str
-    pid: int | None = None
-    """Process id, for local swarms (tests kill nodes by it)."""
-    sessions: int = 0
-    queue: int = 0
-    ms_per_token_layer: float = 1.0
-    stats: dict = {}
-    status: str = "ok"
-    """Trust status: ``ok`` or ``evicted`` (set by verifiers)."""
-    last_seen: float = 0.0
-
-
-    def serves(self, version: str) -> bool:
-        return version == self.version or version in self.versions
+from serve.discovery import NodeInfo
 
 
 class StatusUpdate(BaseModel):

@@ -21,6 +21,8 @@ from typing import Union
 import msgspec
 import torch
 
+from serve.exceptions import WireError
+
 PROTOCOL = 1
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -122,10 +124,6 @@ class Proof(msgspec.Struct, tag="proof", frozen=True):
 Message = Union[Forward, Result, Error, Close, Ping, Pong, Challenge, Proof]
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
-
-
-class WireError(ValueError):
-    """A frame that cannot be decoded: truncated, unknown type, or another protocol version."""
 
 
 def encode(message: Message, tensor: torch.Tensor | None = None, wire_dtype: str = "float32") -> bytes:

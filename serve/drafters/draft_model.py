@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from serve.drafters.base import Draft
+from serve.sampling import SamplingParams, target_probs
 
 
 class DraftModelDrafter:
@@ -53,8 +54,6 @@ class DraftModelSession:
 
     @torch.inference_mode()
     def propose(self, context: list[int], k: int) -> Draft:
-        from serve.gateway.engine import SamplingParams, target_probs
-
         common = 0
         for a, b in zip(self.ids, context):
             if a != b:

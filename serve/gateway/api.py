@@ -21,8 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from serve.exceptions import HopFailed, NoRoute
-from serve.gateway.engine import Engine, Outcome, SamplingParams
+from serve.exceptions import ApiError, HopFailed, NoRoute
+from serve.gateway.engine import Engine, Outcome
+from serve.sampling import SamplingParams
 from serve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from traces.exceptions import AuthError, Forbidden, NotFound, TraceStoreError
 
@@ -79,21 +80,12 @@ class GatewayState:
         return self.current
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (status, message, type_,
-                                                                       param, code)
-
-
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None):
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def create_app(state: GatewayState, lifespan=None) -> FastAPI:
     app = FastAPI(title="shoal gateway", lifespan=lifespan)
-    head = state.engine.head
 
     @app.exception_handler(ApiError)
     async def _api_error(_, exc: ApiError):
@@ -145,7 +137,7 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
             raise ApiError(404, f"model {model!r} does not exist; GET /v1/models lists them",
                            param="model", code="model_not_found")
 
-    def budget(prompt_len: int, asked: int | None) -> int:
+    def budget(head, prompt_len: int, asked: int | None) -> int:
         room = head.context_length - prompt_len
         if room <= 0:
             raise ApiError(400, f"prompt is {prompt_len} tokens; the context is "
@@ -203,23 +195,27 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
     async def chat(body: ChatCompletionRequest, request: Request):
         caller = authorize(request)
         check_model(body.model)
+        runtime = state.runtime()  # the whole request stays on this version, even mid-rollout
+        head = runtime.engine.head
         prompt = render_chat(head.tokenizer, body)
         params = SamplingParams(
-            max_tokens=budget(len(prompt), body.max_completion_tokens or body.max_tokens),
+            max_tokens=budget(head, len(prompt), body.max_completion_tokens or body.max_tokens),
             temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop),
             logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0)
-        return await respond(state, body, prompt, params, chat=True, caller=caller)
+        return await respond(state, runtime, body, prompt, params, chat=True, caller=caller)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         caller = authorize(request)
         check_model(body.model)
+        runtime = state.runtime()
+        head = runtime.engine.head
         prompt = head.tokenizer(body.prompt)["input_ids"]
         params = SamplingParams(
-            max_tokens=budget(len(prompt), body.max_tokens or 16), temperature=body.temperature,
-            top_p=body.top_p, seed=body.seed, stop=tuple(body.stop),
+            max_tokens=budget(head, len(prompt), body.max_tokens or 16),
+            temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop),
             logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0)
-        return await respond(state, body, prompt, params, chat=False, caller=caller)
+        return await respond(state, runtime, body, prompt, params, chat=False, caller=caller)
 
     return app
 
@@ -318,9 +314,10 @@ def _messages_of(body, chat: bool) -> list[dict[str, Any]]:
     return [{"role": "user", "content": body.prompt}]
 
 
-async def respond(state: GatewayState, body, prompt: list[int], params: SamplingParams, *,
-                  chat: bool, caller=None):
-    runtime = state.runtime()  # the whole request stays on this version, even mid-rollout
+async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int],
+                  params: SamplingParams, *, chat: bool, caller=None):
+    """Generate on `runtime` (the version the prompt was tokenized for) and answer in OpenAI's
+    shape, streaming or not."""
     engine = runtime.engine
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())

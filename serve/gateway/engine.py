@@ -1,4 +1,4 @@
-"""Generation at the gateway: sampling, stop conditions, and the decode loop over a `Session`.
+"""Generation at the gateway: the decode loop over a `Session`, with speculation and stop conditions.
 
 The engine turns token ids into tokens: it embeds, sends hidden states through the pipeline,
 computes logits locally, samples, and stops on an end-of-sequence token, a stop string, or the
@@ -14,32 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from serve.drafters.base import Draft
 from serve.gateway.head import Head
 from serve.gateway.pipeline import Pipeline, Session
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: bool = False
-    top_logprobs: int = 0
-    ignore_eos: bool = False
-    """Generate exactly max_tokens (benchmarks)."""
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-
-@dataclass
-class Step:
-    token: int
-    logprob: float | None = None
-    top: list[tuple[int, float]] = field(default_factory=list)
+from serve.gateway.speculative import AdaptiveK, verify
+from serve.sampling import SamplingParams, Step, annotate, pick
 
 
 @dataclass
@@ -57,38 +36,6 @@ class Outcome:
     drafter: str = "none"
     drafted: int = 0
     accepted: int = 0
-
-
-def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The distribution the target samples from: temperature, then nucleus (top-p) filtering."""
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        cumulative = sorted_p.cumsum(-1)
-        drop = cumulative - sorted_p > params.top_p
-        sorted_p[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        probs /= probs.sum()
-    return probs
-
-
-def annotate(step: "Step", logits: torch.Tensor, params: SamplingParams) -> "Step":
-    """Attach the logprob (and top alternatives) of `step.token` under the raw logits."""
-    if params.logprobs:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        step.logprob = float(logp[step.token])
-        if params.top_logprobs:
-            values, ids = logp.topk(params.top_logprobs)
-            step.top = [(int(i), float(v)) for i, v in zip(ids, values)]
-    return step
-
-
-def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> Step:
-    if params.greedy:
-        token = int(torch.argmax(logits))
-    else:
-        token = int(torch.multinomial(target_probs(logits, params), 1, generator=generator))
-    return annotate(Step(token), logits, params)
 
 
 @dataclass
@@ -126,9 +73,6 @@ class Engine:
         `drafter` names a drafter ("default": the gateway's; None or "off": no speculation);
         `k` fixes the draft length instead of adapting it.
         """
-        from serve.drafters.base import Draft
-        from serve.gateway.speculative import AdaptiveK, verify
-
         self.requests += 1
         t0 = time.perf_counter()
         generator = None
@@ -175,14 +119,14 @@ class Engine:
                 n = len(draft.tokens)
                 hidden = await session.extend([last] + draft.tokens)
                 logits = self.head.logits(hidden)
-                verdict = verify(logits, draft.tokens, draft.probs, params, generator)
-                session.rollback(len(session.tokens) - (n - verdict.accepted))
-                adaptive.update(n, verdict.accepted)
+                acceptance = verify(logits, draft.tokens, draft.probs, params, generator)
+                session.rollback(len(session.tokens) - (n - acceptance.accepted))
+                adaptive.update(n, acceptance.accepted)
                 outcome.drafted += n
-                outcome.accepted += verdict.accepted
+                outcome.accepted += acceptance.accepted
                 pending = [annotate(Step(t), logits[i], params)
-                           for i, t in enumerate(draft.tokens[:verdict.accepted])]
-                pending.append(annotate(Step(verdict.next_token), logits[verdict.accepted],
+                           for i, t in enumerate(draft.tokens[:acceptance.accepted])]
+                pending.append(annotate(Step(acceptance.next_token), logits[acceptance.accepted],
                                         params))
         except (GeneratorExit, asyncio.CancelledError):
             self.cancelled += 1

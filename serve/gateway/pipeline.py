@@ -23,7 +23,7 @@ import torch
 
 from serve import wire
 from serve.discovery import Discovery
-from serve.exceptions import HopFailed, NoRoute
+from serve.exceptions import HopFailed, NoRoute, SessionEvicted, hop_error
 from serve.links import Links, incoming
 from serve.routing import best_route
 
@@ -75,9 +75,7 @@ class Pipeline:
             elif isinstance(message, (wire.Proof, wire.Pong)):
                 future.set_result(message)
             elif isinstance(message, wire.Error):
-                future.set_exception(HopFailed(message.node_id,
-                                               f"{message.code}: {message.message}",
-                                               message.code))
+                future.set_exception(hop_error(message.node_id, message.code, message.message))
 
     async def _send(self, url: str, frame: bytes) -> None:
         await self._links.send(url, frame)
@@ -185,9 +183,7 @@ class Session:
         for attempt in range(self.MAX_FAILOVERS + 1):
             if self.route is not None and any(h.node_id in self.pipeline.evicted
                                               for h in self.route):
-                self.pipeline.close_session(self.id, self.route)  # never again through them
-                self.route = None
-                self.failovers += 1
+                self._abandon_route()  # never again through an evicted node
             if self.route is None:
                 self.route = await self.pipeline.route()
                 self.id = uuid.uuid4().hex
@@ -200,17 +196,22 @@ class Session:
                 if attempt == self.MAX_FAILOVERS:
                     raise
                 log.warning("failover after %s", exc)
-                if exc.code not in ("session-evicted", "cache-short"):
+                if not isinstance(exc, SessionEvicted):  # an evicted session is no one's fault
                     self.pipeline.exclude(exc.node_id)
-                self.pipeline.failovers += 1
-                self.failovers += 1
-                self.pipeline.close_session(self.id, self.route)
-                self.route = None
+                self._abandon_route()
                 continue
             self.traversals += 1
             self.cached = len(self.tokens)
             return hidden[-len(new_tokens):] if new_tokens else hidden[:0]
         raise NoRoute("unreachable")  # the loop either returns or raises
+
+    def _abandon_route(self) -> None:
+        """Give up the current route; the next traversal re-prefills on a new one. This is what a
+        failover is, and the one place both the session's and the pipeline's count grow."""
+        self.pipeline.close_session(self.id, self.route)
+        self.route = None
+        self.failovers += 1
+        self.pipeline.failovers += 1
 
     def rollback(self, length: int) -> None:
         """Forget history beyond `length` tokens (rejected drafts). The nodes drop the same

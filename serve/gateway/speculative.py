@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from serve.gateway.engine import SamplingParams, target_probs
+from serve.sampling import SamplingParams, target_probs
 
 
 @dataclass
-class Verdict:
+class Acceptance:
     accepted: int
     """How many drafted tokens were accepted."""
     next_token: int
@@ -30,7 +30,7 @@ class Verdict:
 
 
 def verify(logits: torch.Tensor, draft: list[int], q: torch.Tensor | None,
-           params: SamplingParams, generator: torch.Generator | None) -> Verdict:
+           params: SamplingParams, generator: torch.Generator | None) -> Acceptance:
     """`logits`: [K+1, vocab]; `draft`: K tokens; `q`: [K, vocab] or None (one-hot)."""
     k = len(draft)
     assert logits.shape[0] == k + 1, (logits.shape, k)
@@ -38,8 +38,8 @@ def verify(logits: torch.Tensor, draft: list[int], q: torch.Tensor | None,
         choice = logits.argmax(-1).tolist()
         for i, token in enumerate(draft):
             if token != choice[i]:
-                return Verdict(i, choice[i])
-        return Verdict(k, choice[k])
+                return Acceptance(i, choice[i])
+        return Acceptance(k, choice[k])
     for i, token in enumerate(draft):
         p = target_probs(logits[i], params)
         q_row = q[i] if q is not None else None
@@ -54,9 +54,9 @@ def verify(logits: torch.Tensor, draft: list[int], q: torch.Tensor | None,
             residual = torch.clamp(p - q_row, min=0.0)
         total = residual.sum()
         residual = residual / total if total > 0 else p
-        return Verdict(i, int(torch.multinomial(residual, 1, generator=generator)))
+        return Acceptance(i, int(torch.multinomial(residual, 1, generator=generator)))
     bonus = target_probs(logits[k], params)
-    return Verdict(k, int(torch.multinomial(bonus, 1, generator=generator)))
+    return Acceptance(k, int(torch.multinomial(bonus, 1, generator=generator)))
 
 
 class AdaptiveK:

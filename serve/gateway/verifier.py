@@ -28,10 +28,10 @@ import torch
 
 from registry.manifest import Manifest
 from serve import wire
-from serve.exceptions import HopFailed
 from serve.config import VerifierConfig
-from serve.proofs import ProofFailure, check_proof
-from serve.tracker import NodeInfo
+from serve.exceptions import HopFailed, ProofFailure
+from serve.proofs import check_proof
+from serve.discovery import NodeInfo
 
 log = logging.getLogger("shoal.verifier")
 

@@ -10,7 +10,7 @@ import torch
 
 from serve.drafters.prompt_lookup import PromptLookupDrafter
 from serve.drafters.suffix import SuffixDrafter
-from serve.gateway.engine import SamplingParams, target_probs
+from serve.sampling import SamplingParams, target_probs
 from serve.gateway.speculative import AdaptiveK, verify
 
 ALPHA = 0.001
