@@ -35,7 +35,7 @@ import torch
 from serve import wire
 from serve.links import Links, incoming
 from serve.config import NodeConfig
-from serve.rollout import Watcher
+from serve.rollout import VersionSet, Watcher, follow
 from serve.span import SessionCache, SpanModel
 
 log = logging.getLogger("shoal.node")
@@ -49,8 +49,6 @@ class Loaded:
     span: SpanModel
     manifest: object = None
     trees: dict = field(default_factory=dict)
-    retired_at: float | None = None
-    """When it stopped being the node's current version."""
 
 
 @dataclass
@@ -74,9 +72,8 @@ class Node:
         from registry.signing import SigningKey
 
         self.config = config
-        self.versions: dict[str, Loaded] = {config.version_id: Loaded(
-            config.directory, span or SpanModel(config.directory, config.start, config.end))}
-        self.current = config.version_id
+        self.versions: VersionSet[Loaded] = VersionSet(config.version_id, Loaded(
+            config.directory, span or SpanModel(config.directory, config.start, config.end)))
         self.session_version: dict[str, str] = {}
         self.watcher = Watcher(config.watch) if config.watch else None
         self.key = key or SigningKey.generate("node")
@@ -91,11 +88,11 @@ class Node:
     @property
     def span(self) -> SpanModel:
         """The span of the current version (what new sessions run on)."""
-        return self.versions[self.current].span
+        return self.versions.active.span
 
     @span.setter
     def span(self, value: SpanModel) -> None:
-        self.versions[self.current].span = value
+        self.versions.active.span = value
 
     # network -----------------------------------------------------------------------------------
 
@@ -169,17 +166,17 @@ class Node:
         from registry.manifest import Manifest, split_levels
         from serve.proofs import live_chunk, proof_digest, select_chunks, span_tensors
 
-        version = challenge.version or self.current
+        version = challenge.version or self.versions.current
         loaded = self.versions.get(version)
         if loaded is None:  # unloaded since the challenge arrived: prove what is served
-            loaded, version = self.versions[self.current], self.current
+            loaded, version = self.versions.active, self.versions.current
         if loaded.manifest is None:
             import json
 
             envelope = json.loads((loaded.directory / "manifest.json").read_text())
             loaded.manifest = Manifest.model_validate(envelope["signed"])
         manifest = loaded.manifest
-        params = self.proof_params() if version == self.current else \
+        params = self.proof_params() if version == self.versions.current else \
             self.proof_params(loaded.span)
         picks = select_chunks(challenge.nonce, self.node_id,
                               span_tensors(manifest, self.config.start, self.config.end),
@@ -228,7 +225,7 @@ class Node:
             if problem:
                 await self._reply_error(msg, problem[0], problem[1], self.node_id)
                 continue
-            version = msg.version or self.current
+            version = msg.version or self.versions.current
             self.session_version[msg.session] = version
             groups.setdefault((version, hop.start, hop.end), []).append((msg, hidden))
         for (version, start, end), items in groups.items():
@@ -326,44 +323,32 @@ class Node:
     # rollout -----------------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        watch = self.config.watch
-        while True:
-            head = await asyncio.to_thread(self.watcher.poll)
-            if head and head not in self.versions:
-                try:
-                    await asyncio.to_thread(self._load, head)
-                except Exception as exc:  # a bad checkout changes nothing
-                    log.warning("could not load %s: %s", head[:19], exc)
-                    self.watcher.state.update(ok=False, error=f"load failed: {exc}")
-            if head and head in self.versions and head != self.current:
-                self.versions[self.current].retired_at = time.monotonic()
-                self.versions[head].retired_at = None
-                log.info("node %s now offers %s (was %s)", self.node_id, head[:19],
-                         self.current[:19])
-                self.current = head
-            self._drop_drained(watch.drain_grace_s)
-            await asyncio.sleep(watch.poll_s)
+        """Follow the channel: load the span of each new head and offer it to new sessions at
+        once; sessions keep the version they started on until they end."""
 
-    def _load(self, version: str) -> None:
-        """Fetch, verify and load this node's span of `version` (beside what it serves)."""
-        start, end = self.config.start, self.config.end
-        directory = self.watcher.checkout(version, "span", (start, end))
-        self.versions[version] = Loaded(directory, SpanModel(directory, start, end),
-                                        retired_at=time.monotonic())
+        async def load(version: str) -> Loaded:
+            start, end = self.config.start, self.config.end
+            directory = await asyncio.to_thread(self.watcher.checkout, version, "span",
+                                                (start, end))
+            span = await asyncio.to_thread(SpanModel, directory, start, end)
+            return Loaded(directory, span)
 
-    def _drop_drained(self, grace_s: float) -> None:
-        """Unload old versions no session uses any more (after a grace period)."""
-        in_use = set(self.session_version.values())
-        now = time.monotonic()
-        for version, loaded in list(self.versions.items()):
-            if (version != self.current and version not in in_use
-                    and loaded.retired_at is not None and now - loaded.retired_at > grace_s):
-                del self.versions[version]
-                log.info("node %s unloaded %s", self.node_id, version[:19])
+        async def ready(_version: str) -> bool:
+            return True
+
+        async def unload(_version: str, _loaded: Loaded) -> None:
+            pass
+
+        def on_error(error: str) -> None:
+            self.watcher.state.update(ok=False, error=error)
+
+        await follow(self.watcher, self.versions, load=load, ready=ready,
+                     in_use=lambda: set(self.session_version.values()), unload=unload,
+                     on_error=on_error)
 
     def info(self) -> dict:
         return {"node_id": self.node_id, "url": self.url, "start": self.config.start,
-                "end": self.config.end, "version": self.current,
+                "end": self.config.end, "version": self.versions.current,
                 "versions": sorted(self.versions),
                 "channel": dict(self.watcher.state) if self.watcher else {},
                 "public_key": self.key.public_hex, "sessions": len(self.sessions),

@@ -25,6 +25,7 @@ from serve.exceptions import ApiError, HopFailed, NoRoute
 from serve.gateway.engine import Engine, Outcome
 from serve.sampling import SamplingParams
 from serve.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from serve.rollout import VersionSet
 from traces.exceptions import AuthError, Forbidden, NotFound, TraceStoreError
 
 TOOL_CALL_RE = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
@@ -44,7 +45,6 @@ class Runtime:
     """The node verifier (serve.gateway.verifier.Verifier), when verification is on."""
     inflight: int = 0
     """Requests running on this version now (a retired version is dropped at zero)."""
-    retired_at: float | None = None
     tasks: list = field(default_factory=list)
     draft: str | None = None
     """Version id of the draft model paired with this version (rolled out from `<channel>-draft`)."""
@@ -52,9 +52,9 @@ class Runtime:
 
 @dataclass
 class GatewayState:
-    runtimes: dict[str, Runtime]
-    current: str
-    """The version new requests start on; a running request keeps the version it started on."""
+    versions: VersionSet[Runtime]
+    """The runtimes loaded; new requests start on `versions.current`, a running request keeps the
+    version it started on."""
     model_name: str
     api_keys: set[str] = field(default_factory=set)
     """Accepted bearer keys; empty means no authentication."""
@@ -65,7 +65,11 @@ class GatewayState:
     started: float = field(default_factory=time.time)
 
     def runtime(self) -> Runtime:
-        return self.runtimes[self.current]
+        return self.versions.active
+
+    @property
+    def current(self) -> str:
+        return self.versions.current
 
     @property
     def engine(self) -> Engine:
@@ -178,8 +182,8 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
     async def rollout():
         """Which version new requests get, every version still loaded, and the channel watch."""
         return {"current": state.current, **state.rollout,
-                "versions": {v: {"inflight": rt.inflight, "retired": rt.retired_at is not None,
-                                 "draft": rt.draft} for v, rt in state.runtimes.items()}}
+                "versions": {v: {"inflight": rt.inflight, "retired": v != state.current,
+                                 "draft": rt.draft} for v, rt in state.versions.items.items()}}
 
     @app.get("/verifier")
     async def verifier():
@@ -360,12 +364,14 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
 
     def record(calls: list) -> str | None:
         """Durably log the trace (when consent allows) before the response completes."""
-        from serve.gateway.capture import capture
+        from traces.capture import capture
 
         proof = "verified" if runtime.verifier is not None else "unverified"
         return capture(state.traces, caller, body, messages=_messages_of(body, chat),
-                       completion=text.text, tool_calls=calls, outcome=outcome,
-                       version=runtime.version_id, proof_status=proof)
+                       completion=text.text, tool_calls=calls,
+                       sampling={"temperature": params.temperature, "top_p": params.top_p,
+                                 "max_tokens": params.max_tokens, "seed": params.seed},
+                       outcome=outcome, version=runtime.version_id, proof_status=proof)
     if not body.stream:
         try:
             runtime.inflight += 1

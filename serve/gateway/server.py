@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from serve.config import GatewayConfig
+from serve.rollout import VersionSet, Watcher
+from serve.rollout import follow as follow_channel
 
 if TYPE_CHECKING:
     from serve.gateway.api import GatewayState, Runtime
@@ -75,7 +77,7 @@ def build_app(cfg: GatewayConfig):
 
     first = build_runtime(cfg, cfg.version_id, cfg.directory, cfg.trusted_dir,
                           cfg.draft_model_dir)
-    state = GatewayState({cfg.version_id: first}, cfg.version_id, cfg.model_name, cfg.api_keys)
+    state = GatewayState(VersionSet(cfg.version_id, first), cfg.model_name, cfg.api_keys)
     if cfg.traces_dir is not None:
         from traces.store import TraceStore, TraceStoreConfig
 
@@ -96,54 +98,43 @@ def build_app(cfg: GatewayConfig):
             watcher.cancel()
         if state.traces is not None:
             state.traces.stop()
-        for runtime in list(state.runtimes.values()):
+        for runtime in list(state.versions.items.values()):
             await stop_runtime(runtime)
 
     return create_app(state, lifespan=lifespan)
 
 
 async def follow(cfg: GatewayConfig, state: "GatewayState") -> None:
-    """Watch the channel; build, wait for, switch to and retire runtimes as versions change."""
+    """Follow the channel (`serve.rollout.follow`): build a runtime for each new head, switch new
+    requests to it once the swarm can route that version, close old runtimes once drained."""
     from serve.exceptions import NoRoute
-    from serve.rollout import Watcher
 
     watcher = Watcher(cfg.watch)
     state.rollout = {"channel": watcher.state, "switches": []}
-    pending: Runtime | None = None
-    while True:
+
+    async def load(version: str) -> "Runtime":
+        runtime = await asyncio.to_thread(_prepare, cfg, watcher, version)
+        await start_runtime(runtime)
+        return runtime
+
+    async def ready(version: str) -> bool:
         try:
-            head = await asyncio.to_thread(watcher.poll)
-            if head and head != state.current and head not in state.runtimes and pending is None:
-                pending = await asyncio.to_thread(_prepare, cfg, watcher, head)
-                await start_runtime(pending)
-                state.runtimes[head] = pending
-                state.runtimes[head].retired_at = time.monotonic()  # not serving yet
-            if head and head != state.current and head in state.runtimes:
-                try:
-                    await state.runtimes[head].engine.pipeline.route()
-                except NoRoute:
-                    pass  # nodes are still loading it: keep the current version
-                else:
-                    old = state.current
-                    state.runtimes[old].retired_at = time.monotonic()
-                    state.runtimes[head].retired_at = None
-                    state.current = head
-                    pending = None
-                    state.rollout["switches"].append({"from": old, "to": head, "at": time.time()})
-                    log.info("new requests now start on %s (was %s)", head[:19], old[:19])
-            await _pair_draft(watcher, state)
-            for version, runtime in list(state.runtimes.items()):
-                if (version != state.current and version != head and runtime.inflight == 0
-                        and runtime.retired_at is not None
-                        and time.monotonic() - runtime.retired_at > cfg.watch.drain_grace_s):
-                    del state.runtimes[version]
-                    await stop_runtime(runtime)
-                    log.info("closed runtime %s", version[:19])
-        except Exception as exc:  # a failed rollout step must never take the gateway down
-            log.warning("rollout step failed: %s", exc)
-            state.rollout["error"] = str(exc)
-            pending = None
-        await asyncio.sleep(cfg.watch.poll_s)
+            await state.versions[version].engine.pipeline.route()
+        except NoRoute:
+            return False  # nodes are still loading it: keep the current version
+        return True
+
+    async def unload(_version: str, runtime: "Runtime") -> None:
+        await stop_runtime(runtime)
+
+    def on_switch(old: str, new: str) -> None:
+        state.rollout["switches"].append({"from": old, "to": new, "at": time.time()})
+
+    await follow_channel(
+        watcher, state.versions, load=load, ready=ready,
+        in_use=lambda: {v for v, rt in state.versions.items.items() if rt.inflight},
+        unload=unload, on_error=lambda error: state.rollout.update(error=error),
+        on_switch=on_switch, each_step=lambda: _pair_draft(watcher, state))
 
 
 async def _pair_draft(watcher, state: "GatewayState") -> None:

@@ -15,6 +15,7 @@ from serve.gateway.api import GatewayState, Runtime, create_app
 from serve.gateway.engine import Engine
 from serve.gateway.head import Head
 from serve.gateway.pipeline import Pipeline
+from serve.rollout import VersionSet
 
 PREAMBLE = "<|im_start|>system\nthe quick brown fox jumps over the lazy dog<|im_end|>\n"
 
@@ -44,7 +45,9 @@ def two_versions(tiny_model_dir, tmp_path_factory):
 
 def test_requests_after_a_switch_use_the_new_versions_head(two_versions):
     v1, v2 = two_versions
-    state = GatewayState({v1.version_id: v1, v2.version_id: v2}, v1.version_id, "tiny")
+    versions = VersionSet(v1.version_id, v1)
+    versions.add(v2.version_id, v2)
+    state = GatewayState(versions, "tiny")
     client = TestClient(create_app(state))
     messages = [{"role": "user", "content": "hello world"}]
     v2_prompt = len(v2.engine.head.tokenizer.apply_chat_template(
@@ -52,7 +55,7 @@ def test_requests_after_a_switch_use_the_new_versions_head(two_versions):
     v1_prompt = len(v1.engine.head.tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
     assert v2_prompt > v1_prompt
-    state.current = v2.version_id  # what the rollout does once the swarm serves v2
+    versions.switch(v2.version_id)  # what the rollout does once the swarm serves v2
     body = {"model": "tiny", "messages": messages, "max_tokens": 30}
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
@@ -64,3 +67,16 @@ def test_requests_after_a_switch_use_the_new_versions_head(two_versions):
     r = client.post("/v1/completions", json={"model": "tiny", "prompt": "hello world",
                                              "max_tokens": 39})
     assert r.status_code == 400 and "context of 40" in r.json()["error"]["message"], r.text
+
+
+def test_version_set_keeps_what_is_in_use_and_drops_drained_versions():
+    versions = VersionSet("v1", "one")
+    versions.add("v2", "two")
+    assert versions.current == "v1" and versions.active == "one"
+    assert versions.switch("v2") == "v1" and versions.active == "two"
+    assert versions.drained(in_use={"v1"}, grace_s=0.0) == []  # a session still runs on v1
+    assert versions.drained(in_use=set(), grace_s=3600.0) == []  # within the grace period
+    assert versions.drained(in_use=set(), grace_s=0.0) == [("v1", "one")]
+    assert "v1" not in versions and list(versions) == ["v2"]
+    with pytest.raises(KeyError):
+        versions.switch("v3")
