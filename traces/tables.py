@@ -1,0 +1,51 @@
+"""The LanceDB tables of the trace store: each table's name, its row model, and its Arrow schema,
+derived from the pydantic models in `traces/schemas.py` (the single source of the columns).
+
+It imports lancedb, so only the store imports it, when it opens its tables; the models themselves
+stay light for the gateway. It knows nothing about consent, capture or erasure.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from lancedb.pydantic import LanceModel, Vector, pydantic_to_schema
+from pydantic import BaseModel
+
+from traces.schemas import (EMBED_DIM, Account, ApiKey, DatasetMember, Feedback, Grant,
+                            RebuildMark, Receipt, Trace)
+
+
+class TraceRow(Trace, LanceModel):
+    """A trace as the `traces` table stores it: the logged record plus its embedding, which the
+    background writer adds on ingestion."""
+
+    vector: Vector(EMBED_DIM)  # type: ignore[valid-type]
+
+
+TABLES: dict[str, type[BaseModel]] = {
+    "accounts": Account,
+    "api_keys": ApiKey,
+    "grants": Grant,
+    "traces": TraceRow,
+    "feedback": Feedback,
+    "dataset_members": DatasetMember,
+    "datasets_to_rebuild": RebuildMark,
+    "receipts": Receipt,
+}
+
+
+def arrow_schema(model: type[BaseModel]) -> pa.Schema:
+    """The Arrow schema of a row model, as the tables on disk have it.
+
+    Two adaptations to `lancedb.pydantic.pydantic_to_schema`, so that tables created before the
+    schemas were derived still open and are rewritten with the same columns: every column is
+    nullable (those tables were created from all-nullable schemas; pydantic_to_schema makes a
+    non-optional field non-nullable), and a field with an alias is named by its alias (the
+    receipts' `json` column, a name no pydantic field can have).
+    """
+    derived = pydantic_to_schema(model)
+    return pa.schema([pa.field(model.model_fields[f.name].alias or f.name, f.type, nullable=True)
+                      for f in derived])
+
+
+SCHEMAS: dict[str, pa.Schema] = {name: arrow_schema(model) for name, model in TABLES.items()}
