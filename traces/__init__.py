@@ -1,4 +1,6 @@
 """Trace store: consented agent traces and feedback in LanceDB, with export and real erasure.
 
-Not built yet; see the README's roadmap.
+Owns the row models and table schemas, accounts, keys and consent grants, the capture decision,
+the durable log and its background writer, queries, export and erasure (docs/traces.md). It knows
+nothing about serving: the gateway calls `traces.capture.capture` with what it answered.
 """
