@@ -2,5 +2,5 @@
 
 Owns the row models and table schemas, accounts, keys and consent grants, the capture decision,
 the durable log and its background writer, queries, export and erasure (docs/traces.md). It knows
-nothing about serving: the gateway calls `traces.capture.capture` with what it answered.
+nothing of the gateway beyond this: it calls `traces.capture.capture` with what it answered.
 """
