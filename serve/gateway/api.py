@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from serve.exceptions import ApiError, HopFailed, NoRoute
-from serve.gateway.engine import Engine, Outcome
+from serve.gateway.engine import Engine, Outcome, speculation_rates
 from serve.sampling import SamplingParams
 from serve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from serve.rollout import VersionSet
@@ -193,7 +193,7 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
 
     from serve.gateway.api_traces import router as traces_router
 
-    app.include_router(traces_router(state, authorize, ApiError))
+    app.include_router(traces_router(state, authorize))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):
@@ -339,12 +339,10 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
     def extension() -> dict[str, Any]:
         return {"version": runtime.version_id, "route": outcome.route,
                 "traversals": outcome.traversals, "failovers": outcome.failovers,
-                "tokens_per_traversal": round(outcome.completion_tokens /
-                                              max(1, outcome.traversals), 3),
                 "drafter": outcome.drafter, "drafted": outcome.drafted,
                 "accepted": outcome.accepted,
-                "acceptance_rate": round(outcome.accepted / outcome.drafted, 4)
-                if outcome.drafted else None}
+                **speculation_rates(outcome.drafted, outcome.accepted,
+                                    outcome.completion_tokens, outcome.traversals)}
 
     def usage() -> dict[str, int]:
         return {"prompt_tokens": outcome.prompt_tokens,

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
+from serve.exceptions import ApiError
 from traces.schemas import FeedbackIn
 
 
@@ -27,18 +28,18 @@ class GrantIn(BaseModel):
     days: float = Field(30.0, gt=0, le=3650)
 
 
-def router(state, caller_of, api_error) -> APIRouter:
+def router(state, caller_of) -> APIRouter:
     r = APIRouter()
 
     def store():
         if state.traces is None:
-            raise api_error(404, "this gateway has no trace store", "invalid_request_error")
+            raise ApiError(404, "this gateway has no trace store", "invalid_request_error")
         return state.traces
 
     def need(request: Request, *roles: str):
         caller = caller_of(request)
         if caller is None or caller.role not in roles:
-            raise api_error(403, f"this endpoint is for {' or '.join(roles)} keys",
+            raise ApiError(403, f"this endpoint is for {' or '.join(roles)} keys",
                             "permission_error")
         return caller
 
@@ -52,7 +53,7 @@ def router(state, caller_of, api_error) -> APIRouter:
                     since: datetime | None = None, until: datetime | None = None,
                     model: str | None = None, min_rating: int | None = None, limit: int = 100):
         caller = need(request, "contributor", "maintainer")
-        who = _whose(caller, contributor, api_error)
+        who = _whose(caller, contributor)
         rows = store().query(contributor_id=who, since=since, until=until, model_version=model,
                              min_rating=min_rating, limit=limit)
         return {"object": "list", "data": rows}
@@ -60,7 +61,7 @@ def router(state, caller_of, api_error) -> APIRouter:
     @r.get("/v1/traces/export")
     def export(request: Request, contributor: str | None = None):
         caller = need(request, "contributor", "maintainer")
-        who = _whose(caller, contributor, api_error) or caller.account_id
+        who = _whose(caller, contributor) or caller.account_id
         return PlainTextResponse(store().export_jsonl(who), media_type="application/x-ndjson")
 
     @r.get("/v1/traces/{trace_id}")
@@ -68,7 +69,7 @@ def router(state, caller_of, api_error) -> APIRouter:
         caller = need(request, "contributor", "maintainer")
         row = store().get(trace_id)
         if caller.role != "maintainer" and row["contributor_id"] != caller.account_id:
-            raise api_error(403, "not your trace", "permission_error")
+            raise ApiError(403, "not your trace", "permission_error")
         return {k: v for k, v in row.items() if k != "vector"}
 
     @r.delete("/v1/traces/{trace_id}")
@@ -106,9 +107,9 @@ def router(state, caller_of, api_error) -> APIRouter:
     return r
 
 
-def _whose(caller, contributor: str | None, api_error) -> str | None:
+def _whose(caller, contributor: str | None) -> str | None:
     if caller.role == "maintainer":
         return contributor
     if contributor not in (None, caller.account_id):
-        raise api_error(403, "contributors can read only their own traces", "permission_error")
+        raise ApiError(403, "contributors can read only their own traces", "permission_error")
     return caller.account_id

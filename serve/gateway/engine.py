@@ -48,9 +48,14 @@ class SpecStats:
 
     def as_dict(self) -> dict:
         return {"requests": self.requests, "drafted": self.drafted, "accepted": self.accepted,
-                "acceptance_rate": round(self.accepted / self.drafted, 4) if self.drafted else None,
-                "tokens_per_traversal": round(self.tokens / self.traversals, 4)
-                if self.traversals else None}
+                **speculation_rates(self.drafted, self.accepted, self.tokens, self.traversals)}
+
+
+def speculation_rates(drafted: int, accepted: int, tokens: int, traversals: int) -> dict:
+    """Acceptance rate and tokens per traversal (None where nothing was counted): the one
+    definition behind `/metrics`, each response's `shoal` extension and the benchmarks."""
+    return {"acceptance_rate": round(accepted / drafted, 4) if drafted else None,
+            "tokens_per_traversal": round(tokens / traversals, 4) if traversals else None}
 
 
 class Engine:
