@@ -30,9 +30,11 @@ def run(*args: str):
 def test_help_is_fast_and_does_not_import_torch():
     code = ("import sys, time; t = time.perf_counter(); from flows.cli import app\n"
             "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('loaded', [m for m in sys.modules if m.startswith('flows.cli.')])\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "model" in out.stdout and out.stdout.strip().endswith("NO-TORCH")
+    assert "loaded []" in out.stdout  # the root's help imports no command module
     shoal = os.path.join(os.path.dirname(sys.executable), "shoal")
     best = min(_timed([shoal, "--help"]) for _ in range(3))
     assert best < 1.0, f"shoal --help took {best:.2f} s"
@@ -125,3 +127,65 @@ def test_promote_and_rollback_commands(env, tiny_model_dir, tmp_path):
     assert back.exit_code == 0, back.output
     record = cfg.client().channel("production")
     assert (record.version, record.sequence) == (old, 3)
+
+
+MODULES = ("registry", "serve", "flow", "traces", "bench")
+
+
+def test_the_root_lists_every_command_of_every_module_with_its_own_summary():
+    import inspect
+
+    from flows.cli import ENTRIES, module_commands
+
+    for module in MODULES:
+        commands = module_commands(module)
+        assert {n for n, (m, _) in ENTRIES.items() if m == module} == set(commands), module
+        for name, command in commands.items():
+            assert ENTRIES[name][1] == inspect.cleandoc(command.help).split("\n\n")[0], name
+
+
+def _command_paths():
+    from flows.cli import ENTRIES, load
+
+    for name in ENTRIES:
+        yield (name,)
+        for sub in getattr(load(name), "commands", {}):
+            yield name, sub
+
+
+def test_every_command_in_the_help_tree_resolves():
+    top = run("--help")
+    assert top.exit_code == 0
+    for path in _command_paths():
+        if len(path) == 1:
+            assert f" {path[0]} " in top.output, path
+        result = run(*path, "--help")
+        assert result.exit_code == 0, (path, result.output)
+        assert f"Usage: root {' '.join(path)} " in result.output, (path, result.output)
+
+
+class _NoAccounts:
+    """A trace store without accounts (a real one takes seconds to create its tables)."""
+
+    def account(self, account_id: str):
+        from traces.exceptions import NotFound
+
+        raise NotFound(f"no account {account_id}")
+
+    def create_grant(self, account, scopes, days):
+        raise AssertionError("a grant for an unknown account")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model", "show", "nosuchversion"], "'nosuchversion': no channel or version matches"),
+    (["up", "--model", "nosuch"], "'nosuch': no channel or version matches"),
+    (["bench", "registry", "--model", "nosuch"], "'nosuch': no channel or version matches"),
+    (["bench", "swarm", "--delays", "5,x"], "--delays '5,x': expected comma-separated floats"),
+    (["grants", "create", "--contributor", "nosuch", "--scope", "sft"], "no account nosuch"),
+    (["flow", "train", "--set", "lr"], "--set 'lr': expected KEY=VALUE"),
+], ids=["registry", "serve", "bench", "bench-input", "traces", "flow"])
+def test_errors_are_one_line_and_exit_1_in_every_command_module(env, monkeypatch, args, message):
+    monkeypatch.setattr(ShoalConfig, "trace_store", lambda self: _NoAccounts())
+    result = run(*args)
+    assert result.exit_code == 1, result.output
+    assert [line for line in result.output.splitlines() if line.strip()] == [f"error: {message}"]

@@ -94,7 +94,7 @@ def main() -> None:
     import asyncio
     import logging
 
-    from flows.cli_serve import node_config
+    from flows.cli.serve import node_config
 
     argv = sys.argv[2:]  # after "node"
     opts = dict(zip(argv[::2], argv[1::2]))

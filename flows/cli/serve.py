@@ -1,33 +1,88 @@
-"""`shoal` subcommands that run swarm processes: tracker, node, gateway, relay, up.
+"""`shoal chat` and the commands that run or inspect swarm processes: `tracker`, `node`,
+`gateway`, `relay`, `up`, `verify`, `status`.
 
-Like the rest of the CLI, each command imports its heavy dependencies only when it runs.
+Option defaults come from serve/'s configs (`serve.config`: pydantic, no torch), so a default is
+written down once, there; the commands turn the options into those configs and hand them to
+serve/. Everything else serve/ needs is imported when a command runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from flows.cli.base import DEFAULT_MODEL, command, config
+from serve.config import ChannelWatch, GatewayConfig, NodeConfig, VerifierConfig, defaults
 
-def _cfg():
-    from flows.config import ShoalConfig
+if TYPE_CHECKING:
+    from registry.manifest import Manifest
 
-    return ShoalConfig.from_env()
+cli = typer.Typer()
+"""What this module adds to `shoal`: its top-level commands."""
+
+GATEWAY = defaults(GatewayConfig)
+NODE = defaults(NodeConfig)
+VERIFIER = defaults(VerifierConfig)
+WATCH = defaults(ChannelWatch)
+TRACKER_PORT = 7000
+"""Port `shoal tracker` listens on unless told otherwise."""
+TRACKER_URL = f"http://127.0.0.1:{TRACKER_PORT}"
+"""Where the commands look for the tracker unless told otherwise."""
+MB = 2**20
 
 
 def _checkout(ref: str, role: str, span: tuple[int, int] | None = None
-              ) -> tuple[str, Path, object]:
+              ) -> tuple[str, Path, Manifest]:
     """Resolve `ref` in the registry and fetch + verify what `role` needs of it."""
-    cfg = _cfg()
+    cfg = config()
     client = cfg.client()
     version_id = client.resolve(ref)
     directory, manifest = client.checkout_role(version_id, cfg.models_dir, role, span)
     return version_id, directory, manifest
 
 
-def tracker(port: Annotated[int, typer.Option()] = 7000, ttl: float = 5.0) -> None:
+def _watch(channel: str | None, poll_s: float, grace_s: float) -> ChannelWatch | None:
+    if not channel:
+        return None
+    cfg = config()
+    return ChannelWatch(channel=channel, registry_url=cfg.registry_url, trust_dir=cfg.trust_dir,
+                        models_dir=cfg.models_dir, poll_s=poll_s, drain_grace_s=grace_s)
+
+
+def node_config(model: str, layers: str, port: int, tracker: str | None = NODE["tracker_url"],
+                announce_url: str | None = NODE["announce_url"],
+                threads: int | None = NODE["threads"],
+                memory_budget_mb: float = NODE["memory_budget_bytes"] / MB,
+                idle_timeout: float = NODE["idle_timeout_s"]) -> NodeConfig:
+    """Resolve `model`, fetch and verify the span's files, and describe the node."""
+    try:
+        start, end = (int(x) for x in layers.split(":"))
+    except ValueError:
+        raise typer.BadParameter(f"--layers {layers!r}: expected START:END") from None
+    version_id, directory, _ = _checkout(model, "span", (start, end))
+    return NodeConfig(directory=directory, start=start, end=end, version_id=version_id,
+                      port=port, announce_url=announce_url, tracker_url=tracker, threads=threads,
+                      memory_budget_bytes=int(memory_budget_mb * MB), idle_timeout_s=idle_timeout)
+
+
+# in-process -------------------------------------------------------------------------------------
+
+@command(cli)
+def chat(prompt: str, model: Annotated[str, typer.Option(help="name@channel or version")] =
+         DEFAULT_MODEL, max_tokens: int = 64) -> None:
+    """Answer PROMPT in-process from a verified checkout (the swarm's reference path)."""
+    from serve.local import LocalModel
+
+    _, directory = config().checkout(model)
+    typer.echo(LocalModel.load(directory).chat([{"role": "user", "content": prompt}], max_tokens))
+
+
+# swarm processes --------------------------------------------------------------------------------
+
+@command(cli)
+def tracker(port: Annotated[int, typer.Option()] = TRACKER_PORT, ttl: float = 5.0) -> None:
     """Run the tracker that nodes announce to and gateways read."""
     import uvicorn
 
@@ -36,79 +91,62 @@ def tracker(port: Annotated[int, typer.Option()] = 7000, ttl: float = 5.0) -> No
     uvicorn.run(create_app(ttl_s=ttl), host="127.0.0.1", port=port, log_level="warning")
 
 
+@command(cli)
 def node(model: Annotated[str, typer.Option(help="name@channel, channel or version")],
          layers: Annotated[str, typer.Option(help="START:END, end exclusive")],
          port: Annotated[int, typer.Option()],
-         tracker: Annotated[Optional[str], typer.Option(help="tracker URL")] = None,
-         announce_url: Annotated[Optional[str], typer.Option()] = None,
-         threads: Annotated[Optional[int], typer.Option(help="torch threads")] = None,
-         memory_budget_mb: float = 2048.0, idle_timeout: float = 300.0,
+         tracker: Annotated[Optional[str], typer.Option(help="tracker URL")] =
+         NODE["tracker_url"],
+         announce_url: Annotated[Optional[str], typer.Option()] = NODE["announce_url"],
+         threads: Annotated[Optional[int], typer.Option(help="torch threads")] = NODE["threads"],
+         memory_budget_mb: float = NODE["memory_budget_bytes"] / MB,
+         idle_timeout: float = NODE["idle_timeout_s"],
          watch: Annotated[Optional[str], typer.Option(
              help="follow this channel and roll out its new versions")] = None,
-         watch_poll: float = 2.0, drain_grace: float = 5.0) -> None:
+         watch_poll: float = WATCH["poll_s"], drain_grace: float = WATCH["drain_grace_s"]) -> None:
     """Serve layers START:END of a verified registry version."""
     from serve.node import run_node
 
-    config = node_config(model, layers, port, tracker, announce_url, threads, memory_budget_mb,
-                         idle_timeout)
-    config.watch = _watch(watch, watch_poll, drain_grace)
-    run_node(config)
+    node_cfg = node_config(model, layers, port, tracker, announce_url, threads, memory_budget_mb,
+                           idle_timeout)
+    node_cfg.watch = _watch(watch, watch_poll, drain_grace)
+    run_node(node_cfg)
 
 
-def _watch(channel: str | None, poll_s: float, grace_s: float):
-    if not channel:
-        return None
-    from serve.rollout import ChannelWatch
-
-    cfg = _cfg()
-    return ChannelWatch(channel=channel, registry_url=cfg.registry_url, trust_dir=cfg.trust_dir,
-                        models_dir=cfg.models_dir, poll_s=poll_s, drain_grace_s=grace_s)
-
-
-def node_config(model: str, layers: str, port: int, tracker: str | None = None,
-                announce_url: str | None = None, threads: int | None = None,
-                memory_budget_mb: float = 2048.0, idle_timeout: float = 300.0):
-    """Resolve `model`, fetch and verify the span's files, and describe the node."""
-    from serve.node import NodeConfig
-
-    try:
-        start, end = (int(x) for x in layers.split(":"))
-    except ValueError:
-        raise typer.BadParameter(f"--layers {layers!r}: expected START:END") from None
-    version_id, directory, _ = _checkout(model, "span", (start, end))
-    return NodeConfig(directory=directory, start=start, end=end, version_id=version_id,
-                      port=port, announce_url=announce_url, tracker_url=tracker, threads=threads,
-                      memory_budget_bytes=int(memory_budget_mb * 2**20),
-                      idle_timeout_s=idle_timeout)
-
-
-def gateway(model: Annotated[str, typer.Option()] = "production",
-            tracker: Annotated[str, typer.Option()] = "http://127.0.0.1:7000",
-            port: Annotated[int, typer.Option()] = 8000,
-            return_port: int = 0, return_url: Optional[str] = None,
+@command(cli)
+def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
+            tracker: Annotated[str, typer.Option()] = TRACKER_URL,
+            port: Annotated[int, typer.Option()] = GATEWAY["port"],
+            return_port: int = GATEWAY["return_port"],
+            return_url: Optional[str] = GATEWAY["return_url"],
             api_key: Annotated[Optional[list[str]], typer.Option("--api-key")] = None,
-            naive: Annotated[bool, typer.Option(help="call nodes one by one (benchmarks)")] = False,
-            wire_dtype: str = "float32", timeout: float = 60.0,
+            naive: Annotated[bool, typer.Option(help="call nodes one by one (benchmarks)")] =
+            not GATEWAY["chain"],
+            wire_dtype: str = GATEWAY["wire_dtype"], timeout: float = GATEWAY["timeout_s"],
             drafter: Annotated[str, typer.Option(help="default drafter or 'off'")] =
-            "prompt_lookup",
+            GATEWAY["drafter"] or "off",
             draft_model: Annotated[Optional[str], typer.Option(
                 help="registry ref of a draft model sharing the tokenizer")] = None,
-            verify: Annotated[bool, typer.Option(help="live-weight proofs of every node")] = True,
+            verify: Annotated[bool, typer.Option(help="live-weight proofs of every node")] =
+            GATEWAY["verify"],
             fingerprints: Annotated[bool, typer.Option(
                 help="canary outputs checked against a trusted copy (needs all layers)")] = True,
             verdict_log: Optional[Path] = None,
             verify_interval: Annotated[float, typer.Option(
-                help="mean seconds between checks of an established node")] = 30.0,
+                help="mean seconds between checks of an established node")] =
+            VERIFIER["interval_s"],
             verify_new_interval: Annotated[float, typer.Option(
-                help="mean seconds between checks while a node is new")] = 2.0,
-            proof_deadline: float = 1.0,
+                help="mean seconds between checks while a node is new")] =
+            VERIFIER["new_interval_s"],
+            proof_deadline: float = VERIFIER["deadline_s"],
             traces: Annotated[Optional[Path], typer.Option(
                 help="trace store directory: accounts, consent, capture")] = None,
             watch: Annotated[Optional[str], typer.Option(
                 help="follow this channel: new requests move to its new versions")] = None,
-            watch_poll: float = 2.0, drain_grace: float = 5.0) -> None:
+            watch_poll: float = WATCH["poll_s"], drain_grace: float = WATCH["drain_grace_s"]
+            ) -> None:
     """Run the OpenAI-compatible gateway in front of the swarm."""
-    from serve.gateway.server import GatewayConfig, run_gateway
+    from serve.gateway.server import run_gateway
 
     version_id, directory, manifest = _checkout(model, "head")
     draft_dir = trusted_dir = None
@@ -116,11 +154,9 @@ def gateway(model: Annotated[str, typer.Option()] = "production",
         draft_dir = _checkout(draft_model, "full")[1]
     if verify and fingerprints:
         trusted_dir = _checkout(model, "full")[1]
-    from serve.gateway.verifier import VerifierConfig
-
-    verifier_cfg = VerifierConfig(log_path=verdict_log or _cfg().home / "run" / "verdicts.jsonl",
-                                  interval_s=verify_interval, new_interval_s=verify_new_interval,
-                                  deadline_s=proof_deadline)
+    verifier = VerifierConfig(log_path=verdict_log or config().home / "run" / "verdicts.jsonl",
+                              interval_s=verify_interval, new_interval_s=verify_new_interval,
+                              deadline_s=proof_deadline)
     run_gateway(GatewayConfig(directory=directory, version_id=version_id,
                               model_name=manifest.name, tracker_url=tracker, port=port,
                               return_port=return_port, return_url=return_url,
@@ -128,10 +164,11 @@ def gateway(model: Annotated[str, typer.Option()] = "production",
                               wire_dtype=wire_dtype, timeout_s=timeout,
                               drafter=None if drafter == "off" else drafter,
                               draft_model_dir=draft_dir, verify=verify, trusted_dir=trusted_dir,
-                              verifier=verifier_cfg, traces_dir=traces,
+                              verifier=verifier, traces_dir=traces,
                               watch=_watch(watch, watch_poll, drain_grace)))
 
 
+@command(cli)
 def relay(routes: Annotated[list[str], typer.Argument(help="LISTEN:TARGET port pairs")],
           delay_ms: Annotated[float, typer.Option()] = 10.0,
           delay_file: Annotated[Optional[Path], typer.Option(
@@ -142,7 +179,9 @@ def relay(routes: Annotated[list[str], typer.Argument(help="LISTEN:TARGET port p
     run_relays([tuple(int(p) for p in r.split(":")) for r in routes], delay_ms, delay_file)
 
 
-def up(nodes: int = 3, model: str = "production", port: int = 8000, delay_ms: float = 0.0,
+@command(cli)
+def up(nodes: int = 3, model: str = DEFAULT_MODEL, port: int = GATEWAY["port"],
+       delay_ms: float = 0.0,
        api_key: Annotated[Optional[list[str]], typer.Option("--api-key")] = None,
        traces: Annotated[bool, typer.Option(
            help="trace store in $SHOAL_HOME/traces (its API keys replace --api-key)")] = False
@@ -152,7 +191,7 @@ def up(nodes: int = 3, model: str = "production", port: int = 8000, delay_ms: fl
 
     from serve.up import LocalSwarm, SwarmSpec
 
-    cfg = _cfg()
+    cfg = config()
     client = cfg.client()
     layers = client.manifest(client.resolve(model)).num_layers
     swarm = LocalSwarm(SwarmSpec(model=model, nodes=nodes, port=port, delay_ms=delay_ms,
@@ -171,19 +210,23 @@ def up(nodes: int = 3, model: str = "production", port: int = 8000, delay_ms: fl
         typer.echo("stopped")
 
 
+# inspection -------------------------------------------------------------------------------------
+
+@command(cli)
 def verify(node_url: Annotated[str, typer.Option("--node", help="ws://host:port of the node")],
            model: Annotated[str, typer.Option(help="the version the node claims to serve")] =
-           "production",
-           fingerprint: bool = True, challenges: int = 3, deadline: float = 1.0) -> None:
+           DEFAULT_MODEL,
+           fingerprint: bool = True, challenges: int = 3,
+           deadline: float = VERIFIER["deadline_s"]) -> None:
     """Challenge one node: live-weight proofs (and a canary fingerprint) against the registry."""
     import asyncio
 
+    from serve import wire
     from serve.discovery import StaticDiscovery
     from serve.gateway.head import Head
     from serve.gateway.pipeline import Pipeline
-    from serve.gateway.verifier import Verifier, VerifierConfig
-    from serve.discovery import NodeInfo
-    from serve import wire
+    from serve.gateway.verifier import Verifier
+    from serve.tracker import NodeInfo
 
     version_id, directory, manifest = _checkout(model, "full" if fingerprint else "head")
     head = Head(directory)
@@ -213,7 +256,8 @@ def verify(node_url: Annotated[str, typer.Option("--node", help="ws://host:port 
         raise typer.Exit(1)
 
 
-def status(tracker: Annotated[str, typer.Option()] = "http://127.0.0.1:7000",
+@command(cli)
+def status(tracker: Annotated[str, typer.Option()] = TRACKER_URL,
            gateway: Annotated[Optional[str], typer.Option(
                help="gateway URL: adds its rollout state")] = None) -> None:
     """Nodes (span, versions, trust, channel watch, load), the gateway's rollout, and the channel
@@ -255,7 +299,7 @@ def status(tracker: Annotated[str, typer.Option()] = "http://127.0.0.1:7000",
                           f"loaded: {loaded}")
         except httpx.HTTPError as exc:
             console.print(f"[red]gateway unreachable: {exc}[/red]")
-    cfg = _cfg()
+    cfg = config()
     client = cfg.client()
     heads = Table(title=f"channels at {cfg.registry_url}")
     for col in ("channel", "sequence", "version", "promoted", "note"):
@@ -267,58 +311,3 @@ def status(tracker: Annotated[str, typer.Option()] = "http://127.0.0.1:7000",
         except Exception as exc:  # show a refused channel instead of hiding it
             heads.add_row(name, "-", "-", "-", f"REFUSED: {exc}")
     console.print(heads)
-
-
-bench_app = typer.Typer(help="Benchmarks: programs that write JSON and a PNG plot.",
-                        no_args_is_help=True)
-
-
-@bench_app.command("swarm")
-def bench_swarm(model: str = "production", nodes: int = 3,
-                delays: Annotated[str, typer.Option(help="one-way ms per hop")] = "0,5,10,20",
-                concurrency: str = "1,4,16", tokens: int = 32, prompts: str = "128,512",
-                drafters: Annotated[str, typer.Option(
-                    help="speculation sweep; '' skips it")] = "off,prompt_lookup,suffix",
-                draft_model: Annotated[Optional[str], typer.Option(
-                    help="registry ref of a draft model (adds the draft_model drafter)")] = None,
-                spec_tokens: int = 48,
-                proofs: Annotated[bool, typer.Option(
-                    "--proofs", help="verification overhead and detection odds")] = False,
-                out: Path = Path("bench-out")) -> None:
-    """Swarm vs single-process generate vs naive mode, across link delays."""
-    import json
-
-    from flows.cli import reports_errors
-    from serve.bench import SwarmBenchConfig, run_swarm_bench
-
-    cfg = SwarmBenchConfig(model=model, nodes=nodes,
-                           delays_ms=[float(x) for x in delays.split(",")],
-                           concurrency=[int(x) for x in concurrency.split(",")],
-                           decode_tokens=tokens, prompt_lengths=[int(x) for x in prompts.split(",")],
-                           out_dir=out, drafters=[d for d in drafters.split(",") if d]
-                           + (["draft_model"] if draft_model else []),
-                           draft_model=draft_model, spec_tokens=spec_tokens, proofs=proofs)
-    report = reports_errors(run_swarm_bench)(cfg, _cfg())
-    typer.echo(json.dumps(report["summary"], indent=2))
-    typer.echo(f"wrote {out / 'swarm.json'} and {out / 'swarm.png'}")
-
-
-@bench_app.command("registry")
-def bench_registry(model: str = "production", span: int = 10, import_default: bool = True,
-                   out: Path = Path("bench-out")) -> None:
-    """Hash throughput, 10-layer span verification, and the default import's time and memory."""
-    import json
-
-    from flows.cli import reports_errors
-    from registry.bench import run_registry_bench
-
-    report = reports_errors(run_registry_bench)(_cfg(), model, out, span, import_default)
-    typer.echo(json.dumps(report, indent=2))
-
-
-def register(app: typer.Typer) -> None:
-    from flows.cli import reports_errors
-
-    for func in (tracker, node, gateway, relay, up, verify, status):
-        app.command(func.__name__)(reports_errors(func))
-    app.add_typer(bench_app, name="bench")  # cli_traces adds `bench traces` to it

@@ -1,0 +1,105 @@
+"""`shoal bench …`: the benchmarks, programs that write JSON (and a PNG plot) to an output
+directory: swarm, registry, traces, curate, train.
+
+Each benchmark lives next to the code it measures (`serve.bench`, `registry.bench`,
+`traces.bench`, `curate.bench`, `train.bench`); these commands parse the options, run it and print
+its summary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Callable, Optional, TypeVar
+
+import typer
+
+from flows.cli.base import DEFAULT_MODEL, command, config, group
+
+T = TypeVar("T")
+
+cli = typer.Typer()
+"""What this module adds to `shoal`: the `bench` group."""
+bench_app = group(cli, "bench", "Benchmarks: programs that write JSON and a PNG plot.")
+
+
+def _split(option: str, text: str, kind: Callable[[str], T]) -> list[T]:
+    """The comma-separated values of `option` as a list of `kind`."""
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected comma-separated "
+                         f"{getattr(kind, '__name__', 'value')}s") from None
+
+
+@command(bench_app, "swarm")
+def bench_swarm(model: str = DEFAULT_MODEL, nodes: int = 3,
+                delays: Annotated[str, typer.Option(help="one-way ms per hop")] = "0,5,10,20",
+                concurrency: str = "1,4,16", tokens: int = 32, prompts: str = "128,512",
+                drafters: Annotated[str, typer.Option(
+                    help="speculation sweep; '' skips it")] = "off,prompt_lookup,suffix",
+                draft_model: Annotated[Optional[str], typer.Option(
+                    help="registry ref of a draft model (adds the draft_model drafter)")] = None,
+                spec_tokens: int = 48,
+                proofs: Annotated[bool, typer.Option(
+                    "--proofs", help="verification overhead and detection odds")] = False,
+                out: Path = Path("bench-out")) -> None:
+    """Swarm vs single-process generate vs naive mode, across link delays."""
+    delays_ms = _split("--delays", delays, float)
+    levels = _split("--concurrency", concurrency, int)
+    lengths = _split("--prompts", prompts, int)
+    from serve.bench import SwarmBenchConfig, run_swarm_bench
+
+    cfg = SwarmBenchConfig(model=model, nodes=nodes, delays_ms=delays_ms, concurrency=levels,
+                           decode_tokens=tokens, prompt_lengths=lengths, out_dir=out,
+                           drafters=[d for d in drafters.split(",") if d]
+                           + (["draft_model"] if draft_model else []),
+                           draft_model=draft_model, spec_tokens=spec_tokens, proofs=proofs)
+    report = run_swarm_bench(cfg, config())
+    typer.echo(json.dumps(report["summary"], indent=2))
+    typer.echo(f"wrote {out / 'swarm.json'} and {out / 'swarm.png'}")
+
+
+@command(bench_app, "registry")
+def bench_registry(model: str = DEFAULT_MODEL, span: int = 10, import_default: bool = True,
+                   out: Path = Path("bench-out")) -> None:
+    """Hash throughput, 10-layer span verification, and the default import's time and memory."""
+    from registry.bench import run_registry_bench
+
+    report = run_registry_bench(config(), model, out, span, import_default)
+    typer.echo(json.dumps(report, indent=2))
+
+
+@command(bench_app, "traces")
+def bench_traces(requests: int = 1000, ingest: int = 2000,
+                 out: Annotated[str, typer.Option()] = "bench-out") -> None:
+    """Trace-path latency (p50/p99) and LanceDB ingest rate."""
+    from traces.bench import run_traces_bench
+
+    typer.echo(json.dumps(run_traces_bench(Path(out), requests, ingest), indent=2))
+
+
+@command(bench_app, "curate")
+def bench_curate(traces: int = 6000, tokens: int = 500,
+                 workers: Annotated[str, typer.Option(help="pool sizes to compare")] = "1,2",
+                 out: Annotated[str, typer.Option()] = "bench-out") -> None:
+    """Scrub + dedup throughput (traces/min) by number of worker processes."""
+    pools = tuple(_split("--workers", workers, int))
+    from curate.bench import run_curate_bench
+
+    report = run_curate_bench(Path(out), traces, tokens, pools)
+    typer.echo(json.dumps(report, indent=2))
+
+
+@command(bench_app, "train")
+def bench_train(model: str = DEFAULT_MODEL, steps: int = 4, micro_batch: int = 4, procs: int = 2,
+                max_len: int = 128, zero: str = "zero1", grad_accum: int = 4,
+                out: Annotated[str, typer.Option()] = "bench-out") -> None:
+    """SFT tokens/s: DeepSpeed (launcher, ZeRO) vs a plain torch loop, in one run."""
+    _, directory = config().checkout(model)
+    from train.bench import run_train_bench
+
+    report = run_train_bench(directory, Path(out), steps=steps, micro_batch=micro_batch,
+                             procs=procs, max_len=max_len, zero=zero, grad_accum=grad_accum)
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "torch"} |
+                          {"torch_tokens_per_s": report["torch"]["tokens_per_s"]}, indent=2))

@@ -1,0 +1,132 @@
+"""`shoal flow …`: run the Prefect flows that curate traces and train, evaluate and register
+candidates (an ephemeral Prefect API unless PREFECT_API_URL points at a server); and `shoal demo`,
+the whole flywheel end to end.
+
+The flows themselves live in `flows.curation`, `flows.training` and `flows.demo`; this module only
+turns options into their arguments and prints their results.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from flows.cli.base import DEFAULT_MODEL, command, config, group
+
+cli = typer.Typer()
+"""What this module adds to `shoal`: `demo` and the `flow` group."""
+flow_app = group(cli, "flow", "Prefect flows: curate, train, evaluate, register.")
+
+
+def _settings(values: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` pairs as a dict; a VALUE that is JSON is decoded, anything else kept as
+    the string."""
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _print_outcome(report: dict, registered: dict) -> None:
+    for check in report["gate"]["checks"]:
+        if "delta" in check:
+            typer.echo(f"{check['metric']:28} {check['production']:.4f} → {check['candidate']:.4f}"
+                       f"  ({check['required']}) {'ok' if check['passed'] else 'FAILED'}")
+    where = registered["promoted_to"] or "no channel (gate refused)"
+    typer.echo(f"registered {registered['version'][:19]} → {where}")
+
+
+@command(cli)
+def demo(seed: Annotated[int, typer.Option(help="seeds tasks, split and training")] = 0,
+         tasks: Annotated[int, typer.Option(help="contributor tasks")] = 80) -> None:
+    """The whole flywheel: genesis, swarm, workload, curate, train, gate, promote, roll out."""
+    from flows.demo import DemoConfig, run_demo
+
+    run_demo(config(), DemoConfig(seed=seed, tasks=tasks))
+
+
+@command(flow_app, "curate")
+def curate_traces(
+    config_file: Annotated[Optional[Path], typer.Option(
+        "--config", help="CurateConfig as JSON (defaults otherwise)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="processes for the scrub step")] = 1,
+    dask: Annotated[Optional[str], typer.Option(help="Dask scheduler address (needs prefect-dask)")]
+    = None,
+    cron: Annotated[Optional[str], typer.Option(
+        help="serve as a scheduled deployment on the configured Prefect server instead")] = None,
+) -> None:
+    """Curate consented traces into SFT / DPO / distillation datasets with data cards."""
+    from curate.config import CurateConfig
+    from flows.curation import curate as curate_flow
+    from flows.curation import run_curate
+
+    cfg = CurateConfig.model_validate_json(config_file.read_text()) if config_file else \
+        CurateConfig()
+    shoal = config()
+    if cron:
+        typer.echo(f"serving deployment 'curate/shoal' on schedule {cron!r} (Ctrl-C stops)")
+        curate_flow.serve(name="shoal", cron=cron,
+                          parameters={"home": str(shoal.home), "config": cfg.model_dump()})
+        return
+    result = run_curate(shoal, cfg, workers=workers, dask_address=dask)
+    for kind, d in result["datasets"].items():
+        typer.echo(f"{kind:8} {d['dataset_id']}  train={d['splits']['train']:<6} "
+                   f"eval={d['splits']['eval']:<5} {d['path']}")
+    if result["rebuilt_from"]:
+        typer.echo(f"replaced after erasure: {', '.join(result['rebuilt_from'])}")
+
+
+@command(flow_app, "train")
+def train_run(
+    kind: Annotated[str, typer.Option(help="sft, dpo or distill")] = "sft",
+    parent: Annotated[str, typer.Option(help="registry ref of the starting weights")] =
+    DEFAULT_MODEL,
+    dataset: Annotated[Optional[list[str]], typer.Option(
+        help="dataset id (repeatable; default: the newest of the kind)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="TrainConfig field, e.g. --set lr=1e-4 --set lora='{\"r\": 8}'")] = None,
+    procs: Annotated[int, typer.Option(min=1, help="DeepSpeed processes on this host")] = 2,
+    evaluate: Annotated[bool, typer.Option(help="then evaluate, gate and register")] = True,
+    limit: Annotated[Optional[int], typer.Option(help="evaluate on the first N items per set")]
+    = None,
+) -> None:
+    """Train a candidate with DeepSpeed; by default evaluate it, gate it and register it."""
+    home, settings = str(config().home), _settings(set_ or [])
+    from flows.training import improve
+    from flows.training import train as train_flow
+
+    if not evaluate:
+        meta = train_flow(home, kind, parent, dataset, settings, procs)
+        typer.echo(f"run {meta['run_dir']}  loss {meta['summary']['loss_first']:.4f} → "
+                   f"{meta['summary']['loss_last']:.4f}")
+        return
+    result = improve(home, kind, parent, dataset, settings, procs, None, limit)
+    _print_outcome(result["eval"], result["registered"])
+
+
+@command(flow_app, "evaluate")
+def evaluate_run(run_dir: Path, production: str = DEFAULT_MODEL,
+                 limit: Annotated[Optional[int], typer.Option()] = None) -> None:
+    """Score a run's candidate and production with the same harness; ask the gate."""
+    from flows.training import evaluate as evaluate_flow
+
+    report = evaluate_flow(str(config().home), str(run_dir), production, None, limit)
+    typer.echo(json.dumps(report["gate"], indent=2))
+
+
+@command(flow_app, "register")
+def register_run(run_dir: Path) -> None:
+    """Import a run's weights as a signed candidate; promote to staging if its gate accepted."""
+    from flows.training import register as register_flow
+
+    result = register_flow(str(config().home), str(run_dir))
+    typer.echo(json.dumps(result, indent=2))
