@@ -11,3 +11,8 @@ class ConfigError(CurationError, ValueError):
 
 class RecordError(CurationError, ValueError):
     """A trace row cannot be turned into a record (the message names the trace and the field)."""
+
+
+class DatasetError(CurationError, ValueError):
+    """A dataset asked for is not in the datasets directory, or no dataset of a kind has been built
+    yet (the message names the id or kind)."""

@@ -1,17 +1,22 @@
 """The `curate` Prefect flow: consented traces → scrubbed, deduplicated, filtered, decontaminated
 SFT / DPO / distillation datasets with data cards, and the dataset index erasure relies on.
 
-Reads top to bottom; every step is a task wrapping a function from `curate/`. The scrub step is
-chunked (`CurateConfig.chunk_size`) and mapped, so any Prefect task runner fans it out: a process
-pool on one machine (`--workers N`), or Dask / Ray across machines (`--dask ADDRESS` with
-`prefect-dask` installed). Chunk results are cached by input hash under `$SHOAL_HOME/cache`, so an
-unchanged chunk is not scrubbed twice; the cache is wiped whenever erasure forces a rebuild.
+Reads top to bottom; every step is a task wrapping a function from `curate/`: the stages from
+`curate.pipeline`, the datasets directory and `latest.json` from `curate.catalog`. What the flow
+itself keeps is the I/O: reading the trace store, recording which traces went into which dataset
+(the index erasure reads), and the chunk cache. `home` becomes a `ShoalConfig` once, at the top of
+the flow; the tasks that need it are called directly, so they run in the flow's process.
+
+The scrub step is chunked (`CurateConfig.chunk_size`) and mapped, so any Prefect task runner fans
+it out: a process pool on one machine (`--workers N`), or Dask / Ray across machines (`--dask
+ADDRESS` with `prefect-dask` installed). Chunk results are cached by input hash (the chunk's
+records and the config, nothing else) under `$SHOAL_HOME/cache`, so an unchanged chunk is not
+scrubbed twice; the cache is wiped whenever erasure forces a rebuild.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -20,12 +25,16 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.context import get_run_context
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from curate import pipeline
-from curate.card import write_dataset
+from curate import catalog, pipeline
 from curate.config import CurateConfig
 from curate.decontam import EvalIndex
 from curate.records import Record, records_from_rows
 from flows.config import ShoalConfig
+
+
+def chunk_cache(shoal: ShoalConfig) -> Path:
+    """Where the scrub step's results are kept: `$SHOAL_HOME/cache/curate`."""
+    return shoal.cache_dir / "curate"
 
 
 def cache_storage(shoal: ShoalConfig) -> str:
@@ -36,7 +45,7 @@ def cache_storage(shoal: ShoalConfig) -> str:
     block; one block per cache directory."""
     from prefect.filesystems import LocalFileSystem
 
-    cache = shoal.cache_dir / "curate"
+    cache = chunk_cache(shoal)
     cache.mkdir(parents=True, exist_ok=True)
     block = f"shoal-cache-{hashlib.sha256(str(cache).encode()).hexdigest()[:16]}"
     LocalFileSystem(basepath=str(cache)).save(block, overwrite=True)
@@ -47,9 +56,8 @@ def cache_storage(shoal: ShoalConfig) -> str:
 # later steps stay in memory, so the cache directory never holds unscrubbed text.
 @task(name="load consented traces", retries=2, retry_delay_seconds=1, persist_result=False,
       cache_policy=NO_CACHE)
-def load_traces(home: str) -> dict:
-    store = ShoalConfig.at(home).trace_store()
-    return store.curation_snapshot()
+def load_traces(shoal: ShoalConfig) -> dict:
+    return shoal.trace_store().curation_snapshot()
 
 
 @task(name="scrub + minhash chunk", retries=2, retry_delay_seconds=1,
@@ -75,44 +83,26 @@ def build_task(pools, config: CurateConfig):
 
 @task(name="write datasets + index", retries=2, retry_delay_seconds=1, persist_result=False,
       cache_policy=NO_CACHE)
-def write_task(home: str, built: dict, card_fields: dict) -> dict:
+def write_task(shoal: ShoalConfig, built: dict, card_fields: dict) -> dict:
     """Write each set with its card, record its members, and point `latest.json` at it."""
-    shoal = ShoalConfig.at(home)
-    root = shoal.datasets_dir
-    root.mkdir(parents=True, exist_ok=True)
+    cards = catalog.write_sets(shoal.datasets_dir, built, card_fields)
     store = shoal.trace_store()
-    latest_path = root / "latest.json"
-    latest = json.loads(latest_path.read_text()) if latest_path.exists() else {}
-    out = {}
-    for kind, (splits, stats) in built.items():
-        fields = {**card_fields, "counts": {**card_fields["counts"], "builder": stats}}
-        card = write_dataset(root, kind, splits, fields)
+    for kind, card in cards.items():
         store.forget_dataset(card.dataset_id)  # idempotent re-runs do not double the index
-        store.add_dataset_members(card.dataset_id,
-                                  [r["request_id"] for s in splits.values() for r in s])
-        latest[kind] = card.dataset_id
-        out[kind] = {"dataset_id": card.dataset_id, "path": str(root / card.dataset_id),
-                     "splits": card.splits, "rows_digest": card.rows_digest}
-    tmp = latest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(latest, indent=2, sort_keys=True))
-    tmp.replace(latest_path)
-    return out
+        store.add_dataset_members(card.dataset_id, catalog.request_ids(built[kind][0]))
+    catalog.point_latest(shoal.datasets_dir, {kind: c.dataset_id for kind, c in cards.items()})
+    return {kind: catalog.entry(shoal.datasets_dir, card) for kind, card in cards.items()}
 
 
 @task(name="drop datasets marked for rebuild", persist_result=False, cache_policy=NO_CACHE)
-def drop_marked(home: str, keep: list[str]) -> list[str]:
+def drop_marked(shoal: ShoalConfig, keep: list[str]) -> list[str]:
     """Delete every dataset an erasure marked (the fresh build above replaces it)."""
-    shoal = ShoalConfig.at(home)
     store = shoal.trace_store()
-    dropped = []
-    for dataset_id in store.datasets_marked_for_rebuild():
-        if dataset_id in keep:  # rebuilt with identical rows: nothing erased was in it
-            continue
-        shutil.rmtree(shoal.datasets_dir / dataset_id, ignore_errors=True)
+    dropped = catalog.drop(shoal.datasets_dir, store.datasets_marked_for_rebuild(), keep)
+    for dataset_id in dropped:
         store.forget_dataset(dataset_id)
-        dropped.append(dataset_id)
     if dropped:  # cached chunk results may hold erased text: start the cache afresh
-        shutil.rmtree(shoal.cache_dir / "curate", ignore_errors=True)
+        shutil.rmtree(chunk_cache(shoal), ignore_errors=True)
     return dropped
 
 
@@ -124,19 +114,20 @@ def drop_marked(home: str, keep: list[str]) -> list[str]:
 def curate(home: str, config: dict | None = None, eval_texts: list[str] | None = None) -> dict:
     """Curate every consented trace under `home` into datasets; returns their ids and counts."""
     log = get_run_logger()
+    shoal = ShoalConfig.at(home)
     cfg = CurateConfig.model_validate(config or {})
     if eval_texts is None:
         from train.evalsets import decontamination_texts
 
         eval_texts = decontamination_texts()
 
-    snapshot = load_traces(home)
+    snapshot = load_traces(shoal)
     records = records_from_rows(snapshot["traces"], snapshot["feedback"])
     log.info(f"{len(records)} consented traces ({snapshot['excluded_inactive_grant']} excluded: "
              f"grant expired or revoked)")
 
     chunks = [records[i:i + cfg.chunk_size] for i in range(0, len(records), cfg.chunk_size)]
-    scrub = scrub_chunk.with_options(result_storage=cache_storage(ShoalConfig.at(home)))
+    scrub = scrub_chunk.with_options(result_storage=cache_storage(shoal))
     futures = scrub.map(chunks, unmapped(cfg)) if chunks else []
     merged = pipeline.merge([f.result() for f in futures], cfg)
     cached = sum(f.state.name == "Cached" for f in futures)
@@ -158,8 +149,8 @@ def curate(home: str, config: dict | None = None, eval_texts: list[str] | None =
         "scrubber": pipeline.scrubber(cfg.scrub.model_dump_json()).capabilities(),
         "decontamination": select_stats["decontamination"],
     }
-    written = write_task(home, built, card_fields)
-    dropped = drop_marked(home, [w["dataset_id"] for w in written.values()])
+    written = write_task(shoal, built, card_fields)
+    dropped = drop_marked(shoal, [w["dataset_id"] for w in written.values()])
     for kind, w in written.items():
         log.info(f"{kind}: {w['dataset_id']} train={w['splits']['train']} eval={w['splits']['eval']}")
     return {"datasets": written, "rebuilt_from": dropped, "counts": card_fields["counts"],
@@ -183,8 +174,3 @@ def run_curate(shoal: ShoalConfig, config: CurateConfig | None = None, *, worker
         flow_ = curate.with_options(task_runner=ProcessPoolTaskRunner(max_workers=workers))
     return flow_(str(shoal.home), (config or CurateConfig()).model_dump(), eval_texts)
 
-
-def latest(shoal: ShoalConfig) -> dict[str, str]:
-    """{kind: dataset id} of the newest build (empty before the first run)."""
-    path = Path(shoal.datasets_dir) / "latest.json"
-    return json.loads(path.read_text()) if path.exists() else {}

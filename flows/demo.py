@@ -65,6 +65,7 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
     from registry.publish import promote
     from serve.up import LocalSwarm, SwarmSpec
     from train.evalsets import load
+    from train.records import EvalReport, Registered, RunRecord
     from train.tasks import general_items, items
 
     config = config or DemoConfig()
@@ -144,14 +145,16 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
                              [curated["datasets"]["sft"]["dataset_id"]], settings, config.procs,
                              config.gate, config.gate_limit)
         phase("train + evaluate + register", t0)
-        candidate = result["registered"]["version"]
-        accepted = result["eval"]["gate"]["accepted"]
+        run = RunRecord.parse(result["run"])
+        report = EvalReport.parse(result["eval"])
+        candidate = Registered.parse(result["registered"]).version
+        accepted = report.gate.accepted
 
         if accepted:
             t0 = time.perf_counter()
             keys_ = ensure_keys(cfg)
             promote(cfg.store(), candidate, "production", [keys_["promote"]],
-                    note=f"maintainer: gate accepted run {result['run']['run_id']}")
+                    note=f"maintainer: gate accepted run {run.run_id}")
             with console.status("rolling out: nodes load the new version, gateway switches…"):
                 _wait_rollout(base, candidate)
             phase("promote + rollout", t0)
@@ -163,7 +166,7 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
             phase("eval after", t0)
         else:
             console.log("[red]the gate refused the candidate:[/red] "
-                        + "; ".join(result["eval"]["gate"]["reasons"]))
+                        + "; ".join(report.gate.reasons))
         summary["nodes"] = httpx.get(f"{swarm.tracker_url}/nodes", timeout=5).json()
     finally:
         swarm.stop()
@@ -172,7 +175,7 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
                                                                  limit=100_000)]
     counts = curated["counts"]
     summary.update(
-        candidate=candidate, gate=result["eval"]["gate"], promoted=accepted,
+        candidate=candidate, gate=report.gate.model_dump(), promoted=accepted,
         traces={"stored": len(stored),
                 "optout_stored": len(store.query(contributor_id=accounts["optout"].account_id)),
                 "scrubbed_records": counts["scrub"]["records_changed"],
@@ -182,11 +185,11 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
                 "filtered": counts["quality"]["dropped"]},
         datasets={k: {"id": d["dataset_id"], **d["splits"]}
                   for k, d in curated["datasets"].items()},
-        training={k: result["run"]["summary"][k] for k in (
+        training={k: getattr(run.finished(), k) for k in (
             "steps", "tokens", "loss_first", "loss_last", "tokens_per_s", "world_size",
             "eval_before", "eval_after", "loss_curve")},
-        gate_metrics={"production": result["eval"].get("production_metrics"),
-                      "candidate": result["eval"].get("metrics")},
+        gate_metrics={"production": getattr(report, "production_metrics", None),
+                      "candidate": report.metrics},
         channel=[{"sequence": r.sequence, "version": r.version, "note": r.note}
                  for r in cfg.client().history("production")],
         phases=phases, seconds=round(time.perf_counter() - t_start, 1))

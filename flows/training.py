@@ -7,44 +7,36 @@
 - `register`: import the weights as a signed candidate whose lineage names the parent version, the
   datasets' digests, the training config digest, the loss curve summary and the eval results; when
   the gate accepted, promote it to `staging` (or `staging-draft`). `production` is never touched.
+
+Each flow takes `home: str` (a deployment's parameters must be serialisable), turns it into a
+`ShoalConfig` once and hands that to its tasks. What a run is and what follows from it (the
+candidate's name, channel and lineage) are `train.records`'; which dataset is the newest is
+`curate.catalog`'s. The flows return the records as plain dicts, the JSON of `run.json`,
+`eval.json` and `registered.json`.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.config import ShoalConfig
 
-
-def _dataset_dirs(shoal: ShoalConfig, kind: str, ids: list[str] | None) -> list[Path]:
-    from flows.curation import latest
-
-    if not ids:  # each training kind reads the curated set of the same name
-        newest = latest(shoal).get(kind)
-        if not newest:
-            raise ValueError(f"no curated {kind} dataset yet: run `shoal flow curate` first")
-        ids = [newest]
-    dirs = [shoal.datasets_dir / i for i in ids]
-    missing = [str(d) for d in dirs if not (d / "card.json").is_file()]
-    if missing:
-        raise ValueError(f"no such dataset: {', '.join(missing)}")
-    return dirs
+if TYPE_CHECKING:
+    from train.records import Acceptance, StoppedSummary, TrainSummary
 
 
 @task(name="check out parent", persist_result=False, cache_policy=NO_CACHE)
-def checkout(home: str, ref: str) -> tuple[str, str]:
-    version_id, directory = ShoalConfig.at(home).checkout(ref)
+def checkout(shoal: ShoalConfig, ref: str) -> tuple[str, str]:
+    version_id, directory = shoal.checkout(ref)
     return version_id, str(directory)
 
 
 @task(name="deepspeed training", persist_result=False, cache_policy=NO_CACHE)
-def deepspeed_training(config_json: str, procs: int) -> dict:
+def deepspeed_training(config_json: str, procs: int) -> "TrainSummary | StoppedSummary":
     from train.config import TrainConfig
     from train.launch import Topology, launch
 
@@ -57,125 +49,96 @@ def deepspeed_training(config_json: str, procs: int) -> dict:
 @flow(name="train", persist_result=False)
 def train(home: str, kind: str = "sft", parent: str = "production",
           datasets: list[str] | None = None, settings: dict | None = None, procs: int = 2) -> dict:
-    """Train a candidate from `parent` on curated datasets; returns the run directory and summary."""
-    from curate.card import load_card
+    """Train a candidate from `parent` on curated datasets; returns the run record (`run.json`)."""
+    from curate.catalog import resolve
     from train.config import TrainConfig
+    from train.records import RunRecord
 
     shoal = ShoalConfig.at(home)
-    dirs = _dataset_dirs(shoal, kind, datasets)
-    parent_id, parent_dir = checkout(home, parent)
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    run_dir = shoal.runs_dir / run_id
+    dirs = resolve(shoal.datasets_dir, kind, datasets)  # default: the newest set of this kind
+    parent_id, parent_dir = checkout(shoal, parent)
+    run_dir = shoal.runs_dir / RunRecord.new_id()
     config = TrainConfig(kind=kind, model=parent_dir, datasets=[str(d) for d in dirs],
                          output=str(run_dir), **(settings or {}))
     summary = deepspeed_training(config.model_dump_json(), procs)
-    cards = [load_card(d) for d in dirs]
-    meta = {"run_id": run_id, "run_dir": str(run_dir), "kind": kind, "parent": parent_id,
-            "parent_dir": parent_dir,
-            "datasets": [{"id": c.dataset_id, "rows_digest": c.rows_digest} for c in cards],
-            "config_digest": config.digest(), "summary": summary}
-    (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
-    return meta
+    record = RunRecord.of(config, parent=parent_id, summary=summary)
+    record.save(run_dir)
+    return record.dump()
 
 
 @task(name="score model", persist_result=False, cache_policy=NO_CACHE)
-def score(model_dir: str, heldout: list[dict], limit: int | None, home: str | None = None,
+def score(model_dir: str, heldout: list[dict], limit: int | None, cache_dir: Path | None = None,
           version: str | None = None) -> dict:
-    from train.evaluate import evaluate
+    from train.evaluate import evaluate, version_cache_key
 
-    cache = ShoalConfig.at(home).home / "evals" if home and version else None
-    return evaluate(Path(model_dir), heldout_rows=heldout, limit=limit, cache_dir=cache,
-                    cache_key=version.removeprefix("sha256:")[:32] if version else None)
+    return evaluate(Path(model_dir), heldout_rows=heldout, limit=limit,
+                    cache_dir=cache_dir if version else None,
+                    cache_key=version_cache_key(version) if version else None)
 
 
 @task(name="draft acceptance", persist_result=False, cache_policy=NO_CACHE)
-def draft_acceptance(draft_dir: str, target_dir: str, prompts: list, layers: int | None) -> dict:
-    from train.draft import acceptance_rate
-    from train.evaluate import load_model
-    from train.model import truncate
+def draft_acceptance(draft_dir: str, target_dir: str, heldout: list[dict], layers: int | None,
+                     limit: int | None) -> "Acceptance":
+    from train.draft import compare
 
-    target, tokenizer = load_model(Path(target_dir))
-    trained, _ = load_model(Path(draft_dir))
-    before, _ = load_model(Path(target_dir))
-    if layers:
-        truncate(before, layers)
-    return {"before": acceptance_rate(before, target, tokenizer, prompts),
-            "after": acceptance_rate(trained, target, tokenizer, prompts)}
+    return compare(Path(draft_dir), Path(target_dir), heldout, layers=layers, limit=limit)
 
 
 @flow(name="evaluate", persist_result=False)
 def evaluate(home: str, run_dir: str, production: str = "production", gate: dict | None = None,
              limit: int | None = None) -> dict:
     """Score the candidate of `run_dir` against `production` and decide; writes eval.json."""
-    from curate.card import load_split
+    from train.data import load_rows
     from train.evaluate import metrics
     from train.gate import GateConfig, decide
+    from train.records import DraftEval, ModelEval, RunRecord
 
     log = get_run_logger()
-    meta = json.loads((Path(run_dir) / "run.json").read_text())
-    candidate_dir = str(Path(run_dir) / "model")
-    heldout = [r for d in meta["datasets"]
-               for r in load_split(ShoalConfig.at(home).datasets_dir / d["id"], "eval")]
-    if meta["kind"] == "distill":
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-        prompts = [r["messages"][:-1] for r in heldout][: limit or 32]
-        rates = draft_acceptance(candidate_dir, meta["parent_dir"], prompts,
-                                 config.get("draft_layers"))
-        cfg = GateConfig.model_validate(gate or {"improve": {"acceptance.rate": 0.02}, "hold": {}})
-        decision = decide({"acceptance.rate": rates["after"]["rate"]},
-                          {"acceptance.rate": rates["before"]["rate"]}, cfg)
-        report = {"kind": "distill", "acceptance": rates, "gate": decision,
-                  "metrics": {"acceptance.rate": rates["after"]["rate"]}}
+    shoal = ShoalConfig.at(home)
+    record = RunRecord.load(run_dir)
+    rules = GateConfig.model_validate(gate) if gate else GateConfig.for_kind(record.kind)
+    heldout = load_rows([str(shoal.datasets_dir / d.id) for d in record.datasets], "eval")
+    if record.is_draft:
+        rates = draft_acceptance(str(record.model_dir), record.parent_dir, heldout,
+                                 record.train_config().draft_layers, limit)
+        report = DraftEval(acceptance=rates, metrics=rates.metrics("after"),
+                           gate=decide(rates.metrics("after"), rates.metrics("before"), rules))
     else:
-        production_id, production_dir = checkout(home, production)
-        prod = score(production_dir, heldout, limit, home, production_id)
-        cand = score(candidate_dir, heldout, limit)
-        decision = decide(metrics(cand), metrics(prod), GateConfig.model_validate(gate or {}))
-        report = {"kind": meta["kind"], "production": prod, "candidate": cand, "gate": decision,
-                  "metrics": metrics(cand), "production_metrics": metrics(prod)}
-    verdict = "ACCEPTED" if decision["accepted"] else "REFUSED: " + "; ".join(decision["reasons"])
-    log.info(f"gate {verdict}")
-    (Path(run_dir) / "eval.json").write_text(json.dumps(report, indent=2))
-    return report
+        production_id, production_dir = checkout(shoal, production)
+        prod = score(production_dir, heldout, limit, shoal.home / "evals", production_id)
+        cand = score(str(record.model_dir), heldout, limit)
+        report = ModelEval(kind=record.kind, production=prod, candidate=cand,
+                           gate=decide(metrics(cand), metrics(prod), rules),
+                           metrics=metrics(cand), production_metrics=metrics(prod))
+    log.info(f"gate {report.gate.verdict}")
+    report.save(run_dir)
+    return report.dump()
 
 
 @flow(name="register", persist_result=False)
 def register(home: str, run_dir: str, name: str | None = None) -> dict:
     """Import the run's weights as a signed candidate; promote to staging if the gate accepted."""
     from flows.genesis import ensure_keys
-    from registry.manifest import Lineage
     from registry.publish import import_model, promote
+    from train.records import EvalReport, Registered, RunRecord
 
     shoal = ShoalConfig.at(home)
-    meta = json.loads((Path(run_dir) / "run.json").read_text())
-    report_path = Path(run_dir) / "eval.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else None
+    record = RunRecord.load(run_dir)
+    report = EvalReport.load_if_present(run_dir)
     keys = ensure_keys(shoal)
-    parent = shoal.client().manifest(meta["parent"])
-    summary = meta["summary"]
-    draft = meta["kind"] == "distill"
-    lineage = Lineage(
-        parent=meta["parent"], datasets=[d["rows_digest"] for d in meta["datasets"]],
-        training_config=meta["config_digest"], draft_for=meta["parent"] if draft else None,
-        training={"kind": meta["kind"], "run_id": meta["run_id"], "steps": summary["steps"],
-                  "tokens": summary["tokens"], "world_size": summary["world_size"],
-                  "loss_first": summary["loss_first"], "loss_last": summary["loss_last"],
-                  "eval_loss_before": summary["eval_before"].get("loss"),
-                  "eval_loss_after": summary["eval_after"].get("loss"),
-                  "dataset_ids": [d["id"] for d in meta["datasets"]]},
-        eval=({"metrics": report["metrics"], "gate": report["gate"]} if report else {}))
-    name = name or (f"{parent.name}-draft" if draft else parent.name)
-    imported = import_model(shoal.store(), Path(run_dir) / "model", name=name,
-                            release_keys=[keys["release"]], lineage=lineage)
+    parent = shoal.client().manifest(record.parent)  # verified: the lineage names it
+    name = name or record.candidate_name(parent.name)
+    imported = import_model(shoal.store(), record.model_dir, name=name,
+                            release_keys=[keys["release"]], lineage=record.lineage(report))
     channel = None
-    if report and report["gate"]["accepted"]:
-        channel = "staging-draft" if draft else "staging"
+    if report and report.gate.accepted:
+        channel = record.staging_channel
         promote(shoal.store(), imported.version_id, channel, [keys["promote"]],
-                note=f"gate accepted run {meta['run_id']}")
-    result = {"version": imported.version_id, "name": name, "promoted_to": channel,
-              "gate": report["gate"] if report else None}
-    (Path(run_dir) / "registered.json").write_text(json.dumps(result, indent=2))
-    return result
+                note=f"gate accepted run {record.run_id}")
+    registered = Registered(version=imported.version_id, name=name, promoted_to=channel,
+                            gate=report.gate if report else None)
+    registered.save(run_dir)
+    return registered.dump()
 
 
 @flow(name="improve", persist_result=False)

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from train.exceptions import TrainConfigError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -61,7 +63,8 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.kind != "distill" and self.draft_layers is not None:
-            raise ValueError(f"draft_layers={self.draft_layers} only applies to kind='distill'")
+            raise TrainConfigError(
+                f"draft_layers={self.draft_layers} only applies to kind='distill'")
         self.deepspeed_json()  # fail early on a missing or malformed config file
         return self
 
@@ -69,11 +72,12 @@ class TrainConfig(BaseModel):
         path = Path(self.zero) if self.zero.endswith(".json") else CONFIG_DIR / f"{self.zero}.json"
         if not path.is_file():
             names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-            raise ValueError(f"zero={self.zero!r}: no such DeepSpeed config (shipped: {names})")
+            raise TrainConfigError(
+                f"zero={self.zero!r}: no such DeepSpeed config (shipped: {names})")
         try:
             return json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"zero={self.zero!r}: {path} is not valid JSON ({e})") from e
+            raise TrainConfigError(f"zero={self.zero!r}: {path} is not valid JSON ({e})") from e
 
     def digest(self) -> str:
         """SHA-256 over the settings that shape the weights (not where files go)."""

@@ -19,6 +19,7 @@ import torch
 
 from train import data
 from train.evalsets import load
+from train.exceptions import EvalError
 from train.tasks import check_call
 
 
@@ -39,7 +40,7 @@ def score(item: dict, text: str) -> bool:
             except json.JSONDecodeError:
                 continue
         return False
-    raise ValueError(f"item {item.get('id')}: unknown check {check!r}")
+    raise EvalError(f"item {item.get('id')}: unknown check {check!r}")
 
 
 def load_model(directory: Path):
@@ -92,14 +93,19 @@ def loglik(model, tokenizer, rows: list[dict], *, max_len: int = 256, batch: int
     return {"mean": total / tokens if tokens else None, "tokens": tokens, "rows": len(rows)}
 
 
+def version_cache_key(version_id: str) -> str:
+    """The name under which a version's task-set scores are cached (32 hex of its digest)."""
+    return version_id.removeprefix("sha256:")[:32]
+
+
 def evaluate(model_dir: Path, *, sets: tuple[str, ...] = ("tools_heldout", "regression"),
              heldout_rows: list[dict] | None = None, limit: int | None = None,
              max_new_tokens: int = 48, batch: int = 8, cache_dir: Path | None = None,
              cache_key: str | None = None) -> dict:
     """Score one model directory on the task sets and the held-out answers.
 
-    With `cache_dir` and `cache_key` (a version id's hex), task-set scores are kept and reused:
-    greedy decoding of the same weights on the same items gives the same answers."""
+    With `cache_dir` and `cache_key` (`version_cache_key(version id)`), task-set scores are kept
+    and reused: greedy decoding of the same weights on the same items gives the same answers."""
     model, tokenizer = load_model(Path(model_dir))
     t0 = time.perf_counter()
     report: dict = {"model": str(model_dir), "sets": {}}

@@ -13,6 +13,15 @@ class LaunchError(TrainError):
     """The DeepSpeed launcher exited with an error (the message carries the log's tail)."""
 
 
+class RunError(TrainError, ValueError):
+    """A run directory lacks a record the step needs, or its run cannot be used for it (the message
+    names the directory or run)."""
+
+
+class EvalError(TrainError, ValueError):
+    """An evaluation set or item is unknown or malformed (the message names it)."""
+
+
 class GateRefused(TrainError):
     """The eval gate refused a candidate; `report` says which checks failed."""
 

@@ -6,12 +6,12 @@
   and a shared `--master_addr` / `--master_port` (what the tests do on loopback).
 
 `launch` runs the launcher as a subprocess, streams its output line by line to `on_line` and
-returns the run's `summary.json`; a failure raises `LaunchError` carrying the log's tail.
+returns the run's `summary.json` as a `train.records` model; a failure raises `LaunchError`
+carrying the log's tail.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +23,7 @@ from pathlib import Path
 from serve.up import free_port
 from train.config import TrainConfig
 from train.exceptions import LaunchError
+from train.records import StoppedSummary, TrainSummary, load_summary
 
 
 @dataclass
@@ -77,7 +78,9 @@ def start(config: TrainConfig, topo: Topology) -> subprocess.Popen:
 
 
 def wait(proc: subprocess.Popen, config: TrainConfig,
-         on_line: Callable[[str], None] | None = None) -> dict:
+         on_line: Callable[[str], None] | None = None) -> TrainSummary | StoppedSummary:
+    """Stream the launcher's output into `launcher.log` (and `on_line`) until it exits; return the
+    run's summary."""
     tail: deque[str] = deque(maxlen=40)
     with open(Path(config.output) / "launcher.log", "a") as log:
         for line in proc.stdout:
@@ -87,10 +90,9 @@ def wait(proc: subprocess.Popen, config: TrainConfig,
                 on_line(line.rstrip())
     code = proc.wait()
     release_shared_memory(proc.args)
-    summary = Path(config.output) / "summary.json"
-    if code != 0 or not summary.is_file():
+    if code != 0 or not TrainSummary.path(config.output).is_file():
         raise LaunchError(f"training exited with code {code}:\n" + "\n".join(tail))
-    return json.loads(summary.read_text())
+    return load_summary(config.output)
 
 
 def release_shared_memory(cmd: list[str]) -> list[Path]:
@@ -108,7 +110,7 @@ def release_shared_memory(cmd: list[str]) -> list[Path]:
 
 
 def launch(config: TrainConfig, topo: Topology | None = None,
-           on_line: Callable[[str], None] | None = None) -> dict:
+           on_line: Callable[[str], None] | None = None) -> TrainSummary | StoppedSummary:
     """Train with DeepSpeed's launcher and return the run summary."""
     topo = topo or Topology()
     return wait(start(config, topo), config, on_line)

@@ -1,11 +1,13 @@
 """What the DeepSpeed launcher starts on every process: `python -m train.run CONFIG.json`.
 
 One loop serves SFT, distillation (the served model's outputs, into a draft cut from the target's
-first layers and trained on the target's full next-token distribution) and DPO (against a frozen copy of the starting weights). Rank 0 writes `log.jsonl` (one line
-per optimizer step: loss averaged over ranks, learning rate, tokens, tokens/s, and for DPO the
-rewards and margin), checkpoints go to `checkpoints/` through DeepSpeed (model, optimizer, scheduler
-and the step), and a run that finds a checkpoint resumes from it with the same batch order. At the
-end rank 0 exports HF safetensors to `model/` and writes `summary.json`.
+first layers and trained on the target's full next-token distribution) and DPO (against a frozen
+copy of the starting weights). Rank 0 writes `log.jsonl` (one line per optimizer step: loss
+averaged over ranks, learning rate, tokens, tokens/s, and for DPO the rewards and margin),
+checkpoints go to `checkpoints/` through DeepSpeed (model, optimizer, scheduler and the step), and
+a run that finds a checkpoint resumes from it with the same batch order. At the end rank 0 exports
+HF safetensors to `model/` and writes `summary.json` (`train.records.TrainSummary`, or
+`StoppedSummary` for a run that leaves early).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from train import data
 from train.config import TrainConfig
 from train.exceptions import TrainConfigError
 from train.model import build, export
+from train.records import StoppedSummary, TrainSummary
 
 
 def _precision(ds_config: dict, cpu: bool) -> None:
@@ -219,7 +222,7 @@ class Run:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def train(self) -> dict:
+    def train(self) -> TrainSummary | StoppedSummary:
         ckpt = self.out / "checkpoints"
         start, history, eval_before = 0, [], None
         if (ckpt / "latest").is_file():
@@ -271,31 +274,32 @@ class Run:
         self._save(ckpt, self.total, history, eval_before)
         eval_after = self.evaluate()
         state = self._gather_state()
-        summary = {"kind": self.config.kind, "steps": self.total, "world_size": self.world,
-                   "trainable_parameters": self.trainable, "eval_before": eval_before,
-                   "eval_after": eval_after, "loss_first": history[0]["loss"] if history else None,
-                   "loss_last": history[-1]["loss"] if history else None,
-                   "loss_curve": [h["loss"] for h in history],
-                   "tokens": int(sum(h["tokens"] for h in history)),
-                   "tokens_per_s": round(tokens_done / wall, 1) if wall and tokens_done else None,
-                   "config_digest": self.config.digest(), "zero_stage":
-                       self.engine.zero_optimization_stage()}
+        summary = TrainSummary(
+            kind=self.config.kind, steps=self.total, world_size=self.world,
+            trainable_parameters=self.trainable, eval_before=eval_before, eval_after=eval_after,
+            loss_first=history[0]["loss"] if history else None,
+            loss_last=history[-1]["loss"] if history else None,
+            loss_curve=[h["loss"] for h in history],
+            tokens=int(sum(h["tokens"] for h in history)),
+            tokens_per_s=round(tokens_done / wall, 1) if wall and tokens_done else None,
+            config_digest=self.config.digest(), zero_stage=self.engine.zero_optimization_stage())
         if self.rank == 0:
             export(self.config, state, self.tokenizer, self.out)
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            summary.save(self.out)
             log.close()
         import torch.distributed as dist
 
         dist.barrier()
         return summary
 
-    def _stop(self, ckpt: Path, step: int, history: list, eval_before: dict, log) -> dict:
+    def _stop(self, ckpt: Path, step: int, history: list, eval_before: dict,
+              log) -> StoppedSummary:
         """Checkpoint and leave before the end; the next launch resumes from here."""
         self._save(ckpt, step, history, eval_before)
-        summary = {"kind": self.config.kind, "stopped_at": step, "steps": self.total,
-                   "loss_curve": [h["loss"] for h in history]}
+        summary = StoppedSummary(kind=self.config.kind, stopped_at=step, steps=self.total,
+                                 loss_curve=[h["loss"] for h in history])
         if self.rank == 0:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            summary.save(self.out)
             log.close()
         self._say(f"stopped after step {step}; launch again to resume")
         import torch.distributed as dist

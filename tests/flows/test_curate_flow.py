@@ -16,6 +16,7 @@ import pytest
 
 from curate import synthetic
 from curate.card import load_card, load_split
+from curate.catalog import latest
 from curate.config import CurateConfig
 from flows.config import ShoalConfig
 from serve.up import free_port
@@ -66,7 +67,7 @@ def _fill(store: TraceStore, corpus) -> dict[str, Account]:
 
 @pytest.mark.slow
 def test_curate_flow_cleans_documents_and_honours_erasure(home, prefect_harness):
-    from flows.curation import latest, run_curate
+    from flows.curation import run_curate
 
     shoal = ShoalConfig.from_env()
     corpus = synthetic.corpus(120, seed=11, eval_texts=EVAL)
@@ -80,7 +81,7 @@ def test_curate_flow_cleans_documents_and_honours_erasure(home, prefect_harness)
     leaked = [k for k, v in corpus.planted["secrets"].items() if v.encode() in files]
     assert leaked == []
 
-    ids = latest(shoal)
+    ids = latest(shoal.datasets_dir)
     assert set(ids) == {"sft", "dpo", "distill"}
     sft_dir = shoal.datasets_dir / ids["sft"]
     card = load_card(sft_dir)
@@ -115,7 +116,7 @@ def test_curate_flow_cleans_documents_and_honours_erasure(home, prefect_harness)
     files = _all_bytes(shoal.datasets_dir) + _all_bytes(shoal.cache_dir)
     assert not [t for t in alice_text if t.encode() in files]
     assert store.datasets_marked_for_rebuild() == []
-    new_ids = latest(shoal)
+    new_ids = latest(shoal.datasets_dir)
     assert all((shoal.datasets_dir / d / "card.json").exists() for d in new_ids.values())
     assert not any((shoal.datasets_dir / d).exists() for d in ids.values())
 
@@ -207,8 +208,6 @@ def test_curate_served_as_a_scheduled_deployment(home, prefect_harness, tmp_path
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL
 
-    from flows.curation import latest
-
     shoal = ShoalConfig.from_env()
     store = TraceStore(TraceStoreConfig(uri=str(home / "traces" / "lancedb"),
                                         log_dir=home / "traces" / "log", embed=False))
@@ -234,7 +233,7 @@ def test_curate_served_as_a_scheduled_deployment(home, prefect_harness, tmp_path
 
         run = run_deployment("curate/shoal", timeout=240)
         assert run.state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
-        assert set(latest(shoal)) == {"sft", "dpo", "distill"}
+        assert set(latest(shoal.datasets_dir)) == {"sft", "dpo", "distill"}
         assert list((shoal.cache_dir / "curate").iterdir())
     finally:
         proc.terminate()

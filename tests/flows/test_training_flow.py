@@ -38,6 +38,7 @@ def test_train_evaluate_register_with_gate_and_lineage(shoal, prefect_harness):
     meta = train(str(home), "sft", "production", [dataset.name], SETTINGS, 2)
     assert meta["parent"] == production and meta["summary"]["steps"] == 8
     assert "[train] step 8/8" in (Path(meta["run_dir"]) / "launcher.log").read_text()
+    assert json.loads((Path(meta["run_dir"]) / "run.json").read_text()) == meta
 
     strict = evaluate(str(home), meta["run_dir"], gate={"improve": {"loglik.mean": 100.0}},
                       limit=4)
@@ -50,6 +51,7 @@ def test_train_evaluate_register_with_gate_and_lineage(shoal, prefect_harness):
                        gate={"improve": {"loglik.mean": 0.5}, "hold": {"regression.accuracy": 0.5}},
                        limit=4)
     assert lenient["gate"]["accepted"]
+    assert json.loads((Path(meta["run_dir"]) / "eval.json").read_text()) == lenient
     accepted = register(str(home), meta["run_dir"])
     assert accepted["promoted_to"] == "staging"
     # the eval results are part of the lineage, so the two registrations are distinct versions

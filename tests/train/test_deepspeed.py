@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 
 def test_sft_zero2_changes_every_parameter_and_lowers_heldout_loss(runs, tiny_model_dir):
     config, summary = runs("sft")
-    assert summary["world_size"] == 2 and summary["zero_stage"] == 2
-    assert summary["eval_after"]["loss"] < summary["eval_before"]["loss"] * 0.7
+    assert summary.world_size == 2 and summary.zero_stage == 2
+    assert summary.eval_after["loss"] < summary.eval_before["loss"] * 0.7
     before, after = state(tiny_model_dir), state(Path(config.output) / "model")
     assert set(before) == set(after)
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
@@ -36,8 +36,8 @@ def test_sft_zero2_changes_every_parameter_and_lowers_heldout_loss(runs, tiny_mo
 def test_zero3_gathers_partitioned_weights_and_trains_like_zero2(runs):
     config2, zero2 = runs("sft")
     config3, zero3 = runs("zero3", zero="zero3")
-    assert zero3["zero_stage"] == 3
-    assert zero3["loss_curve"] == pytest.approx(zero2["loss_curve"], rel=1e-4)
+    assert zero3.zero_stage == 3
+    assert zero3.loss_curve == pytest.approx(zero2.loss_curve, rel=1e-4)
     a, b = state(Path(config3.output) / "model"), state(Path(config2.output) / "model")
     assert set(a) == set(b)
     for k in a:  # the export gathered every partitioned parameter
@@ -48,8 +48,8 @@ def test_lora_export_equals_base_plus_scaled_adapter_product(runs, tiny_model_di
     from safetensors.torch import load_file
 
     config, summary = runs("lora", lora={"r": 4, "alpha": 8}, lr=5e-3)
-    assert summary["eval_after"]["loss"] < summary["eval_before"]["loss"]
-    assert summary["trainable_parameters"] < 20_000  # adapters only
+    assert summary.eval_after["loss"] < summary.eval_before["loss"]
+    assert summary.trainable_parameters < 20_000  # adapters only
     base, merged = state(tiny_model_dir), state(Path(config.output) / "model")
     adapter = load_file(Path(config.output) / "adapter" / "adapter_model.safetensors")
     scale = config.lora.alpha / config.lora.r
@@ -84,8 +84,8 @@ def test_two_launches_with_node_ranks_train_one_model(runs, tiny_model_dir, tmp_
     summary = wait(p0, c0)
     t.join(timeout=120)
     assert other["code"] == 0, other["out"][-2000:]
-    assert summary["world_size"] == 2
-    assert summary["loss_curve"] == pytest.approx(single["loss_curve"], rel=1e-5)
+    assert summary.world_size == 2
+    assert summary.loss_curve == pytest.approx(single.loss_curve, rel=1e-5)
     a, b = state(tmp_path / "host-a" / "model"), state(Path(config.output) / "model")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
@@ -115,7 +115,7 @@ def test_dpo_raises_the_heldout_margin(tiny_model_dir, tmp_path):
         watcher.join()
     assert len(seen) == 2  # one per rank, ~70 MB of memory each ...
     assert not list(Path("/dev/shm").glob(segments))  # ... and released when the run ends
-    before, after = summary["eval_before"], summary["eval_after"]
+    before, after = summary.eval_before, summary.eval_after
     assert abs(before["margin"]) < 1e-4  # policy == reference at the start
     assert after["margin"] > 0.5 and after["accuracy"] == 1.0
     log = [json.loads(x) for x in (tmp_path / "dpo" / "log.jsonl").read_text().splitlines()]
@@ -127,9 +127,9 @@ def test_resume_continues_the_same_loss_trajectory(runs, tmp_path):
     config = reference_config.model_copy(update={"output": str(tmp_path / "run"),
                                                  "stop_after_steps": 3})
     first = launch(config, Topology(procs=2))
-    assert first["stopped_at"] == 3 and not (tmp_path / "run" / "model").exists()
+    assert first.stopped_at == 3 and not (tmp_path / "run" / "model").exists()
     resumed = launch(config.model_copy(update={"stop_after_steps": None}), Topology(procs=2))
-    assert resumed["loss_curve"] == pytest.approx(reference["loss_curve"], rel=1e-5)
+    assert resumed.loss_curve == pytest.approx(reference.loss_curve, rel=1e-5)
     assert "resumed at step 3/8" in (tmp_path / "run" / "launcher.log").read_text()
     a, b = state(tmp_path / "run" / "model"), state(Path(reference_config.output) / "model")
     for k in a:
@@ -153,7 +153,7 @@ def test_a_killed_launch_resumes_from_its_last_checkpoint(runs, tmp_path):
                      Topology(procs=2))
     text = (tmp_path / "run" / "launcher.log").read_text()
     assert "resumed at step 4/8" in text or "resumed at step 6/8" in text
-    assert resumed["loss_curve"] == pytest.approx(reference["loss_curve"], rel=1e-5)
+    assert resumed.loss_curve == pytest.approx(reference.loss_curve, rel=1e-5)
 
 
 def test_bad_configs_are_refused_with_the_setting_named(tiny_model_dir, sft_dir, tmp_path):

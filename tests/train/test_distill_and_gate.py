@@ -46,7 +46,7 @@ def test_draft_distillation_raises_acceptance_against_the_target(tiny_model_dir,
                          output=str(tmp_path / "draft"), draft_layers=2, lr=5e-3,
                          micro_batch=4, max_len=64, epochs=12, max_steps=96)
     summary = launch(config, Topology(procs=2))
-    assert summary["eval_after"]["loss"] < summary["eval_before"]["loss"]
+    assert summary.eval_after["loss"] < summary.eval_before["loss"]
     target, tok = load_model(tiny_model_dir)
     draft, _ = load_model(tmp_path / "draft" / "model")
     assert draft.config.num_hidden_layers == 2
@@ -81,13 +81,13 @@ def test_gate_decides_with_margins_and_reports_every_check():
     cfg = GateConfig(improve={"tools_heldout.accuracy": 0.05}, hold={"regression.accuracy": 0.1})
     prod = {"tools_heldout.accuracy": 0.10, "regression.accuracy": 0.60}
     better = decide({"tools_heldout.accuracy": 0.40, "regression.accuracy": 0.55}, prod, cfg)
-    assert better["accepted"] and all(c["passed"] for c in better["checks"])
+    assert better.accepted and all(c.passed for c in better.checks)
     slight = decide({"tools_heldout.accuracy": 0.12, "regression.accuracy": 0.60}, prod, cfg)
-    assert not slight["accepted"] and "tools_heldout.accuracy" in slight["reasons"][0]
+    assert not slight.accepted and "tools_heldout.accuracy" in slight.reasons[0]
     regressed = decide({"tools_heldout.accuracy": 0.90, "regression.accuracy": 0.30}, prod, cfg)
-    assert not regressed["accepted"] and "regression.accuracy" in regressed["reasons"][0]
+    assert not regressed.accepted and "regression.accuracy" in regressed.reasons[0]
     missing = decide({}, prod, cfg)
-    assert not missing["accepted"] and "not measured" in missing["reasons"][0]
+    assert not missing.accepted and "not measured" in missing.reasons[0]
 
 
 @pytest.mark.slow
@@ -110,7 +110,7 @@ def test_gate_accepts_the_trained_candidate_and_refuses_a_damaged_one(runs, tiny
     tok.save_pretrained(tmp_path / "worse")
     worse = metrics(evaluate(tmp_path / "worse", heldout_rows=heldout, limit=limit))
     gate = GateConfig(improve={"loglik.mean": 0.5}, hold={"regression.accuracy": 0.5})
-    assert decide(cand, prod, gate)["accepted"]
+    assert decide(cand, prod, gate).accepted
     refused = decide(worse, prod, gate)
-    assert not refused["accepted"] and refused["reasons"]
+    assert not refused.accepted and refused.reasons
     assert set(prod) >= {"tools_heldout.accuracy", "regression.accuracy", "loglik.mean"}

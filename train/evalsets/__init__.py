@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from train.exceptions import EvalError
+
 HERE = Path(__file__).parent
 NAMES = ("tools_heldout", "regression")
 
 
 def load(name: str) -> list[dict]:
     if name not in NAMES:
-        raise ValueError(f"no evaluation set {name!r}; there are {', '.join(NAMES)}")
+        raise EvalError(f"no evaluation set {name!r}; there are {', '.join(NAMES)}")
     with open(HERE / f"{name}.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
 
