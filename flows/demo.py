@@ -96,7 +96,8 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
     for who, role, scopes in (("app", "app", None), ("alice", "contributor",
                                                      ["sft", "dpo", "distill", "eval"]),
                               ("bob", "contributor", ["sft", "dpo"]),
-                              ("optout", "contributor", None)):
+                              ("optout", "contributor", None),
+                              ("maintainer", "maintainer", None)):
         account = accounts[who] = store.create_account(role, f"demo-{who}")
         keys[who] = store.create_key(account.account_id)[1]
         if scopes:
@@ -130,7 +131,9 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
                 max_tokens=config.max_tokens,
                 on_progress=lambda d, n: status.update(f"workload: {d}/{n} tasks answered…"))
         phase("workload", t0)
-        summary["verifier"] = _verifier(httpx.get(f"{base}/verifier", timeout=10).json())
+        summary["verifier"] = _verifier(httpx.get(  # the schedule is for maintainers only
+            f"{base}/verifier", headers={"Authorization": f"Bearer {keys['maintainer']}"},
+            timeout=10).json())
 
         t0 = time.perf_counter()
         with console.status("curate flow: scrub, dedup, filter, decontaminate, build sets…"):

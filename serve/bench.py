@@ -190,10 +190,19 @@ def summarize(results: dict, cfg: SwarmBenchConfig) -> dict:
             chain["aggregate_1_tok_s"] if 1 in cfg.concurrency else None}
     if "proofs" in results:
         p = results["proofs"]
+        first = results["swarm"][min(results["swarm"])]["chain"]
+        decode_ms = 1000 / first["decode_tok_s"]  # one traversal per token without a drafter
         out["proofs"] = {"overhead_default": p["default"]["overhead"],
                          "overhead_aggressive": p["aggressive"]["overhead"],
                          "one_layer_swap": p["detection"]["one_layer_swap"],
-                         "honest_rel_error_max": p["calibration"]["honest_rel_error_max"]}
+                         "honest_rel_error_max": p["calibration"]["honest_rel_error_max"],
+                         "protocol_us_per_decode_traversal":
+                             p["protocol"]["decode_us_per_traversal"],
+                         "protocol_share_of_decode_time":
+                             p["protocol"]["decode_us_per_traversal"] / 1000 / decode_ms,
+                         "mirror_ms_per_token": p["spot_checks"]["mirror_ms_per_token"],
+                         "expected_requests_before_eviction":
+                             p["spot_checks"]["expected_requests_before_eviction"]}
     if "speculation" in results:
         from serve.bench_spec import summarize_speculation
 

@@ -9,7 +9,13 @@ Measured on the same node processes as the rest of the benchmark:
 - the fingerprint tolerance's calibration: the relative error of honest nodes on canaries, next to
   that of bf16- and int8-rounded copies of the same span computed locally;
 - the detection probability per challenge for a one-layer swap and for one changed chunk, and the
-  number of challenges needed to reach 99 %.
+  number of challenges needed to reach 99 %;
+- the cost of protocol 2's authentication per traversal (the gateway's ticket, order and chain
+  check, every hop's order check, receipt check and receipt), as CPU time and as a share of the
+  decode time per traversal measured in the same run;
+- the cost of a spot check (mirroring one forward on the trusted copy) and what the default rate
+  of mirrored sessions costs, and the expected number of requests before a rational cheater that
+  cheats on a fraction p of its forwards is evicted.
 """
 
 from __future__ import annotations
@@ -38,6 +44,51 @@ def detection(manifest, start: int, end: int, chunks: int = DEFAULT_CHUNKS) -> d
             "one_layer_swap": stats(in_layer / total), "one_chunk_changed": stats(1 / total)}
 
 
+def protocol_cost(route_len: int, hidden: int, repeats: int = 200) -> dict:
+    """CPU microseconds protocol 2 adds to one traversal of `route_len` hops (decode, T=1, and a
+    128-position prefill), summed over the gateway and every hop, measured with real keys."""
+    from registry.signing import SigningKey
+    from serve import auth, wire
+    from serve.records import node_id_of
+
+    gateway = SigningKey.generate("gateway")
+    keys = [SigningKey.generate(f"n{i}") for i in range(route_len)]
+    route = [wire.Hop(node_id_of(k.public_hex), f"ws://n{i}", i, i + 1, k.public_hex)
+             for i, k in enumerate(keys)]
+    out = {}
+    for label, t in (("decode", 1), ("prefill_128", 128)):
+        x = torch.randn(t, hidden)
+        ticket, ticket_sig = auth.make_ticket(gateway, "s", route, "ws://g", "", "float32")
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            order, order_sig = auth.make_order(gateway, ticket, "r", 0, t, wire.tensor_digest(x))
+            parsed, receipts = wire.unpack_order(order), []
+            for i, key in enumerate(keys):  # what each hop does
+                got = auth.open_order(order, order_sig, ticket, gateway.public_hex,
+                                      signed_by_gateway=i == 0)
+                if receipts:
+                    auth.check_receipt(receipts[-1], route[i - 1], i - 1, got, wire.digest(order))
+                d_in = wire.tensor_digest(x)
+                receipts.append(auth.make_receipt(key, route[i].node_id, got, order, i, d_in,
+                                                  wire.tensor_digest(x), ""))
+            auth.check_chain(receipts, route, parsed, wire.digest(order), wire.tensor_digest(x))
+        out[f"{label}_us_per_traversal"] = 1e6 * (time.perf_counter() - t0) / repeats
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        auth.open_ticket(ticket, ticket_sig)
+    out["ticket_check_us_per_session_and_hop"] = 1e6 * (time.perf_counter() - t0) / repeats
+    out["route_hops"] = route_len
+    return out
+
+
+def expected_requests(fraction: float, forwards_per_request: int, rate: float,
+                      audits: int) -> float:
+    """Expected requests before eviction for a node cheating on `fraction` of its forwards, when
+    a share `rate` of sessions is mirrored and up to `audits` forwards of each are audited."""
+    caught = 1 - (1 - fraction) ** min(forwards_per_request, audits)
+    return math.inf if rate * caught == 0 else 1 / (rate * caught)
+
+
 async def _aggregate(engine, prompt: list[int], sessions: int, tokens: int) -> float:
     from serve.gateway.engine import Outcome
     from serve.sampling import SamplingParams
@@ -53,6 +104,20 @@ async def _aggregate(engine, prompt: list[int], sessions: int, tokens: int) -> f
     t0 = time.perf_counter()
     done = await asyncio.gather(*(one() for _ in range(sessions)))
     return sum(done) / (time.perf_counter() - t0)
+
+
+async def _mirror_cost(verifier, nodes, head, prompt: list[int], tokens: int) -> float:
+    """Milliseconds the trusted copy spends mirroring one decode position of a session."""
+    from serve.gateway.audit import Shadow
+    from serve.gateway.verifier import hop_of
+
+    shadow = Shadow(verifier, 1)
+    route = [hop_of(n) for n in nodes]
+    shadow._compute(route, 0, head.embed_ids(prompt))
+    t0 = time.perf_counter()
+    for i in range(tokens):
+        shadow._compute(route, len(prompt) + i, head.embed_ids([prompt[-1]]))
+    return 1000 * (time.perf_counter() - t0) / tokens
 
 
 def calibrate(verifier, head, manifest, start: int, end: int, canaries: int = 20) -> dict:
@@ -109,8 +174,21 @@ async def bench_proofs(pipeline, engine, head, manifest, trusted_dir, prompt: li
     results["calibration"] = {"honest_rel_error_max": max(honest), "canaries": len(honest),
                               "tolerance": probe.config.tolerance,
                               **calibrate(probe, head, manifest, widest.start, widest.end)}
-    for name, cfg in (("default", VerifierConfig()),
-                      ("aggressive", VerifierConfig(interval_s=1.0, new_interval_s=1.0))):
+    shadow_ms = await _mirror_cost(probe, nodes, head, prompt, tokens)
+    defaults = VerifierConfig()
+    results["spot_checks"] = {
+        "mirror_ms_per_token": shadow_ms,
+        "default_rate": defaults.spot_check_sessions,
+        "audits_per_session": defaults.spot_check_forwards,
+        "expected_requests_before_eviction": {
+            f"p={p}": expected_requests(p, tokens, defaults.spot_check_sessions,
+                                        defaults.spot_check_forwards)
+            for p in (1.0, 0.5, 0.1, 0.01)},
+        "forwards_per_request": tokens}
+    results["protocol"] = protocol_cost(len(nodes), head.config.hidden_size)
+    for name, cfg in (("default", defaults),
+                      ("aggressive", VerifierConfig(interval_s=1.0, new_interval_s=1.0,
+                                                    spot_check_sessions=0.2))):
         verifier = Verifier(pipeline, manifest, head, trusted_dir, cfg)
         for node in nodes:  # admitted and out of probation: the steady state
             await verifier.check(node)
@@ -122,7 +200,9 @@ async def bench_proofs(pipeline, engine, head, manifest, trusted_dir, prompt: li
         for _ in range(rounds):
             off.append(await _aggregate(engine, prompt, sessions, tokens))
             task = asyncio.create_task(verifier.run())
+            pipeline.mirror, pipeline.settle = verifier.mirror, verifier.settle
             on.append(await _aggregate(engine, prompt, sessions, tokens))
+            pipeline.mirror = pipeline.settle = None
             task.cancel()
         results[name] = {"off_tok_s": off, "on_tok_s": on,
                          "overhead": 1 - statistics.median(on) / statistics.median(off),

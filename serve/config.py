@@ -1,4 +1,5 @@
-"""The typed configurations of serve/'s processes: node, gateway, verifier and channel watch.
+"""The typed configurations of serve/'s processes: tracker, node, gateway, verifier and channel
+watch.
 
 Each config owns its defaults and constraints; the CLI (`flows/cli/`) and `serve.up.LocalSwarm`
 pass only what a user set, so a default is written down once, here. The module imports nothing
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 WireDtype = Literal["float32", "bfloat16", "float16"]
 DEFAULT_PROOF_CHUNKS = 16
@@ -19,6 +20,48 @@ DEFAULT_PROOF_CHUNKS = 16
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _public_keys(keys: set[str]) -> set[str]:
+    """Ed25519 public keys as 64 lower-case hex digits; anything else is refused."""
+    out = set()
+    for key in keys:
+        k = key.strip().lower()
+        if len(k) != 64 or any(c not in "0123456789abcdef" for c in k):
+            raise ValueError(f"{key!r} is not an Ed25519 public key (64 hex digits)")
+        out.add(k)
+    return out
+
+
+class TrackerConfig(_Config):
+    """The tracker process: how long nodes stay listed, who may post verdicts, and its bounds.
+
+    The tracker trusts nothing it is sent (docs/threat-model.md): every bound here is what one
+    peer can make it hold at most."""
+
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = Field(7000, ge=0, le=65535)
+    """HTTP port nodes announce to and gateways read."""
+    ttl_s: float = Field(5.0, gt=0)
+    """A node not heard from for this long is no longer listed."""
+    verdict_keys: set[str] = Field(default_factory=set)
+    """Ed25519 public keys (hex) of the gateways and maintainers whose signed verdicts are
+    accepted. Empty: no verdict is accepted at all."""
+    max_nodes: int = Field(1024, ge=1)
+    """Most node records held. When full, records that are neither listed nor replayable any
+    more are dropped first; beyond that a new id is refused (known ids still update)."""
+    max_record_bytes: int = Field(16384, ge=1024)
+    """Largest announcement body accepted."""
+    max_verdict_bytes: int = Field(65536, ge=1024)
+    """Largest verdict body accepted (verdicts carry their evidence)."""
+    max_verdict_nodes: int = Field(4096, ge=1)
+    """Most nodes with verdicts kept (at most one verdict per node and key); oldest dropped."""
+
+    @field_validator("verdict_keys")
+    @classmethod
+    def _verdict_keys(cls, keys: set[str]) -> set[str]:
+        return _public_keys(keys)
 
 
 class ChannelWatch(_Config):
@@ -69,12 +112,22 @@ class NodeConfig(_Config):
     """Torch threads (None: torch's default)."""
     watch: ChannelWatch | None = None
     """Follow this registry channel and roll out its new versions (None: serve one version)."""
+    gateway_keys: set[str] = Field(default_factory=set)
+    """Public keys of the gateways this node works for (empty: any gateway that signs)."""
+    max_sessions_per_gateway: int = Field(512, ge=1)
+    """Sessions one gateway key may hold here at once."""
+    max_frame_bytes: int = Field(64 << 20, ge=1 << 16)
+    """Largest websocket frame accepted (a longer prefill is refused before it is read)."""
+    max_strikes: int = Field(32, ge=1)
+    """Refused frames after which a connection is closed."""
+    audit_bytes: int = Field(64 << 20, ge=0)
+    """Memory for recent forwards kept so a gateway can spot-check them."""
 
 
 class VerifierConfig(_Config):
     """How the gateway checks nodes (docs/proofs.md)."""
 
-    chunks: int = Field(DEFAULT_PROOF_CHUNKS, ge=1, le=4096)
+    chunks: int = Field(DEFAULT_PROOF_CHUNKS, ge=1, le=256)
     """Chunks opened per proof."""
     deadline_s: float = Field(1.0, gt=0)
     """A proof arriving later than this after the challenge was sent fails."""
@@ -91,6 +144,11 @@ class VerifierConfig(_Config):
     0 to ~1e-6, a bf16-rounded copy of a SmolLM2 span >= 6.5e-4, an int8 one >= 3e-3."""
     log_path: Path | None = None
     """Append every verdict to this JSONL file (None: keep them in memory only)."""
+    spot_check_sessions: float = Field(0.02, ge=0, le=1)
+    """Fraction of real sessions secretly mirrored on the trusted copy and audited when they end
+    (needs the full copy; docs/threat-model.md)."""
+    spot_check_forwards: int = Field(32, ge=1)
+    """Most forwards audited per mirrored session (chosen at random among its forwards)."""
 
 
 class GatewayConfig(_Config):
@@ -130,10 +188,19 @@ class GatewayConfig(_Config):
     """Verified full checkout for output fingerprints (None: proofs only)."""
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     """How nodes are checked."""
+    trusted_verdict_keys: set[str] = Field(default_factory=set)
+    """Public keys (hex) of other gateways and maintainers whose signed verdicts evict a node
+    here as well. The gateway's own key is always trusted; a verdict by any other key only
+    makes the verifier check the node again at once."""
     traces_dir: Path | None = None
     """Trace store directory (LanceDB tables + durable log). None: static API keys, no capture."""
     watch: ChannelWatch | None = None
     """Follow this channel and roll out its new versions (None: serve `version_id` only)."""
+
+    @field_validator("trusted_verdict_keys")
+    @classmethod
+    def _trusted_verdict_keys(cls, keys: set[str]) -> set[str]:
+        return _public_keys(keys)
 
 
 def defaults(config: type[BaseModel]) -> dict[str, object]:

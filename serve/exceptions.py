@@ -53,6 +53,28 @@ class ProofFailure(ServeError):
         return f"[{self.check}] {self.detail}"
 
 
+class FrameRejected(ServeError):
+    """A protocol frame failed `check` (``ticket-signature``, ``route``, ``receipt-chain``…);
+    `hop` names the hop at fault when the check can tell."""
+
+    def __init__(self, check: str, detail: str, hop: int | None = None) -> None:
+        super().__init__(f"[{check}] {detail}")
+        self.check, self.detail, self.hop = check, detail, hop
+
+
+class RecordRejected(ServeError):
+    """A signed node record or verdict failed `check` (``signature``, ``node-id``, ``stale``…)."""
+
+    def __init__(self, check: str, detail: str) -> None:
+        super().__init__(f"[{check}] {detail}")
+        self.check, self.detail = check, detail
+
+
+class VerdictNotPosted(ServeError):
+    """A verdict could not be posted: no key to sign it with, or the tracker refused it (the
+    message says which, with the tracker's answer)."""
+
+
 class ApiError(ServeError):
     """A request the API refuses, with its HTTP status and OpenAI error fields."""
 

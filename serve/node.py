@@ -26,15 +26,18 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from serve import wire
-from serve.links import Links, incoming
+from serve import auth, wire
+from serve.admission import Admission, Job
 from serve.config import NodeConfig
+from serve.exceptions import FrameRejected
+from serve.links import Links, incoming
+from serve.records import node_id_of, sign_record
 from serve.rollout import VersionSet, Watcher, follow
 from serve.span import SessionCache, SpanModel
 
@@ -77,13 +80,23 @@ class Node:
         self.session_version: dict[str, str] = {}
         self.watcher = Watcher(config.watch) if config.watch else None
         self.key = key or SigningKey.generate("node")
-        self.node_id = self.key.keyid[:16]
+        self.node_id = node_id_of(self.key.public_hex)
         self.url = config.announce_url or f"ws://{config.host}:{config.port}"
         self.sessions: dict[str, SessionCache] = {}
+        self.session_owner: dict[str, str] = {}
+        """Session -> the gateway key whose ticket opened it (no other key may use it)."""
         self.stats = NodeStats()
         self.ms_per_token_layer = 1.0
+        span = self.span
+        self.admission = Admission(self.node_id, self.key.public_hex, config.start, config.end,
+                                   span.hidden_size, span.context_length, config.gateway_keys)
+        self.audits: OrderedDict[str, tuple[str, wire.Receipt, torch.Tensor]] = OrderedDict()
+        """Recent forwards (gateway key, receipt, [2, T, H] float32 input and output) kept for
+        spot checks, bounded by `config.audit_bytes`."""
+        self._audit_bytes = 0
         self._queue: asyncio.Queue = asyncio.Queue()
         self._links = Links()
+        self._proving = asyncio.Semaphore(1)
 
     @property
     def span(self) -> SpanModel:
@@ -101,8 +114,9 @@ class Node:
 
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        async with serve(self._handle, self.config.host, self.config.port, max_size=None,
-                         compression=None, ping_interval=None):
+        async with serve(self._handle, self.config.host, self.config.port,
+                         max_size=self.config.max_frame_bytes, compression=None,
+                         ping_interval=None):
             log.info("node %s serving layers %d:%d on %s", self.node_id, self.config.start,
                      self.config.end, self.url)
             tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._sweeper())]
@@ -113,45 +127,87 @@ class Node:
             await asyncio.gather(*tasks)
 
     async def _handle(self, ws) -> None:
+        """Every frame of one connection. Nothing a peer sends may take the node down: a frame
+        that fails its checks is answered with a signed error; a peer that keeps sending such
+        frames is disconnected."""
         from websockets.exceptions import ConnectionClosed
 
+        strikes = 0
         async for message, tensor in incoming(ws):
-            if isinstance(message, wire.Forward):
-                await self._queue.put((message, tensor))
-            elif isinstance(message, wire.Close):
-                self.sessions.pop(message.session, None)
-                self.session_version.pop(message.session, None)
-            elif isinstance(message, wire.Challenge):
-                if message.version and message.version not in self.versions:
-                    answer = wire.Error(message.request_id, "wrong-version",
-                                        f"version {message.version[:19]}… is not loaded here",
-                                        self.node_id)
-                    try:
-                        await ws.send(wire.encode(answer))
-                    except ConnectionClosed:
-                        return
-                    continue
+            try:
+                await self._dispatch(ws, message, tensor)
+            except ConnectionClosed:
+                return
+            except FrameRejected as exc:
+                strikes += 1
+                log.info("refused a %s frame: %s", type(message).__name__, exc)
+                request_id = getattr(message, "request_id", "")
+                try:
+                    await ws.send(wire.encode(self._error(request_id, exc.check, exc.detail)))
+                except ConnectionClosed:
+                    return
+            except Exception:  # a bug must cost one frame, never the process
+                strikes += 1
+                log.exception("frame handling failed")
+            if strikes > self.config.max_strikes:
+                log.warning("closing a connection after %d refused frames", strikes)
+                await ws.close()
+                return
+
+    async def _dispatch(self, ws, message: wire.Message, tensor: torch.Tensor | None) -> None:
+        if isinstance(message, wire.Forward):
+            job = self.admission.forward(message, tensor)
+            await self._queue.put(job)
+        elif isinstance(message, wire.Close):
+            if not auth.verify(message.gateway_key, message.signature,
+                               wire.close_bytes(message.session)):
+                raise FrameRejected("close-signature", "the close is not signed by its key")
+            if self.session_owner.get(message.session) == message.gateway_key:
+                self._drop_session(message.session)
+        elif isinstance(message, wire.Challenge):
+            auth.check_challenge(message)
+            self.admission.check_gateway(message.gateway_key)
+            if message.version and message.version not in self.versions:
+                raise FrameRejected("wrong-version", f"version {message.version[:19]}… is not "
+                                    "loaded here")
+            if self._proving.locked():
+                raise FrameRejected("busy", "a proof is being computed; ask again")
+            async with self._proving:
                 proof = await asyncio.to_thread(self.prove, message)
-                try:
-                    await ws.send(wire.encode(proof))
-                except ConnectionClosed:
-                    return
-            elif isinstance(message, wire.Ping):
-                try:
-                    await ws.send(wire.encode(wire.Pong(message.request_id, self.node_id,
-                                                        self.info())))
-                except ConnectionClosed:
-                    return
+            await ws.send(wire.encode(proof))
+        elif isinstance(message, wire.Ping):
+            record = sign_record(self.key, self.info())
+            await ws.send(wire.encode(wire.Pong(message.request_id, self.node_id, record)))
+        elif isinstance(message, wire.Audit):
+            await ws.send(self._audit_reply(message))
+        # results, errors, proofs and pongs are for gateways: a node ignores them
+
+    def _error(self, request_id: str, code: str, text: str, node_id: str | None = None
+               ) -> wire.Error:
+        return auth.sign_error(self.key, request_id, code, text, node_id or self.node_id)
 
     async def _send(self, url: str, frame: bytes) -> None:
         await self._links.send(url, frame)
 
-    async def _reply_error(self, msg: wire.Forward, code: str, text: str, node_id: str) -> None:
+    async def _reply_error(self, job: Job, code: str, text: str,
+                           node_id: str | None = None) -> None:
+        """Tell the session's gateway (the ticket's signed reply address) that a hop failed."""
+        error = self._error(job.request_id, code, text, node_id)
         try:
-            await self._send(msg.reply_to, wire.encode(wire.Error(msg.request_id, code, text,
-                                                                  node_id)))
+            await self._send(job.ticket.reply_to, wire.encode(error))
         except Exception as exc:  # the gateway itself is gone: nothing to tell
-            log.warning("cannot report %s to %s: %s", code, msg.reply_to, exc)
+            log.warning("cannot report %s to the gateway: %s", code, exc)
+
+    def _audit_reply(self, audit: wire.Audit) -> bytes:
+        kept = self.audits.get(audit.forward_id)
+        if kept is None:
+            raise FrameRejected("audit", f"forward {audit.forward_id} is not kept here")
+        owner, receipt, tensors = kept
+        if audit.gateway_key != owner or not auth.verify(owner, audit.signature,
+                                                         wire.audit_bytes(audit)):
+            raise FrameRejected("audit-signature", "only the gateway that ordered a forward "
+                                "may audit it")
+        return wire.encode(wire.AuditReply(audit.request_id, receipt), tensors)
 
     # proofs ------------------------------------------------------------------------------------
 
@@ -209,67 +265,73 @@ class Node:
             pending = [first]
             while not self._queue.empty() and len(pending) < self.config.max_batch:
                 pending.append(self._queue.get_nowait())
-            await self._run_batch(pending)
+            try:
+                await self._run_batch(pending)
+            except Exception:  # a bug costs this batch, never the node
+                log.exception("batch failed")
 
-    async def _run_batch(self, pending: list) -> None:
-        groups: dict[tuple[str, int, int], list] = {}
+    async def _run_batch(self, pending: list[Job]) -> None:
+        groups: dict[tuple[str, int, int], list[Job]] = {}
         later = []
         seen_sessions = set()
-        for msg, hidden in pending:
-            if msg.session in seen_sessions:  # one step per session per batch, in order
-                later.append((msg, hidden))
+        for job in pending:
+            if job.session in seen_sessions:  # one step per session per batch, in order
+                later.append(job)
                 continue
-            seen_sessions.add(msg.session)
-            hop = msg.route[msg.hop]
-            problem = self._check(msg, hop, hidden)
+            seen_sessions.add(job.session)
+            problem = self._check(job)
             if problem:
-                await self._reply_error(msg, problem[0], problem[1], self.node_id)
+                await self._reply_error(job, *problem)
                 continue
-            version = msg.version or self.versions.current
-            self.session_version[msg.session] = version
-            groups.setdefault((version, hop.start, hop.end), []).append((msg, hidden))
-        for (version, start, end), items in groups.items():
+            version = job.ticket.version or self.versions.current
+            self.session_version[job.session] = version
+            self.session_owner[job.session] = job.ticket.gateway_key
+            groups.setdefault((version, job.hop.start, job.hop.end), []).append(job)
+        for (version, start, end), jobs in groups.items():
             span = self.versions[version].span
-            caches = [self.sessions.setdefault(m.session, SessionCache()) for m, _ in items]
-            for cache, (m, _) in zip(caches, items):
-                cache.truncate(m.keep)
+            caches = [self.sessions.setdefault(j.session, SessionCache()) for j in jobs]
+            for cache, job in zip(caches, jobs):
+                cache.truncate(job.order.keep)
             t0 = time.perf_counter()
             try:
                 outputs = await asyncio.to_thread(
-                    span.forward, [(c, h) for c, (_, h) in zip(caches, items)], start, end)
+                    span.forward, [(c, j.hidden) for c, j in zip(caches, jobs)], start, end)
             except Exception as exc:  # a bug or OOM: report, do not kill the node
                 log.exception("forward failed")
-                for m, _ in items:
-                    await self._reply_error(m, "compute-failed", str(exc), self.node_id)
+                for job in jobs:
+                    await self._reply_error(job, "compute-failed", str(exc)[:200])
                 continue
             elapsed = time.perf_counter() - t0
-            tokens = sum(h.shape[0] for _, h in items)
-            self._record(len(items), tokens, elapsed, end - start)
-            await asyncio.gather(*(self._pass_on(m, out) for (m, _), out in zip(items, outputs)))
+            tokens = sum(j.hidden.shape[0] for j in jobs)
+            self._record(len(jobs), tokens, elapsed, end - start)
+            await asyncio.gather(*(self._pass_on(j, out, version)
+                                   for j, out in zip(jobs, outputs)))
         self._enforce_budget()
-        for item in later:
-            await self._queue.put(item)
+        for job in later:
+            await self._queue.put(job)
 
-    def _check(self, msg: wire.Forward, hop: wire.Hop, hidden) -> tuple[str, str] | None:
-        if hop.node_id != self.node_id:
-            return "wrong-node", f"hop {msg.hop} names node {hop.node_id}, this is {self.node_id}"
-        if not (self.config.start <= hop.start < hop.end <= self.config.end):
-            return "wrong-span", (f"layers {hop.start}:{hop.end} requested, this node serves "
-                                  f"{self.config.start}:{self.config.end}")
-        if msg.version and msg.version not in self.versions:
-            return "wrong-version", (f"version {msg.version[:19]}… is not loaded here (serving "
+    def _check(self, job: Job) -> tuple[str, str] | None:
+        """What can only be checked against the node's state when the job's turn comes."""
+        version = job.ticket.version
+        if version and version not in self.versions:
+            return "wrong-version", (f"version {version[:19]}… is not loaded here (serving "
                                      f"{', '.join(v[:19] for v in self.versions)})")
-        bound = self.session_version.get(msg.session)
-        if bound and msg.version and bound != msg.version:
-            return "wrong-version", f"session {msg.session} runs on {bound[:19]}…"
-        if hidden is None or hidden.dim() != 2 or hidden.shape[1] != self.span.hidden_size:
-            return "bad-tensor", f"expected hidden states [T, {self.span.hidden_size}]"
-        cache = self.sessions.get(msg.session)
+        bound = self.session_version.get(job.session)
+        if bound and version and bound != version:
+            return "wrong-version", f"session {job.session} runs on {bound[:19]}…"
+        owner = self.session_owner.get(job.session)
+        if owner is not None and owner != job.ticket.gateway_key:
+            return "session-owner", "the session belongs to another gateway"
+        if owner is None and sum(o == job.ticket.gateway_key for o in self.session_owner.values()
+                                 ) >= self.config.max_sessions_per_gateway:
+            return "busy", "too many sessions for this gateway"
+        cache = self.sessions.get(job.session)
         have = cache.length if cache else 0
-        if msg.keep > have:
-            code = "session-evicted" if msg.keep and cache is None else "cache-short"
-            return code, (f"session {msg.session} holds {have} positions, request keeps "
-                          f"{msg.keep} (evicted by idle timeout or memory budget; re-prefill)")
+        if job.order.keep > have:
+            code = "session-evicted" if job.order.keep and cache is None else "cache-short"
+            return code, (f"session {job.session} holds {have} positions, request keeps "
+                          f"{job.order.keep} (evicted by idle timeout or memory budget; "
+                          "re-prefill)")
         return None
 
     def _record(self, batch: int, tokens: int, elapsed: float, layers: int) -> None:
@@ -282,22 +344,42 @@ class Node:
         sample = 1000 * elapsed / max(1, layers)
         self.ms_per_token_layer = 0.8 * self.ms_per_token_layer + 0.2 * sample
 
-    async def _pass_on(self, msg: wire.Forward, out: torch.Tensor) -> None:
-        if msg.hop + 1 < len(msg.route):
-            nxt = msg.route[msg.hop + 1]
-            fwd = wire.Forward(msg.request_id, msg.session, msg.route, msg.hop + 1, msg.keep,
-                               msg.reply_to, msg.wire_dtype, msg.version)
+    async def _pass_on(self, job: Job, out: torch.Tensor, version: str) -> None:
+        """Sign the receipt of this hop and send the output on: to the next hop of the ticket's
+        route, or, from the last hop, to the gateway."""
+        fwd, route = job.forward, job.ticket.route
+        dtype = job.ticket.wire_dtype
+        receipt = auth.make_receipt(self.key, self.node_id, job.order, fwd.order, fwd.hop,
+                                    job.input_digest, wire.tensor_digest(out, dtype), version)
+        self._keep_for_audit(job, receipt, out)
+        receipts = [*fwd.receipts, receipt]
+        if fwd.hop + 1 < len(route):
+            nxt = route[fwd.hop + 1]
+            frame = wire.encode(wire.Forward(fwd.ticket, fwd.ticket_sig, fwd.order, fwd.order_sig,
+                                             fwd.hop + 1, receipts, dtype), out, dtype)
             try:
-                await self._send(nxt.url, wire.encode(fwd, out, msg.wire_dtype))
-            except Exception as exc:
-                await self._reply_error(msg, "next-hop-failed", f"cannot reach {nxt.url}: {exc}",
+                await self._send(nxt.url, frame)
+            except Exception as exc:  # why it failed stays here: no port-scan oracle
+                log.warning("next hop %s unreachable: %s", nxt.node_id, exc)
+                await self._reply_error(job, "next-hop-failed", "the next hop is unreachable",
                                         nxt.node_id)
             return
-        result = wire.Result(msg.request_id, msg.session, self.node_id, msg.wire_dtype)
+        frame = wire.encode(auth.sign_result(self.key, job.request_id, receipts, dtype), out,
+                            dtype)
         try:
-            await self._send(msg.reply_to, wire.encode(result, out, msg.wire_dtype))
+            await self._send(job.ticket.reply_to, frame)
         except Exception as exc:
-            log.warning("gateway %s unreachable: %s", msg.reply_to, exc)
+            log.warning("gateway unreachable: %s", exc)
+
+    def _keep_for_audit(self, job: Job, receipt: wire.Receipt, out: torch.Tensor) -> None:
+        if out.shape != job.hidden.shape:
+            return
+        both = torch.stack([job.hidden, out.float()])
+        self.audits[job.request_id] = (job.ticket.gateway_key, receipt, both)
+        self._audit_bytes += both.nbytes
+        while self._audit_bytes > self.config.audit_bytes and self.audits:
+            _, (_, _, old) = self.audits.popitem(last=False)
+            self._audit_bytes -= old.nbytes
 
     # housekeeping ------------------------------------------------------------------------------
 
@@ -307,17 +389,20 @@ class Node:
             if total <= self.config.memory_budget_bytes:
                 break
             total -= cache.nbytes
-            del self.sessions[sid]
-            self.session_version.pop(sid, None)
+            self._drop_session(sid)
             self.stats.evictions += 1
+
+    def _drop_session(self, session: str) -> None:
+        self.sessions.pop(session, None)
+        self.session_version.pop(session, None)
+        self.session_owner.pop(session, None)
 
     async def _sweeper(self) -> None:
         while True:
             await asyncio.sleep(min(5.0, self.config.idle_timeout_s / 2))
             cutoff = time.monotonic() - self.config.idle_timeout_s
             for sid in [s for s, c in self.sessions.items() if c.last_used < cutoff]:
-                del self.sessions[sid]
-                self.session_version.pop(sid, None)
+                self._drop_session(sid)
                 self.stats.evictions += 1
 
     # rollout -----------------------------------------------------------------------------------
@@ -362,7 +447,8 @@ class Node:
         async with httpx.AsyncClient(timeout=5) as http:
             while True:
                 try:
-                    await http.post(f"{self.config.tracker_url}/announce", json=self.info())
+                    await http.post(f"{self.config.tracker_url}/announce",
+                                    json=sign_record(self.key, self.info()))
                 except httpx.HTTPError as exc:
                     log.warning("tracker unreachable: %s", exc)
                 await asyncio.sleep(self.config.heartbeat_s)

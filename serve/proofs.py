@@ -79,6 +79,9 @@ def check_proof(proof: wire.Proof, *, nonce: bytes, node_id: str, public_key: st
     if proof.node_id != node_id:
         raise ProofFailure("node-identity", f"proof is from node {proof.node_id}, "
                            f"not {node_id}")
+    if len(proof.items) != count or any(not 0 <= i.index < 2**63 or len(i.path) > 64
+                                        for i in proof.items):
+        raise ProofFailure("selection", "the proof does not open the chunks asked for")
     if not verify_signature(public_key, proof.signature,
                             proof_digest(proof.nonce, proof.node_id, proof.items)):
         raise ProofFailure("node-signature", "proof is not signed by the node's key")

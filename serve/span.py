@@ -115,6 +115,7 @@ class SpanModel:
             layer.eval()
             self.layers[str(i)] = layer
         self.hidden_size = config.hidden_size
+        self.context_length = config.max_position_embeddings
 
     def parameters_nbytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.layers.parameters())

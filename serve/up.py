@@ -3,6 +3,10 @@ gateway, and optionally a latency relay in front of every hop.
 
 `LocalSwarm` is also what the tests and benchmarks use to start real processes. It writes the
 processes' pids and addresses to `<home>/run/swarm.json` and stops everything on `stop()`.
+
+The swarm's gateway signs with the key `gateway` in `<home>/keys` (created on first start), and
+the tracker accepts verdicts from that key only: the local gateway can evict a node for every
+reader of the tracker, and nobody else can.
 """
 
 from __future__ import annotations
@@ -17,9 +21,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serve.exceptions import ServeError
 
+if TYPE_CHECKING:
+    from registry.signing import SigningKey
+
+GATEWAY_KEY = "gateway"
+"""Name of the swarm gateway's signing key in `<home>/keys`."""
 _given: set[int] = set()
 
 
@@ -103,6 +113,24 @@ class SwarmSpec:
     """Nodes and gateway follow this channel and roll out its new versions."""
     watch_poll_s: float = 1.0
     drain_grace_s: float = 5.0
+    tracker_max_nodes: int | None = None
+    """Most records the tracker holds (None: `TrackerConfig`'s default)."""
+    key_passphrase: str | None = None
+    """Passphrase of the gateway key in `<home>/keys` (given to every process of the swarm)."""
+    spot_check_sessions: float | None = None
+    """Share of sessions the gateway mirrors and audits (None: `VerifierConfig`'s default)."""
+    nodes_follow_gateway: bool = False
+    """Nodes work for this swarm's gateway key only (`shoal node --gateway-key`)."""
+
+
+def gateway_key(home: Path, passphrase: str | None = None) -> SigningKey:
+    """The swarm gateway's signing key in `<home>/keys`, created the first time."""
+    from registry.signing import SigningKey, load_key, save_key
+
+    keys = home / "keys"
+    if not (keys / f"{GATEWAY_KEY}.pem").exists():
+        save_key(SigningKey.generate(GATEWAY_KEY), keys, passphrase)
+    return load_key(keys, GATEWAY_KEY, passphrase)
 
 
 class LocalSwarm:
@@ -116,12 +144,17 @@ class LocalSwarm:
         self.delay_file = home / "run" / "delay_ms"
         self.return_port = 0
         self.return_url = ""
+        self.gateway_key: SigningKey | None = None
+        """The key the swarm's gateway signs with (an in-process gateway may use it too)."""
 
     def _spawn(self, name: str, args: list[str], module: str = "flows.cli") -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "wb")
         env = {**os.environ, "SHOAL_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
                "OMP_NUM_THREADS": str(self.spec.threads_per_node)}
+        env.pop("SHOAL_KEY_PASSPHRASE", None)
+        if self.spec.key_passphrase:
+            env["SHOAL_KEY_PASSPHRASE"] = self.spec.key_passphrase
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs[name] = proc
@@ -132,7 +165,12 @@ class LocalSwarm:
         spans = spec.spans or even_spans(self.num_layers, spec.nodes)
         tracker_port = free_port()
         self.tracker_url = f"http://127.0.0.1:{tracker_port}"
-        self._spawn("tracker", ["tracker", "--port", str(tracker_port)])
+        self.gateway_key = gateway_key(self.home, spec.key_passphrase)
+        tracker_args = ["tracker", "--port", str(tracker_port),
+                        "--verdict-key", self.gateway_key.public_hex]
+        if spec.tracker_max_nodes is not None:
+            tracker_args += ["--max-nodes", str(spec.tracker_max_nodes)]
+        self._spawn("tracker", tracker_args)
         relays: list[tuple[int, int]] = []
         use_relay = spec.relay if spec.relay is not None else spec.delay_ms > 0
 
@@ -151,6 +189,8 @@ class LocalSwarm:
                     str(spec.threads_per_node), "--announce-url", f"ws://127.0.0.1:{relayed(port)}"]
             if spec.node_args:
                 args += spec.node_args[i]
+            if spec.nodes_follow_gateway:
+                args += ["--gateway-key", self.gateway_key.public_hex]
             args += self._watch_args()
             self._spawn(f"node{i}", args, module=spec.node_module or "flows.cli")
         self.return_port = free_port()
@@ -160,7 +200,7 @@ class LocalSwarm:
             args = ["gateway", "--model", spec.model, "--tracker", self.tracker_url,
                     "--port", str(gw_port), "--return-port", str(self.return_port),
                     "--return-url", self.return_url, "--wire-dtype", spec.wire_dtype,
-                    "--timeout", str(spec.timeout_s)]
+                    "--timeout", str(spec.timeout_s), "--key", GATEWAY_KEY]
             for key in spec.api_keys:
                 args += ["--api-key", key]
             args += ["--drafter", spec.drafter]
@@ -172,6 +212,8 @@ class LocalSwarm:
                      "--verify-new-interval", str(spec.verify_new_interval_s)]
             if spec.draft_model:
                 args += ["--draft-model", spec.draft_model]
+            if spec.spot_check_sessions is not None:
+                args += ["--spot-check-sessions", str(spec.spot_check_sessions)]
             if not spec.chain:
                 args.append("--naive")
             self._spawn("gateway", args + self._watch_args())

@@ -6,8 +6,14 @@ One frame is one websocket binary message:
 
 Tensors never go through JSON or msgpack: the header says dtype and shape and the payload is the
 tensor's raw little-endian bytes. Activations may travel as bf16/fp16 (`wire_dtype`) and are
-widened to float32 on arrival. `PROTOCOL` is bumped on any incompatible change; a peer speaking
-another version gets an `Error` frame, never a misparse.
+widened to float32 on arrival. `PROTOCOL` is bumped on any incompatible change; a frame of another
+version is refused, never misparsed.
+
+Protocol 2 authenticates every frame that matters (docs/threat-model.md): the gateway signs a
+`Ticket` (a session's route) once and an `Order` per traversal; each hop signs a `Receipt` binding
+its input and output digests; errors, closes, challenges and audits are signed by their senders.
+This module only defines the shapes and the bytes that get signed; who checks what lives in
+`serve/node.py` and `serve/gateway/pipeline.py`.
 
 Why websockets: one persistent, ordered, bidirectional connection per hop with message framing
 built in, no code generation, and a plain TCP stream that the latency relay can delay chunk by chunk.
@@ -15,6 +21,7 @@ built in, no code generation, and a plain TCP stream that the latency relay can 
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Union
 
@@ -23,59 +30,122 @@ import torch
 
 from serve.exceptions import WireError
 
-PROTOCOL = 1
+PROTOCOL = 2
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_ROUTE = 64
+"""Most hops a route may have."""
+MAX_CHALLENGE_CHUNKS = 256
+"""Most chunks one challenge may open."""
+MAX_DIMS = 4
+"""Most dimensions a tensor on the wire may have."""
 
 
 class Hop(msgspec.Struct, frozen=True):
-    """One node of a route and the layers it runs for this request."""
+    """One node of a route, the layers it runs for this request, and the key it answers with."""
 
     node_id: str
     url: str
     start: int
     end: int
+    public_key: str = ""
+
+
+class Ticket(msgspec.Struct, frozen=True):
+    """The route of one session, signed once by the gateway (carried as bytes in `Forward`)."""
+
+    session: str
+    route: list[Hop]
+    reply_to: str
+    """Where the last hop sends its `Result` (the gateway's return endpoint)."""
+    gateway_key: str
+    """Hex Ed25519 public key of the gateway: it signs this ticket, every order and close."""
+    version: str = ""
+    """The model version the session runs on ("" = whatever the node serves by default)."""
+    wire_dtype: str = "float32"
+    issued_at: float = 0.0
+
+
+class Order(msgspec.Struct, frozen=True):
+    """One traversal, signed by the gateway (carried as bytes in `Forward`).
+
+    `keep` is the number of cached positions the session must keep before appending `count` new
+    ones: a node truncates its cache to `keep` first (rejected speculative tokens are dropped this
+    way, never by a round trip of their own)."""
+
+    request_id: str
+    ticket_digest: bytes
+    keep: int
+    count: int
+    input_digest: bytes
+    """`tensor_digest` of the first hop's input."""
+    issued_at: float
+
+
+class Receipt(msgspec.Struct, frozen=True):
+    """What one hop computed for one order, signed by that hop (`receipt_bytes`)."""
+
+    node_id: str
+    request_id: str
+    order_digest: bytes
+    hop: int
+    keep: int
+    count: int
+    input_digest: bytes
+    output_digest: bytes
+    version: str
+    signature: bytes = b""
 
 
 class Forward(msgspec.Struct, tag="forward", frozen=True):
-    """Run `hidden` (T new positions) through this hop's layers, then pass it on.
+    """Run the tensor (`count` new positions) through hop `hop`'s layers, then pass it on with a
+    receipt; the last hop sends a `Result` to the ticket's `reply_to`."""
 
-    `keep` is the number of cached positions the session must keep before appending: a node
-    truncates its cache to `keep` first (rejected speculative tokens are dropped this way, never
-    by a round trip of their own). The last hop sends a `Result` to `reply_to`.
-    """
-
-    request_id: str
-    session: str
-    route: list[Hop]
+    ticket: bytes
+    ticket_sig: bytes
+    order: bytes
+    order_sig: bytes
     hop: int
-    keep: int
-    reply_to: str
+    receipts: list[Receipt] = []
+    """One per hop before this one, in order."""
     wire_dtype: str = "float32"
-    version: str = ""
-    """The model version the session runs on ("" = whatever the node serves by default)."""
+    """How the tensor travels (must equal the ticket's)."""
     v: int = PROTOCOL
 
 
 class Result(msgspec.Struct, tag="result", frozen=True):
+    """The last hop's answer. `sender` signs that it answers as the last hop (`result_bytes`):
+    a hop that answers for the rest of the chain signs its own eviction."""
+
     request_id: str
-    session: str
-    node_id: str
+    receipts: list[Receipt]
+    """One per hop of the route; the last one's output digest is the tensor's."""
+    sender: str = ""
+    """Public key of the node that sends this result."""
+    signature: bytes = b""
     wire_dtype: str = "float32"
     v: int = PROTOCOL
 
 
 class Error(msgspec.Struct, tag="error", frozen=True):
-    """A failed hop. `node_id` names the node that is at fault (itself, or an unreachable next)."""
+    """A failed hop, signed by the node that reports it. `node_id` names the node at fault (the
+    reporter itself, or a next hop it could not reach)."""
 
     request_id: str
     code: str
     message: str
     node_id: str
+    reporter: str = ""
+    """Public key of the node that sends this error ("" when it could not sign)."""
+    signature: bytes = b""
     v: int = PROTOCOL
 
 
 class Close(msgspec.Struct, tag="close", frozen=True):
+    """Drop a session's cache; signed by the gateway that owns the session."""
+
     session: str
+    gateway_key: str
+    signature: bytes
     v: int = PROTOCOL
 
 
@@ -88,11 +158,13 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
     request_id: str
     node_id: str
     stats: dict
+    """The node's signed record (`serve.records.sign_record`)."""
     v: int = PROTOCOL
 
 
 class Challenge(msgspec.Struct, tag="challenge", frozen=True):
-    """Open `count` chunks of the weights you compute with, chosen by `nonce` (live-weight proof)."""
+    """Open `count` chunks of the weights you compute with, chosen by `nonce` (live-weight proof);
+    signed by the gateway that asks."""
 
     request_id: str
     nonce: bytes
@@ -101,6 +173,8 @@ class Challenge(msgspec.Struct, tag="challenge", frozen=True):
     count: int
     version: str = ""
     """Prove the weights of this version ("" = the node's current one)."""
+    gateway_key: str = ""
+    signature: bytes = b""
     v: int = PROTOCOL
 
 
@@ -121,9 +195,102 @@ class Proof(msgspec.Struct, tag="proof", frozen=True):
     v: int = PROTOCOL
 
 
-Message = Union[Forward, Result, Error, Close, Ping, Pong, Challenge, Proof]
+class Audit(msgspec.Struct, tag="audit", frozen=True):
+    """Send back the input and output of forward `forward_id` (a spot check); signed by the
+    gateway that ordered it. `request_id` is this audit's own id, echoed in the reply."""
+
+    request_id: str
+    forward_id: str
+    gateway_key: str
+    signature: bytes
+    v: int = PROTOCOL
+
+
+class AuditReply(msgspec.Struct, tag="audit-reply", frozen=True):
+    """The activations a receipt committed to, as one [2, T, H] tensor (input, output)."""
+
+    request_id: str
+    receipt: Receipt
+    wire_dtype: str = "float32"
+    v: int = PROTOCOL
+
+
+Message = Union[Forward, Result, Error, Close, Ping, Pong, Challenge, Proof, Audit, AuditReply]
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
+_ticket_decoder = msgspec.msgpack.Decoder(Ticket)
+_order_decoder = msgspec.msgpack.Decoder(Order)
+
+
+def pack(struct: msgspec.Struct) -> bytes:
+    """The msgpack bytes of a ticket or order (what the gateway signs)."""
+    return _encoder.encode(struct)
+
+
+def unpack_ticket(data: bytes) -> Ticket:
+    try:
+        return _ticket_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"undecodable ticket: {exc}") from None
+
+
+def unpack_order(data: bytes) -> Order:
+    try:
+        return _order_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"undecodable order: {exc}") from None
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def tensor_digest(tensor: torch.Tensor, wire_dtype: str = "float32") -> bytes:
+    """SHA-256 of a tensor's shape and bytes as they travel in `wire_dtype`. The receiver of a
+    frame gets the same digest from the float32 tensor it decoded (widening is exact)."""
+    t = tensor.detach().to(WIRE_DTYPES[wire_dtype]).contiguous()
+    h = hashlib.sha256(struct.pack(f"<B{t.dim()}I", t.dim(), *t.shape))
+    if t.numel():
+        h.update(t.view(torch.uint8).numpy())
+    return h.digest()
+
+
+def receipt_bytes(r: Receipt) -> bytes:
+    """What a hop signs: every field of its receipt but the signature."""
+    return b"shoal-receipt\0" + _encoder.encode(
+        [r.node_id, r.request_id, r.order_digest, r.hop, r.keep, r.count, r.input_digest,
+         r.output_digest, r.version])
+
+
+def result_bytes(request_id: str, receipts: list[Receipt], sender: str) -> bytes:
+    return b"shoal-result\0" + _encoder.encode([request_id, [r.signature for r in receipts],
+                                                 sender])
+
+
+def error_bytes(e: Error) -> bytes:
+    return b"shoal-error\0" + _encoder.encode([e.request_id, e.code, e.message, e.node_id,
+                                                e.reporter])
+
+
+def close_bytes(session: str) -> bytes:
+    return b"shoal-close\0" + session.encode()
+
+
+def challenge_bytes(c: Challenge) -> bytes:
+    return b"shoal-challenge\0" + _encoder.encode([c.request_id, c.nonce, c.node_id, c.count,
+                                                    c.version, c.gateway_key])
+
+
+def audit_bytes(a: Audit) -> bytes:
+    return b"shoal-audit\0" + _encoder.encode([a.request_id, a.forward_id, a.gateway_key])
+
+
+def ticket_bytes(data: bytes) -> bytes:
+    return b"shoal-ticket\0" + data
+
+
+def order_bytes(data: bytes) -> bytes:
+    return b"shoal-order\0" + data
 
 
 def encode(message: Message, tensor: torch.Tensor | None = None, wire_dtype: str = "float32") -> bytes:
@@ -153,9 +320,14 @@ def decode(frame: bytes, wire_dtype: str = "float32") -> tuple[Message, torch.Te
     if not len(rest):
         return message, None
     ndim = rest[0]
+    if not 1 <= ndim <= MAX_DIMS or len(rest) < 1 + 4 * ndim:
+        raise WireError(f"tensor of {ndim} dimensions is not accepted")
     dims = struct.unpack_from(f"<{ndim}I", rest, 1)
     body = rest[1 + 4 * ndim:]
-    dtype = WIRE_DTYPES.get(getattr(message, "wire_dtype", wire_dtype), torch.float32)
+    wire_dtype = getattr(message, "wire_dtype", wire_dtype)
+    if wire_dtype not in WIRE_DTYPES:
+        raise WireError(f"wire dtype {wire_dtype!r} is not one of {', '.join(WIRE_DTYPES)}")
+    dtype = WIRE_DTYPES[wire_dtype]
     expected = dtype.itemsize
     for d in dims:
         expected *= d

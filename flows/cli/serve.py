@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from flows.cli.base import DEFAULT_MODEL, command, config
-from serve.config import ChannelWatch, GatewayConfig, NodeConfig, VerifierConfig, defaults
+from serve.config import (ChannelWatch, GatewayConfig, NodeConfig, TrackerConfig, VerifierConfig,
+                          defaults)
 
 if TYPE_CHECKING:
     from registry.manifest import Manifest
@@ -23,10 +24,11 @@ cli = typer.Typer()
 """What this module adds to `shoal`: its top-level commands."""
 
 GATEWAY = defaults(GatewayConfig)
+TRACKER = defaults(TrackerConfig)
 NODE = defaults(NodeConfig)
 VERIFIER = defaults(VerifierConfig)
 WATCH = defaults(ChannelWatch)
-TRACKER_PORT = 7000
+TRACKER_PORT = TRACKER["port"]
 """Port `shoal tracker` listens on unless told otherwise."""
 TRACKER_URL = f"http://127.0.0.1:{TRACKER_PORT}"
 """Where the commands look for the tracker unless told otherwise."""
@@ -55,7 +57,8 @@ def node_config(model: str, layers: str, port: int, tracker: str | None = NODE["
                 announce_url: str | None = NODE["announce_url"],
                 threads: int | None = NODE["threads"],
                 memory_budget_mb: float = NODE["memory_budget_bytes"] / MB,
-                idle_timeout: float = NODE["idle_timeout_s"]) -> NodeConfig:
+                idle_timeout: float = NODE["idle_timeout_s"],
+                gateway_keys: list[str] | None = None) -> NodeConfig:
     """Resolve `model`, fetch and verify the span's files, and describe the node."""
     try:
         start, end = (int(x) for x in layers.split(":"))
@@ -64,7 +67,8 @@ def node_config(model: str, layers: str, port: int, tracker: str | None = NODE["
     version_id, directory, _ = _checkout(model, "span", (start, end))
     return NodeConfig(directory=directory, start=start, end=end, version_id=version_id,
                       port=port, announce_url=announce_url, tracker_url=tracker, threads=threads,
-                      memory_budget_bytes=int(memory_budget_mb * MB), idle_timeout_s=idle_timeout)
+                      memory_budget_bytes=int(memory_budget_mb * MB), idle_timeout_s=idle_timeout,
+                      gateway_keys=set(gateway_keys or []))
 
 
 # in-process -------------------------------------------------------------------------------------
@@ -82,13 +86,16 @@ def chat(prompt: str, model: Annotated[str, typer.Option(help="name@channel or v
 # swarm processes --------------------------------------------------------------------------------
 
 @command(cli)
-def tracker(port: Annotated[int, typer.Option()] = TRACKER_PORT, ttl: float = 5.0) -> None:
+def tracker(port: Annotated[int, typer.Option()] = TRACKER_PORT, ttl: float = TRACKER["ttl_s"],
+            verdict_key: Annotated[Optional[list[str]], typer.Option(
+                "--verdict-key", help="public key (hex) allowed to post verdicts; repeatable; "
+                "none: no verdicts are accepted")] = None,
+            max_nodes: int = TRACKER["max_nodes"]) -> None:
     """Run the tracker that nodes announce to and gateways read."""
-    import uvicorn
+    from serve.tracker import run_tracker
 
-    from serve.tracker import create_app
-
-    uvicorn.run(create_app(ttl_s=ttl), host="127.0.0.1", port=port, log_level="warning")
+    run_tracker(TrackerConfig(port=port, ttl_s=ttl, verdict_keys=set(verdict_key or []),
+                              max_nodes=max_nodes))
 
 
 @command(cli)
@@ -103,12 +110,15 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
          idle_timeout: float = NODE["idle_timeout_s"],
          watch: Annotated[Optional[str], typer.Option(
              help="follow this channel and roll out its new versions")] = None,
-         watch_poll: float = WATCH["poll_s"], drain_grace: float = WATCH["drain_grace_s"]) -> None:
+         watch_poll: float = WATCH["poll_s"], drain_grace: float = WATCH["drain_grace_s"],
+         gateway_key: Annotated[Optional[list[str]], typer.Option(
+             "--gateway-key", help="public key (hex) of a gateway this node works for; "
+             "repeatable (default: any gateway that signs its routes)")] = None) -> None:
     """Serve layers START:END of a verified registry version."""
     from serve.node import run_node
 
     node_cfg = node_config(model, layers, port, tracker, announce_url, threads, memory_budget_mb,
-                           idle_timeout)
+                           idle_timeout, gateway_key)
     node_cfg.watch = _watch(watch, watch_poll, drain_grace)
     run_node(node_cfg)
 
@@ -120,6 +130,12 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
             return_port: int = GATEWAY["return_port"],
             return_url: Optional[str] = GATEWAY["return_url"],
             api_key: Annotated[Optional[list[str]], typer.Option("--api-key")] = None,
+            key: Annotated[Optional[str], typer.Option(
+                help="name of the key in $SHOAL_HOME/keys that signs routes and verdicts "
+                "(default: a new key per process)")] = None,
+            trust_verdict_key: Annotated[Optional[list[str]], typer.Option(
+                "--trust-verdict-key", help="public key (hex) of another gateway or maintainer "
+                "whose verdicts evict here too; repeatable")] = None,
             naive: Annotated[bool, typer.Option(help="call nodes one by one (benchmarks)")] =
             not GATEWAY["chain"],
             wire_dtype: str = GATEWAY["wire_dtype"], timeout: float = GATEWAY["timeout_s"],
@@ -139,6 +155,9 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
                 help="mean seconds between checks while a node is new")] =
             VERIFIER["new_interval_s"],
             proof_deadline: float = VERIFIER["deadline_s"],
+            spot_check_sessions: Annotated[float, typer.Option(
+                help="share of sessions secretly mirrored and audited (needs fingerprints' "
+                "full copy)")] = VERIFIER["spot_check_sessions"],
             traces: Annotated[Optional[Path], typer.Option(
                 help="trace store directory: accounts, consent, capture")] = None,
             watch: Annotated[Optional[str], typer.Option(
@@ -146,17 +165,21 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
             watch_poll: float = WATCH["poll_s"], drain_grace: float = WATCH["drain_grace_s"]
             ) -> None:
     """Run the OpenAI-compatible gateway in front of the swarm."""
+    from registry.signing import load_key
     from serve.gateway.server import run_gateway
 
+    cfg = config()
+    signing_key = load_key(cfg.keys_dir, key, cfg.key_passphrase) if key else None
     version_id, directory, manifest = _checkout(model, "head")
     draft_dir = trusted_dir = None
     if draft_model:
         draft_dir = _checkout(draft_model, "full")[1]
     if verify and fingerprints:
         trusted_dir = _checkout(model, "full")[1]
-    verifier = VerifierConfig(log_path=verdict_log or config().home / "run" / "verdicts.jsonl",
+    verifier = VerifierConfig(log_path=verdict_log or cfg.home / "run" / "verdicts.jsonl",
                               interval_s=verify_interval, new_interval_s=verify_new_interval,
-                              deadline_s=proof_deadline)
+                              deadline_s=proof_deadline,
+                              spot_check_sessions=spot_check_sessions)
     run_gateway(GatewayConfig(directory=directory, version_id=version_id,
                               model_name=manifest.name, tracker_url=tracker, port=port,
                               return_port=return_port, return_url=return_url,
@@ -165,7 +188,8 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
                               drafter=None if drafter == "off" else drafter,
                               draft_model_dir=draft_dir, verify=verify, trusted_dir=trusted_dir,
                               verifier=verifier, traces_dir=traces,
-                              watch=_watch(watch, watch_poll, drain_grace)))
+                              trusted_verdict_keys=set(trust_verdict_key or []),
+                              watch=_watch(watch, watch_poll, drain_grace)), key=signing_key)
 
 
 @command(cli)
@@ -195,7 +219,8 @@ def up(nodes: int = 3, model: str = DEFAULT_MODEL, port: int = GATEWAY["port"],
     client = cfg.client()
     layers = client.manifest(client.resolve(model)).num_layers
     swarm = LocalSwarm(SwarmSpec(model=model, nodes=nodes, port=port, delay_ms=delay_ms,
-                                 api_keys=list(api_key or []), traces=traces), cfg.home, layers)
+                                 api_keys=list(api_key or []), traces=traces,
+                                 key_passphrase=cfg.key_passphrase), cfg.home, layers)
     typer.echo(f"starting tracker, {nodes} nodes and the gateway (logs: {swarm.log_dir})…")
     swarm.start()
     typer.echo(f"swarm ready: OPENAI_BASE_URL={swarm.base_url}/v1  (Ctrl-C stops it)")
@@ -226,7 +251,9 @@ def verify(node_url: Annotated[str, typer.Option("--node", help="ws://host:port 
     from serve.gateway.head import Head
     from serve.gateway.pipeline import Pipeline
     from serve.gateway.verifier import Verifier
-    from serve.tracker import NodeInfo
+    from serve.discovery import NodeInfo
+    from serve.exceptions import RecordRejected
+    from serve.records import verify_record
 
     version_id, directory, manifest = _checkout(model, "full" if fingerprint else "head")
     head = Head(directory)
@@ -236,7 +263,12 @@ def verify(node_url: Annotated[str, typer.Option("--node", help="ws://host:port 
         await pipeline.start()
         try:
             _, info = await pipeline.ping(wire.Hop("?", node_url, 0, 1))
-            node = NodeInfo.model_validate({**info, "url": node_url})
+            try:  # the node's own signed record: its id must be the hash of its key
+                record = verify_record(info)
+            except RecordRejected as exc:
+                typer.echo(f"FAIL the node's record is refused: {exc}")
+                return False
+            node = NodeInfo.model_validate({**record.model_dump(), "url": node_url})
             if node.version != version_id:
                 typer.echo(f"FAIL node serves {node.version[:19]}…, not {version_id[:19]}…")
                 return False

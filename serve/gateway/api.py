@@ -186,10 +186,14 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
                                  "draft": rt.draft} for v, rt in state.versions.items.items()}}
 
     @app.get("/verifier")
-    async def verifier():
+    async def verifier(request: Request):
+        """Trust status of every node. The check schedule and the event counts are shown to
+        maintainer keys only: a node must not learn when it will be checked."""
+        caller = authorize(request)
         if state.verifier is None:
             return {"enabled": False}
-        return {"enabled": True, **state.verifier.summary()}
+        full = caller is not None and caller.role == "maintainer"
+        return {"enabled": True, **state.verifier.summary(full=full)}
 
     from serve.gateway.api_traces import router as traces_router
 

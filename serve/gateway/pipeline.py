@@ -9,6 +9,12 @@ The naive mode (what a Petals-style client does) calls each node in turn and wai
 `Session` keeps a conversation's token history and how many positions the nodes have cached. When
 a hop fails or times out it excludes the node, picks a new route, and re-prefills the history on
 it, so greedy output is unchanged by failures.
+
+Protocol 2 (docs/threat-model.md): the pipeline signs a ticket per session route and an order per
+traversal with the gateway's key, and accepts a `Result` only when it carries an unbroken chain of
+receipts signed by the route's hops ending in the tensor received; an `Error` counts only when a
+node of that request's route signed it. Anything else arriving on the return port is dropped: a
+forged result never reaches the sampler, and the genuine one still does.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from collections.abc import Callable
 
 import torch
 
-from serve import wire
+from registry.signing import SigningKey
+from serve import auth, wire
 from serve.discovery import Discovery
-from serve.exceptions import HopFailed, NoRoute, SessionEvicted, hop_error
+from serve.exceptions import FrameRejected, HopFailed, NoRoute, SessionEvicted, hop_error
 from serve.links import Links, incoming
 from serve.routing import best_route
 
@@ -34,8 +41,12 @@ class Pipeline:
     def __init__(self, discovery: Discovery, num_layers: int, version: str | None, *,
                  host: str = "127.0.0.1", return_port: int = 0, return_url: str | None = None,
                  timeout_s: float = 60.0, wire_dtype: str = "float32", chain: bool = True,
-                 exclude_s: float = 60.0) -> None:
+                 exclude_s: float = 60.0, key: SigningKey | None = None) -> None:
         self.discovery, self.num_layers, self.version = discovery, num_layers, version
+        self.key = key or SigningKey.generate("gateway")
+        self.max_frame_bytes = 64 << 20
+        """Largest frame accepted on the return port."""
+        """The gateway's key: signs tickets, orders, closes, challenges and audits."""
         self.host, self.return_port, self.return_url = host, return_port, return_url
         self.timeout_s, self.wire_dtype, self.chain = timeout_s, wire_dtype, chain
         self.exclude_s = exclude_s
@@ -44,10 +55,30 @@ class Pipeline:
         """Nodes that failed verification: never routed again."""
         self.gate = None
         """Optional admission check `gate(node) -> bool` (the verifier's)."""
+        self.mirror = None
+        """Optional `mirror() -> Shadow | None`: the verifier's secret choice of sessions to
+        spot-check (serve.gateway.audit)."""
+        self.settle = None
+        """Optional `settle(shadow)`: called when a mirrored session ends."""
+        self.on_evidence = None
+        """Optional `on_evidence(node_id, reason, evidence)`: a node signed proof of cheating."""
         self.reply_to = ""
         self.traversals = 0
         self.failovers = 0
+        self.measured_ms: dict[str, float] = {}
+        """Per node: this gateway's estimate of its milliseconds per layer per traversal, from
+        the traversals it timed (routing never believes a node is faster than this)."""
+        self.open_sessions: dict[str, int] = {}
+        """Per node: sessions this gateway has routed through it and not closed."""
         self._pending: dict[str, asyncio.Future] = {}
+        self._expect: dict[str, tuple[list[wire.Hop], wire.Order | None, bytes | None]] = {}
+        """Per pending request: the hops it went to (whose signed errors count) and, for a
+        traversal, its order and order digest (what a result must match)."""
+        self.refused: dict[str, int] = {}
+        """Frames dropped at the return port, by check (forged results, unsigned errors…)."""
+        self.receipts: dict[str, list[wire.Receipt]] = {}
+        """The receipt chain of recent traversals by request id (spot checks read them)."""
+        self._tickets: dict[tuple, tuple[bytes, bytes]] = {}
         self._links = Links(on_connect=self._handle_return)  # pongs come back on these links
         self._server = None
 
@@ -55,7 +86,8 @@ class Pipeline:
         from websockets.asyncio.server import serve
 
         self._server = await serve(self._handle_return, self.host, self.return_port,
-                                   max_size=None, compression=None, ping_interval=None)
+                                   max_size=self.max_frame_bytes, compression=None,
+                                   ping_interval=None)
         port = self._server.sockets[0].getsockname()[1]
         self.reply_to = self.return_url or f"ws://{self.host}:{port}"
         self.return_port = port
@@ -67,15 +99,67 @@ class Pipeline:
 
     async def _handle_return(self, ws) -> None:
         async for message, tensor in incoming(ws):
-            future = self._pending.get(getattr(message, "request_id", ""))
-            if future is None or future.done():
-                continue
-            if isinstance(message, wire.Result):
-                future.set_result(tensor)
-            elif isinstance(message, (wire.Proof, wire.Pong)):
-                future.set_result(message)
-            elif isinstance(message, wire.Error):
-                future.set_exception(hop_error(message.node_id, message.code, message.message))
+            try:
+                self._on_return(message, tensor)
+            except Exception:  # nothing arriving here may stop the return loop
+                log.exception("return frame handling failed")
+
+    def _on_return(self, message: wire.Message, tensor: torch.Tensor | None) -> None:
+        future = self._pending.get(getattr(message, "request_id", ""))
+        if future is None or future.done():
+            return
+        expected = self._expect.get(message.request_id)
+        if isinstance(message, wire.Result):
+            if expected is None or expected[1] is None or tensor is None:
+                return self._refuse("result-unexpected")
+            route, order, order_digest = expected
+            sender = auth.result_sender(message, route)
+            if sender is None:  # signed by no hop of this route: a forgery; the real one follows
+                return self._refuse("result-signature")
+            if sender != len(route) - 1:  # a hop answered for the rest of the chain
+                hop = route[sender]
+                self._evidence(hop.node_id, "shortcut", f"hop {sender} of {len(route)} signed a "
+                               "final result", {"request_id": message.request_id,
+                                                "signature": message.signature.hex()})
+                future.set_exception(HopFailed(hop.node_id, "answered for the whole chain",
+                                               "shortcut"))
+                return
+            try:
+                auth.check_chain(message.receipts, route, order, order_digest,
+                                 wire.tensor_digest(tensor, message.wire_dtype))
+            except FrameRejected as exc:
+                hop = route[exc.hop if exc.hop is not None else -1]
+                future.set_exception(HopFailed(hop.node_id, str(exc), exc.check))
+                return
+            self._remember(message.request_id, message.receipts)
+            future.set_result(tensor)
+        elif isinstance(message, wire.Error):
+            if expected is None or not auth.error_from(message, expected[0]):
+                return self._refuse("error-unsigned")
+            future.set_exception(hop_error(message.node_id, message.code, message.message))
+        elif isinstance(message, (wire.Proof, wire.Pong, wire.AuditReply)):
+            if expected is not None and expected[1] is not None:  # a traversal wants a result
+                return self._refuse("unexpected")
+            future.set_result((message, tensor) if isinstance(message, wire.AuditReply)
+                              else message)
+
+    def _evidence(self, node_id: str, check: str, detail: str, evidence: dict) -> None:
+        """A node signed something that proves it cheated: evict it (through the verifier when
+        there is one, so the verdict is recorded and reported)."""
+        log.warning("evidence against %s: [%s] %s", node_id, check, detail)
+        self.evict(node_id)
+        if self.on_evidence is not None:
+            asyncio.get_running_loop().create_task(
+                self.on_evidence(node_id, f"[{check}] {detail}", evidence))
+
+    def _refuse(self, check: str) -> None:
+        self.refused[check] = self.refused.get(check, 0) + 1
+        log.warning("dropped a frame at the return port: %s", check)
+
+    def _remember(self, request_id: str, receipts: list[wire.Receipt]) -> None:
+        self.receipts[request_id] = receipts
+        while len(self.receipts) > 4096:
+            self.receipts.pop(next(iter(self.receipts)))
 
     async def _send(self, url: str, frame: bytes) -> None:
         await self._links.send(url, frame)
@@ -97,15 +181,21 @@ class Pipeline:
         if self.gate is not None:
             nodes = [n for n in nodes if self.gate(n)]
         return best_route(nodes, self.num_layers, version=self.version,
-                          exclude=self._excluded_now())
+                          exclude=self._excluded_now(), measured_ms=self.measured_ms,
+                          own_load=self.open_sessions)
 
     # traversal -----------------------------------------------------------------------------------
 
     async def request(self, url: str, message, tensor=None, *, node_id: str,
-                      timeout_s: float | None = None) -> object:
-        """Send one message and wait for the answer that carries its request id."""
+                      timeout_s: float | None = None, expect=None,
+                      request_id: str | None = None) -> object:
+        """Send one message and wait for the answer that carries its request id. `expect` is the
+        (route, order, order digest) the answer must match (see `_expect`)."""
+        request_id = request_id or message.request_id
         future = asyncio.get_running_loop().create_future()
-        self._pending[message.request_id] = future
+        self._pending[request_id] = future
+        if expect is not None:
+            self._expect[request_id] = expect
         try:
             try:
                 await self._send(url, wire.encode(message, tensor, self.wire_dtype))
@@ -113,21 +203,52 @@ class Pipeline:
                 raise HopFailed(node_id, f"unreachable ({exc})") from None
             return await asyncio.wait_for(future, timeout_s or self.timeout_s)
         finally:
-            self._pending.pop(message.request_id, None)
+            self._pending.pop(request_id, None)
+            self._expect.pop(request_id, None)
+
+    def ticket(self, session: str, route: list[wire.Hop]) -> tuple[bytes, bytes]:
+        """The signed ticket of `session` on `route` (made once per session and route)."""
+        key = (session, tuple(route))
+        cached = self._tickets.get(key)
+        if cached is None:
+            cached = self._tickets[key] = auth.make_ticket(
+                self.key, session, route, self.reply_to, self.version or "", self.wire_dtype)
+            while len(self._tickets) > 8192:
+                self._tickets.pop(next(iter(self._tickets)))
+        return cached
 
     async def traverse(self, session: str, route: list[wire.Hop], hidden: torch.Tensor,
-                       keep: int, count: bool = True) -> torch.Tensor:
-        """Run [T, H] hidden states through every hop; returns the last hop's [T, H]."""
+                       keep: int, count: bool = True,
+                       done: list[tuple[list[wire.Hop], str]] | None = None) -> torch.Tensor:
+        """Run [T, H] hidden states through every hop; returns the last hop's [T, H].
+        `done` collects (hops, request id) of each part that answered."""
         self.traversals += count
         hops = [route] if self.chain else [[h] for h in route]
         for part in hops:
-            msg = wire.Forward(uuid.uuid4().hex, session, part, 0, keep, self.reply_to,
-                               self.wire_dtype, self.version or "")
+            ticket, ticket_sig = self.ticket(session, part)
+            request_id = uuid.uuid4().hex
+            order, order_sig = auth.make_order(self.key, ticket, request_id, keep,
+                                               hidden.shape[0],
+                                               wire.tensor_digest(hidden, self.wire_dtype))
+            msg = wire.Forward(ticket, ticket_sig, order, order_sig, 0, [], self.wire_dtype)
+            expect = (part, wire.unpack_order(order), wire.digest(order))
+            t0 = time.perf_counter()
             try:
-                hidden = await self.request(part[0].url, msg, hidden, node_id=part[0].node_id)
+                hidden = await self.request(part[0].url, msg, hidden, node_id=part[0].node_id,
+                                            expect=expect, request_id=request_id)
             except TimeoutError:
                 raise HopFailed(await self._silent_node(part), "timed out") from None
+            self._measure(part, 1000 * (time.perf_counter() - t0))
+            if done is not None:
+                done.append((part, request_id))
         return hidden
+
+    def _measure(self, part: list[wire.Hop], elapsed_ms: float) -> None:
+        per_layer = elapsed_ms / max(1, sum(h.end - h.start for h in part))
+        for hop in part:
+            old = self.measured_ms.get(hop.node_id)
+            self.measured_ms[hop.node_id] = per_layer if old is None else \
+                0.8 * old + 0.2 * per_layer
 
     async def _silent_node(self, route: list[wire.Hop]) -> str:
         """After a timeout, find which hop of the route does not answer a ping."""
@@ -147,14 +268,27 @@ class Pipeline:
     async def ping(self, hop: wire.Hop) -> tuple[float, dict]:
         """Round-trip time in ms and the node's self-reported info."""
         t0 = time.perf_counter()
-        pong = await self.request(hop.url, wire.Ping(uuid.uuid4().hex), node_id=hop.node_id)
+        pong = await self.request(hop.url, wire.Ping(uuid.uuid4().hex), node_id=hop.node_id,
+                                  expect=([hop], None, None))
         return 1000 * (time.perf_counter() - t0), pong.stats
 
+    def opened(self, route: list[wire.Hop], delta: int) -> None:
+        for hop in route:
+            n = self.open_sessions.get(hop.node_id, 0) + delta
+            if n > 0:
+                self.open_sessions[hop.node_id] = n
+            else:
+                self.open_sessions.pop(hop.node_id, None)
+
     def close_session(self, session: str, route: list[wire.Hop]) -> None:
+        frame = wire.encode(auth.sign_close(self.key, session))
+        for key in [k for k in self._tickets if k[0] == session]:
+            del self._tickets[key]
+
         async def _close():
             for hop in route:
                 try:
-                    await self._send(hop.url, wire.encode(wire.Close(session)))
+                    await self._send(hop.url, frame)
                 except Exception:
                     pass
         asyncio.get_running_loop().create_task(_close())
@@ -173,6 +307,7 @@ class Session:
         self.id = ""
         self.traversals = 0
         self.failovers = 0
+        self.shadow = pipeline.mirror() if pipeline.mirror is not None else None
 
     async def extend(self, new_tokens: list[int], keep: int | None = None) -> torch.Tensor:
         """Append `new_tokens` after the first `keep` tokens of history (default: all of it)
@@ -188,10 +323,13 @@ class Session:
                 self.route = await self.pipeline.route()
                 self.id = uuid.uuid4().hex
                 self.cached = 0
+                self.pipeline.opened(self.route, +1)
             start = min(keep, self.cached)
             todo = self.tokens[start:]
+            inputs, done = self.embed(todo), []
             try:
-                hidden = await self.pipeline.traverse(self.id, self.route, self.embed(todo), start)
+                hidden = await self.pipeline.traverse(self.id, self.route, inputs, start,
+                                                      done=done)
             except HopFailed as exc:
                 if attempt == self.MAX_FAILOVERS:
                     raise
@@ -202,6 +340,8 @@ class Session:
                 continue
             self.traversals += 1
             self.cached = len(self.tokens)
+            if self.shadow is not None:
+                self.shadow.observe(done, start, inputs)
             return hidden[-len(new_tokens):] if new_tokens else hidden[:0]
         raise NoRoute("unreachable")  # the loop either returns or raises
 
@@ -209,6 +349,7 @@ class Session:
         """Give up the current route; the next traversal re-prefills on a new one. This is what a
         failover is, and the one place both the session's and the pipeline's count grow."""
         self.pipeline.close_session(self.id, self.route)
+        self.pipeline.opened(self.route, -1)
         self.route = None
         self.failovers += 1
         self.pipeline.failovers += 1
@@ -222,4 +363,8 @@ class Session:
     def close(self) -> None:
         if self.route is not None:
             self.pipeline.close_session(self.id, self.route)
+            self.pipeline.opened(self.route, -1)
             self.route = None
+        if self.shadow is not None and self.pipeline.settle is not None:
+            asyncio.get_running_loop().create_task(self.pipeline.settle(self.shadow))
+            self.shadow = None

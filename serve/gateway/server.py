@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from registry.signing import SigningKey
 from serve.config import GatewayConfig
 from serve.rollout import VersionSet, Watcher
 from serve.rollout import follow as follow_channel
@@ -29,7 +30,7 @@ log = logging.getLogger("shoal.gateway")
 
 def build_runtime(cfg: GatewayConfig, version_id: str, directory: Path,
                   trusted_dir: Path | None, draft_model_dir: Path | None = None, *,
-                  first: bool = True) -> "Runtime":
+                  first: bool = True, key: SigningKey | None = None) -> "Runtime":
     """Head, pipeline, engine and verifier for one version (the pipeline is not started yet).
 
     The first runtime answers on the configured return port / URL (a relay may sit in front);
@@ -41,10 +42,14 @@ def build_runtime(cfg: GatewayConfig, version_id: str, directory: Path,
     from serve.gateway.pipeline import Pipeline
 
     head = Head(directory)
-    pipeline = Pipeline(TrackerDiscovery(cfg.tracker_url), head.num_layers, version_id,
+    key = key or SigningKey.generate("gateway")
+    discovery = TrackerDiscovery(cfg.tracker_url, key=key,
+                                 trusted_verdict_keys=cfg.trusted_verdict_keys)
+    pipeline = Pipeline(discovery, head.num_layers, version_id,
                         host=cfg.host, return_port=cfg.return_port if first else 0,
                         return_url=cfg.return_url if first else None,
-                        timeout_s=cfg.timeout_s, wire_dtype=cfg.wire_dtype, chain=cfg.chain)
+                        timeout_s=cfg.timeout_s, wire_dtype=cfg.wire_dtype, chain=cfg.chain,
+                        key=key)
     runtime = Runtime(version_id, Engine(head, pipeline, build_drafters(cfg, draft_model_dir),
                                          cfg.drafter))
     if cfg.verify:
@@ -57,6 +62,8 @@ def build_runtime(cfg: GatewayConfig, version_id: str, directory: Path,
         runtime.verifier = Verifier(pipeline, Manifest.model_validate(envelope["signed"]), head,
                                     trusted_dir, cfg.verifier)
         pipeline.gate = runtime.verifier.admits
+        pipeline.mirror, pipeline.settle = runtime.verifier.mirror, runtime.verifier.settle
+        pipeline.on_evidence = runtime.verifier.on_evidence
     return runtime
 
 
@@ -72,11 +79,14 @@ async def stop_runtime(runtime: "Runtime") -> None:
     await runtime.engine.pipeline.stop()
 
 
-def build_app(cfg: GatewayConfig):
+def build_app(cfg: GatewayConfig, key: SigningKey | None = None):
+    """The gateway's FastAPI app. `key` signs everything the gateway sends to nodes and its
+    verdicts (None: a new key for this process)."""
     from serve.gateway.api import GatewayState, create_app
 
+    key = key or SigningKey.generate("gateway")
     first = build_runtime(cfg, cfg.version_id, cfg.directory, cfg.trusted_dir,
-                          cfg.draft_model_dir)
+                          cfg.draft_model_dir, key=key)
     state = GatewayState(VersionSet(cfg.version_id, first), cfg.model_name, cfg.api_keys)
     if cfg.traces_dir is not None:
         from traces.store import TraceStore, TraceStoreConfig
@@ -92,7 +102,7 @@ def build_app(cfg: GatewayConfig):
         await start_runtime(first)
         if state.traces is not None:
             state.traces.start()  # replays what a crash left in the durable log
-        watcher = asyncio.create_task(follow(cfg, state)) if cfg.watch else None
+        watcher = asyncio.create_task(follow(cfg, state, key)) if cfg.watch else None
         yield
         if watcher is not None:
             watcher.cancel()
@@ -104,7 +114,7 @@ def build_app(cfg: GatewayConfig):
     return create_app(state, lifespan=lifespan)
 
 
-async def follow(cfg: GatewayConfig, state: "GatewayState") -> None:
+async def follow(cfg: GatewayConfig, state: "GatewayState", key: SigningKey) -> None:
     """Follow the channel (`serve.rollout.follow`): build a runtime for each new head, switch new
     requests to it once the swarm can route that version, close old runtimes once drained."""
     from serve.exceptions import NoRoute
@@ -113,7 +123,7 @@ async def follow(cfg: GatewayConfig, state: "GatewayState") -> None:
     state.rollout = {"channel": watcher.state, "switches": []}
 
     async def load(version: str) -> "Runtime":
-        runtime = await asyncio.to_thread(_prepare, cfg, watcher, version)
+        runtime = await asyncio.to_thread(_prepare, cfg, watcher, version, key)
         await start_runtime(runtime)
         return runtime
 
@@ -165,11 +175,12 @@ async def _pair_draft(watcher, state: "GatewayState") -> None:
     log.info("draft %s paired with %s", record.version[:19], runtime.version_id[:19])
 
 
-def _prepare(cfg: GatewayConfig, watcher, version: str) -> "Runtime":
+def _prepare(cfg: GatewayConfig, watcher, version: str, key: SigningKey) -> "Runtime":
     """Check out what the gateway needs of `version` (verified) and build its runtime."""
     full = cfg.trusted_dir is not None
     directory = watcher.checkout(version, "full" if full else "head")
-    return build_runtime(cfg, version, directory, directory if full else None, first=False)
+    return build_runtime(cfg, version, directory, directory if full else None, first=False,
+                         key=key)
 
 
 def seed_suffix_index(drafter, store, tokenizer, limit: int = 5000) -> int:
@@ -192,7 +203,7 @@ def build_drafters(cfg: GatewayConfig, draft_model_dir: Path | None = None) -> d
     return drafters
 
 
-def run_gateway(cfg: GatewayConfig) -> None:
+def run_gateway(cfg: GatewayConfig, key: SigningKey | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(build_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
+    uvicorn.run(build_app(cfg, key), host=cfg.host, port=cfg.port, log_level="warning")

@@ -7,9 +7,16 @@ real sentence, embedded and run through the layers before the node's span by the
 trusted copy, sent to the node as an ordinary forward, and compared with the trusted recomputation
 of the node's span (relative error max|out - ref| / max|ref| must stay under the tolerance).
 
+Proofs show possession, canaries are recognisable; what a node actually computes on real traffic
+is checked by spot checks (`serve.gateway.audit`): a secret random fraction of sessions is
+mirrored on the trusted copy and audited when it ends.
+
+Admission pins a node's (key, address, span); a record that changes any of them is a new node until
+it passes again. Any error while checking a node is a failed check (fail closed).
+
 A node that fails any check is evicted: excluded from every route at once, reported to the tracker
-(so other gateways avoid it), and the sessions running through it are re-prefilled on a good route
-at their next step. Every verdict is appended to a JSONL event log.
+with a signed verdict (so other gateways can avoid it), and the sessions running through it are
+re-prefilled on a good route at their next step. Every result is appended to a JSONL event log.
 """
 
 from __future__ import annotations
@@ -23,15 +30,19 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from registry.manifest import Manifest
-from serve import wire
+from serve import auth, wire
 from serve.config import VerifierConfig
 from serve.exceptions import HopFailed, ProofFailure
 from serve.proofs import check_proof
 from serve.discovery import NodeInfo
+
+if TYPE_CHECKING:
+    from serve.gateway.audit import Shadow
 
 log = logging.getLogger("shoal.verifier")
 
@@ -54,10 +65,15 @@ class Trust:
     last_error: float | None = None
     next_check: float = 0.0
     reason: str = ""
+    pinned: tuple[str, str, int, int] | None = None
+    """(key, address, start, end) the node was admitted with; a record that changes any of them
+    sends the node back through admission."""
 
 
 @dataclass
-class Verdict:
+class CheckResult:
+    """The outcome of one check of one node (kept in `Verifier.events` and the JSONL log)."""
+
     node_id: str
     kind: str
     ok: bool
@@ -67,13 +83,22 @@ class Verdict:
     rel_error: float | None = None
 
 
+def pin_of(node: NodeInfo) -> tuple[str, str, int, int]:
+    return (node.public_key, node.url, node.start, node.end)
+
+
+def hop_of(node: NodeInfo) -> wire.Hop:
+    """A one-hop route through all of `node`'s layers."""
+    return wire.Hop(node.node_id, node.url, node.start, node.end, node.public_key)
+
+
 class Verifier:
     def __init__(self, pipeline, manifest: Manifest, head, trusted_dir: Path | None,
                  config: VerifierConfig | None = None) -> None:
         self.pipeline, self.manifest, self.head = pipeline, manifest, head
         self.config = config or VerifierConfig()
         self.trust: dict[str, Trust] = {}
-        self.events: list[Verdict] = []
+        self.events: list[CheckResult] = []
         self.used_nonces: set[bytes] = set()
         self._trusted = None
         self._trusted_dir = trusted_dir
@@ -84,35 +109,39 @@ class Verifier:
 
     def admits(self, node: NodeInfo) -> bool:
         t = self.trust.get(node.node_id)
-        return t is not None and t.status == "trusted"
+        return t is not None and t.status == "trusted" and t.pinned == pin_of(node)
 
     # checks ----------------------------------------------------------------------------------
 
-    async def prove(self, node: NodeInfo) -> Verdict:
+    async def prove(self, node: NodeInfo) -> CheckResult:
         nonce = os.urandom(32)
-        challenge = wire.Challenge(uuid.uuid4().hex, nonce, node.node_id, self.config.chunks,
-                                   self.pipeline.version or "")
+        challenge = auth.sign_challenge(self.pipeline.key, uuid.uuid4().hex, nonce, node.node_id,
+                                        self.config.chunks, self.pipeline.version or "")
         t0 = time.perf_counter()
         try:
             proof = await self.pipeline.request(node.url, challenge, node_id=node.node_id,
-                                                timeout_s=max(5.0, 3 * self.config.deadline_s))
+                                                timeout_s=max(5.0, 3 * self.config.deadline_s),
+                                                expect=([hop_of(node)], None, None))
         except HopFailed as exc:
             if exc.code == "wrong-version":  # mid-rollout: it no longer (or not yet) has it
-                return Verdict(node.node_id, "proof", False, "wrong-version", str(exc))
-            return Verdict(node.node_id, "proof", False, "unreachable", str(exc))
+                return CheckResult(node.node_id, "proof", False, "wrong-version", str(exc))
+            return CheckResult(node.node_id, "proof", False, "unreachable", str(exc))
         except Exception as exc:
-            return Verdict(node.node_id, "proof", False, "unreachable", str(exc))
+            return CheckResult(node.node_id, "proof", False, "unreachable", str(exc))
         elapsed = time.perf_counter() - t0
         if not isinstance(proof, wire.Proof):
-            return Verdict(node.node_id, "proof", False, "protocol", "no proof in the answer")
+            return CheckResult(node.node_id, "proof", False, "protocol", "no proof in the answer")
         try:
             check_proof(proof, nonce=nonce, node_id=node.node_id, public_key=node.public_key,
                         manifest=self.manifest, start=node.start, end=node.end,
                         count=self.config.chunks, used_nonces=self.used_nonces,
                         elapsed_s=elapsed, deadline_s=self.config.deadline_s)
         except ProofFailure as exc:
-            return Verdict(node.node_id, "proof", False, exc.check, exc.detail)
-        return Verdict(node.node_id, "proof", True, detail=f"{elapsed * 1000:.1f} ms")
+            return CheckResult(node.node_id, "proof", False, exc.check, exc.detail)
+        except Exception as exc:  # a malformed proof (bad index, wrong types) fails closed
+            return CheckResult(node.node_id, "proof", False, "malformed",
+                               f"{type(exc).__name__}: {exc}"[:300])
+        return CheckResult(node.node_id, "proof", True, detail=f"{elapsed * 1000:.1f} ms")
 
     def trusted_model(self):
         """The gateway's own copy of every layer, from a verified checkout."""
@@ -122,7 +151,7 @@ class Verifier:
             self._trusted = SpanModel(self._trusted_dir, 0, self.head.num_layers)
         return self._trusted
 
-    async def fingerprint(self, node: NodeInfo, text: str | None = None) -> Verdict:
+    async def fingerprint(self, node: NodeInfo, text: str | None = None) -> CheckResult:
         from serve.span import SessionCache
 
         text = text or random.choice(CANARY_TEXTS)
@@ -139,55 +168,84 @@ class Verifier:
         if key not in self._references:
             self._references[key] = await asyncio.to_thread(reference)
         inputs, expected = self._references[key]
-        hop = wire.Hop(node.node_id, node.url, node.start, node.end)
+        hop = hop_of(node)
         session = uuid.uuid4().hex
         try:
             out = await self.pipeline.traverse(session, [hop], inputs, 0, count=False)
         except Exception as exc:
-            return Verdict(node.node_id, "fingerprint", False, "unreachable", str(exc))
+            return CheckResult(node.node_id, "fingerprint", False, "unreachable", str(exc))
         finally:
             self.pipeline.close_session(session, [hop])
+        if not isinstance(out, torch.Tensor) or out.shape != expected.shape:
+            return CheckResult(node.node_id, "fingerprint", False, "malformed",
+                               f"answer of shape {getattr(out, 'shape', None)}, expected "
+                               f"{tuple(expected.shape)}")
         rel = float((out - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
-        ok = rel <= self.config.tolerance
-        return Verdict(node.node_id, "fingerprint", ok, "" if ok else "fingerprint",
+        ok = rel <= self.config.tolerance  # NaN compares False: a NaN answer fails
+        return CheckResult(node.node_id, "fingerprint", ok, "" if ok else "fingerprint",
                        f"relative error {rel:.2e} (tolerance {self.config.tolerance:.0e})", rel_error=rel)
 
-    async def check(self, node: NodeInfo, *, fingerprint: bool | None = None) -> list[Verdict]:
-        """One scheduled check; evicts on failure."""
+    async def check(self, node: NodeInfo, *, fingerprint: bool | None = None
+                    ) -> list[CheckResult]:
+        """One scheduled check; evicts on failure. Any error while checking is a failed check."""
         t = self.trust.setdefault(node.node_id, Trust(node.node_id))
+        if t.pinned != pin_of(node):
+            if t.status == "trusted":  # a changed record is a new node until it proves again
+                log.info("node %s changed its record; re-admitting", node.node_id)
+                t.status, t.passed = "new", 0
+            t.pinned = pin_of(node)
         t.checks += 1
-        verdicts = [await self.prove(node)]
-        if verdicts[0].check == "wrong-version":
+        try:
+            results = await self._run_checks(node, t, fingerprint)
+        except Exception as exc:  # fail closed: a check that cannot finish has failed
+            log.exception("check of %s failed with an error", node.node_id)
+            results = [CheckResult(node.node_id, "check", False, "error",
+                                   f"{type(exc).__name__}: {exc}"[:300])]
+        if results and results[0].check == "wrong-version":
             # not evidence of cheating, but no more routing for this version until it proves
             # again: a node cannot dodge proofs by claiming the version is gone
-            self._record(verdicts[0])
+            self._record(results[0])
             if t.status == "trusted":
                 t.status, t.passed = "new", 0
             self.schedule(t)
-            return verdicts
-        every = self.config.fingerprint_every
-        if fingerprint is None:
-            fingerprint = bool(every) and self._trusted_dir is not None and (
-                t.checks == 1 or t.checks % every == 0)
-        if verdicts[0].ok and fingerprint:
-            verdicts.append(await self.fingerprint(node))
-        for v in verdicts:
+            return results
+        for v in results:
             self._record(v)
-        if all(v.ok for v in verdicts):
+        if results and all(v.ok for v in results):
             t.passed += 1
             if t.status == "new":
                 t.status = "trusted"
         else:
-            bad = next(v for v in verdicts if not v.ok)
-            await self.evict(node.node_id, f"{bad.kind} failed [{bad.check}]: {bad.detail}")
+            bad = next((v for v in results if not v.ok), None)
+            reason = f"{bad.kind} failed [{bad.check}]: {bad.detail}" if bad else "no result"
+            await self.evict(node.node_id, reason)
         self.schedule(t)
-        return verdicts
+        return results
+
+    async def _run_checks(self, node: NodeInfo, t: Trust, fingerprint: bool | None
+                          ) -> list[CheckResult]:
+        results = [await self.prove(node)]
+        if results[0].check == "wrong-version":
+            return results
+        every = self.config.fingerprint_every
+        if fingerprint is None:
+            fingerprint = bool(every) and self._trusted_dir is not None and (
+                t.checks == 1 or t.checks % every == 0)
+        if results[0].ok and fingerprint:
+            results.append(await self.fingerprint(node))
+        return results
 
     def schedule(self, t: Trust) -> None:
         """Next check at an exponentially distributed delay: unpredictable for the node."""
         mean = self.config.new_interval_s if t.passed < self.config.probation else \
             self.config.interval_s
         t.next_check = time.monotonic() + random.expovariate(1.0 / mean)
+
+    async def on_evidence(self, node_id: str, reason: str, evidence: dict) -> None:
+        """A frame the node signed proves it cheated (e.g. it answered for the whole chain)."""
+        self._record(CheckResult(node_id, "traffic", False, reason.split("]")[0].strip("["),
+                                 reason))
+        await self.evict(node_id, f"traffic failed {reason}")
 
     async def evict(self, node_id: str, reason: str) -> None:
         t = self.trust.setdefault(node_id, Trust(node_id))
@@ -199,12 +257,37 @@ class Verifier:
         except Exception as exc:
             log.warning("could not report the eviction: %s", exc)
 
-    def _record(self, verdict: Verdict) -> None:
+    def _record(self, verdict: CheckResult) -> None:
         self.events.append(verdict)
         if self.config.log_path is not None:
             self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.config.log_path, "a") as fh:
                 fh.write(json.dumps(asdict(verdict)) + "\n")
+
+    # spot checks on real traffic ---------------------------------------------------------------
+
+    def mirror(self) -> "Shadow | None":
+        """Secretly choose whether the session starting now is mirrored and audited."""
+        from serve.gateway.audit import Shadow
+
+        if self._trusted_dir is None or random.random() >= self.config.spot_check_sessions:
+            return None
+        return Shadow(self, self.config.spot_check_forwards)
+
+    async def settle(self, shadow: "Shadow") -> None:
+        """Audit a mirrored session that ended; evict the first hop found cheating."""
+        try:
+            findings = await shadow.finish()
+        except Exception as exc:  # the mirror failed: no finding either way
+            log.warning("spot check could not run: %s", exc)
+            return
+        for f in findings:
+            if f.check == "skipped":
+                continue
+            self._record(CheckResult(f.node_id, "spot-check", f.ok, f.check, f.detail,
+                                     rel_error=f.rel_error))
+            if not f.ok:
+                await self.evict(f.node_id, f"spot-check failed [{f.check}]: {f.detail}")
 
     # schedule ----------------------------------------------------------------------------------
 
@@ -223,7 +306,12 @@ class Verifier:
                 log.warning("verifier round failed: %s", exc)
             await asyncio.sleep(poll_s)
 
-    def summary(self) -> dict:
+    def summary(self, full: bool = False) -> dict:
+        """Each node's status and, for an evicted one, why. `full` (maintainers only) adds the
+        schedule, counts and pins."""
+        if not full:
+            return {"nodes": {k: {"status": v.status, "reason": v.reason}
+                              for k, v in self.trust.items()}}
         return {"nodes": {k: asdict(v) for k, v in self.trust.items()},
                 "events": len(self.events),
                 "failures": sum(not v.ok for v in self.events)}

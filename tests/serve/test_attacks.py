@@ -26,6 +26,8 @@ ATTACKS = {  # mode -> checks that may catch it
     "replay": {"replay"},
     "other-node": {"node-identity", "node-signature"},
     "slow": {"deadline"},
+    "bad-index": {"selection", "malformed"},  # once an uncaught error: fail-open
+    "bad-shape": {"malformed"},
 }
 AUTH = {"Authorization": "Bearer sk-test"}
 
@@ -53,7 +55,7 @@ def cheater_swarm(tmp_path_factory, tiny_model_dir):
 
 
 def verifier_state(swarm) -> dict:
-    return httpx.get(f"{swarm.base_url}/verifier", timeout=10).json()
+    return httpx.get(f"{swarm.base_url}/verifier", headers=AUTH, timeout=10).json()
 
 
 def wait_evicted(swarm, node_id: str, timeout_s: float = 60) -> dict:

@@ -1,21 +1,131 @@
-"""Node housekeeping without the network: memory budget, idle eviction, request checks."""
+"""A node without the network: what it admits (protocol 2), memory budget, idle eviction, wire
+format. Frames are built the way a gateway or an attacker would build them, with real keys."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import msgspec
+import pytest
 import torch
 
-from serve import wire
+from registry.signing import SigningKey
+from serve import auth, wire
+from serve.exceptions import FrameRejected
 from serve.node import Node, NodeConfig
+from serve.records import node_id_of
 from serve.span import SessionCache
+
+GATEWAY = SigningKey.generate("gateway")
 
 
 def make_node(tiny_model_dir, **kw) -> Node:
     return Node(NodeConfig(directory=tiny_model_dir, start=0, end=2, version_id="v", port=0, **kw))
 
 
-def forward_msg(node: Node, session: str, keep: int, start: int = 0, end: int = 2):
-    return wire.Forward("r1", session, [wire.Hop(node.node_id, "ws://x", start, end)], 0, keep,
-                        "ws://gateway")
+def hop_of(node: Node, start: int = 0, end: int = 2) -> wire.Hop:
+    return wire.Hop(node.node_id, "ws://x", start, end, node.key.public_hex)
+
+
+@dataclasses.dataclass
+class Frame:
+    ticket: bytes
+    ticket_sig: bytes
+    order: bytes
+    order_sig: bytes
+    hidden: torch.Tensor
+    hop: int = 0
+    receipts: tuple = ()
+
+    def forward(self, **changes) -> wire.Forward:
+        fields = dict(ticket=self.ticket, ticket_sig=self.ticket_sig, order=self.order,
+                      order_sig=self.order_sig, hop=self.hop, receipts=list(self.receipts))
+        return wire.Forward(**{**fields, **changes})
+
+
+def frame(route: list[wire.Hop], hidden: torch.Tensor, *, key: SigningKey = GATEWAY,
+          session: str = "s", keep: int = 0, request_id: str = "r1") -> Frame:
+    ticket, ticket_sig = auth.make_ticket(key, session, route, "ws://gateway", "", "float32")
+    order, order_sig = auth.make_order(key, ticket, request_id, keep, hidden.shape[0],
+                                       wire.tensor_digest(hidden))
+    return Frame(ticket, ticket_sig, order, order_sig, hidden)
+
+
+def refused(node: Node, fwd: wire.Forward, tensor: torch.Tensor) -> str:
+    with pytest.raises(FrameRejected) as caught:
+        node.admission.forward(fwd, tensor)
+    return caught.value.check
+
+
+def test_an_honest_frame_is_admitted_once(tiny_model_dir):
+    node = make_node(tiny_model_dir)
+    f = frame([hop_of(node)], torch.randn(3, 64))
+    job = node.admission.forward(f.forward(), f.hidden)
+    assert (job.session, job.order.count, job.hop.node_id) == ("s", 3, node.node_id)
+    assert refused(node, f.forward(), f.hidden) == "replay"
+
+
+def test_forged_or_mismatched_frames_are_refused(tiny_model_dir):
+    node = make_node(tiny_model_dir)
+    h = torch.randn(2, 64)
+    mallory = SigningKey.generate("mallory")
+    f = frame([hop_of(node)], h, request_id="a")
+    # a ticket signed by someone other than the key it names
+    forged_sig = auth.sign(mallory, wire.ticket_bytes(f.ticket))
+    assert refused(node, f.forward(ticket_sig=forged_sig), h) == "ticket-signature"
+    # an order whose `keep` was changed on the way
+    order = wire.unpack_order(f.order)
+    tampered = wire.pack(msgspec.structs.replace(order, keep=5))
+    assert refused(node, f.forward(order=tampered), h) == "order-signature"
+    # a tensor other than the one ordered
+    assert refused(node, f.forward(), h + 1) == "input-digest"
+    # NaN activations, the wrong width, more positions than ordered
+    bad = h.clone()
+    bad[0, 0] = float("nan")
+    nan_frame = frame([hop_of(node)], bad, request_id="b")
+    assert refused(node, nan_frame.forward(), bad) == "bad-tensor"
+    wide = torch.randn(2, 65)
+    assert refused(node, frame([hop_of(node)], wide, request_id="c").forward(), wide) == \
+        "bad-tensor"
+    # a route naming another node, other layers, or an out-of-range hop
+    other = SigningKey.generate("other")
+    stranger = wire.Hop(node_id_of(other.public_hex), "ws://y", 0, 2, other.public_hex)
+    assert refused(node, frame([stranger], h, request_id="d").forward(), h) == "wrong-node"
+    assert refused(node, frame([hop_of(node, 1, 4)], h, request_id="e").forward(), h) == \
+        "wrong-span"
+    assert refused(node, frame([hop_of(node)], h, request_id="f").forward(hop=3), h) == "route"
+    # a hop whose id is not the hash of its key
+    liar = wire.Hop(node.node_id, "ws://x", 0, 2, other.public_hex)
+    assert refused(node, frame([liar], h, request_id="g").forward(), h) == "route"
+
+
+def test_a_later_hop_needs_the_previous_hops_receipt(tiny_model_dir):
+    node = Node(NodeConfig(directory=tiny_model_dir, start=2, end=4, version_id="v", port=0))
+    first = SigningKey.generate("first")
+    first_hop = wire.Hop(node_id_of(first.public_hex), "ws://a", 0, 2, first.public_hex)
+    route = [first_hop, hop_of(node, 2, 4)]
+    x, y = torch.randn(2, 64), torch.randn(2, 64)
+    f = frame(route, x)
+    order = wire.unpack_order(f.order)
+    receipt = auth.make_receipt(first, first_hop.node_id, order, f.order, 0,
+                                wire.tensor_digest(x), wire.tensor_digest(y), "v")
+    assert refused(node, f.forward(hop=1), y) == "receipt"  # no receipt at all
+    mallory = SigningKey.generate("mallory")
+    forged = auth.make_receipt(mallory, first_hop.node_id, order, f.order, 0,
+                               wire.tensor_digest(x), wire.tensor_digest(y), "v")
+    assert refused(node, f.forward(hop=1, receipts=[forged]), y) == "receipt-signature"
+    assert refused(node, f.forward(hop=1, receipts=[receipt]), y + 1) == "input-digest"
+    job = node.admission.forward(f.forward(hop=1, receipts=[receipt]), y)
+    assert job.hop.start == 2
+
+
+def test_a_node_can_work_for_listed_gateways_only(tiny_model_dir):
+    node = make_node(tiny_model_dir, gateway_keys={GATEWAY.public_hex})
+    h = torch.randn(1, 64)
+    assert node.admission.forward(frame([hop_of(node)], h).forward(), h)
+    stranger = SigningKey.generate("stranger")
+    f = frame([hop_of(node)], h, key=stranger, request_id="x")
+    assert refused(node, f.forward(), h) == "gateway-key"
 
 
 def test_memory_budget_evicts_least_recently_used(tiny_model_dir):
@@ -26,32 +136,22 @@ def test_memory_budget_evicts_least_recently_used(tiny_model_dir):
     assert sum(c.nbytes for c in node.sessions.values()) > 20_000
     node._enforce_budget()
     assert list(node.sessions) == ["new"] and node.stats.evictions == 1
-    problem = node._check(forward_msg(node, "old", keep=30), wire.Hop(node.node_id, "", 0, 2),
-                          torch.randn(1, 64))
+    h = torch.randn(1, 64)
+    job = node.admission.forward(frame([hop_of(node)], h, session="old", keep=30).forward(), h)
+    problem = node._check(job)
     assert problem[0] == "session-evicted" and "re-prefill" in problem[1]
-
-
-def test_requests_outside_the_span_or_for_another_node_are_refused(tiny_model_dir):
-    node = make_node(tiny_model_dir)
-    h = torch.randn(2, 64)
-    assert node._check(forward_msg(node, "s", 0, 1, 4), wire.Hop(node.node_id, "", 1, 4),
-                       h)[0] == "wrong-span"
-    assert node._check(forward_msg(node, "s", 0), wire.Hop("someone-else", "", 0, 2),
-                       h)[0] == "wrong-node"
-    assert node._check(forward_msg(node, "s", 0), wire.Hop(node.node_id, "", 0, 2),
-                       torch.randn(2, 65))[0] == "bad-tensor"
-    assert node._check(forward_msg(node, "s", 0), wire.Hop(node.node_id, "", 0, 2), h) is None
 
 
 def test_wire_roundtrip_and_compression():
     t = torch.randn(3, 64)
-    msg = wire.Forward("r", "s", [wire.Hop("n", "ws://a", 0, 2)], 0, 5, "ws://g", "bfloat16")
+    msg = wire.Result("r", [], wire_dtype="bfloat16")
     decoded, tensor = wire.decode(wire.encode(msg, t, "bfloat16"))
     assert decoded == msg and tensor.dtype == torch.float32
     assert torch.allclose(tensor, t.bfloat16().float())
-    full = wire.encode(msg, t, "float32")
+    assert wire.tensor_digest(tensor, "bfloat16") == wire.tensor_digest(t, "bfloat16")
+    full = wire.encode(wire.Result("r", []), t, "float32")
     assert len(wire.encode(msg, t, "bfloat16")) < 0.6 * len(full)
-    import pytest
-
     with pytest.raises(wire.WireError):
         wire.decode(full[:-3])
+    with pytest.raises(wire.WireError):  # a tensor claiming 200 dimensions
+        wire.decode(full[:4 + int.from_bytes(full[:4], "little")] + bytes([200]) + b"\0" * 8)

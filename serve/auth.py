@@ -1,0 +1,207 @@
+"""Signing and checking the authenticated parts of protocol 2 (docs/threat-model.md).
+
+The gateway signs tickets (a session's route), orders (one traversal), closes, challenges and
+audits; each hop signs a receipt of what it computed and nodes sign their errors. Both sides use the
+functions here, so a frame is checked the same way wherever it arrives. Every check fails closed:
+anything malformed, unsigned or mis-signed raises `FrameRejected` naming the check, and callers
+answer with a typed error instead of crashing.
+
+It knows nothing about sessions, caches or sockets.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from functools import lru_cache
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from registry.signing import SigningKey
+from serve import wire
+from serve.exceptions import FrameRejected
+from serve.records import node_id_of
+
+ORDER_WINDOW_S = 60.0
+"""An order issued longer ago than this (or this far in the future) is refused."""
+
+
+@lru_cache(maxsize=4096)
+def _public(public_hex: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
+
+
+def verify(public_hex: str, signature: bytes, data: bytes) -> bool:
+    """True only for a valid Ed25519 signature by `public_hex` over `data`."""
+    try:
+        _public(public_hex).verify(signature, data)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def sign(key: SigningKey, data: bytes) -> bytes:
+    return key.private.sign(data)
+
+
+# tickets and orders (gateway -> every hop) ----------------------------------------------------
+
+def make_ticket(key: SigningKey, session: str, route: list[wire.Hop], reply_to: str,
+                version: str, wire_dtype: str) -> tuple[bytes, bytes]:
+    data = wire.pack(wire.Ticket(session, route, reply_to, key.public_hex, version, wire_dtype,
+                                 time.time()))
+    return data, sign(key, wire.ticket_bytes(data))
+
+
+def open_ticket(data: bytes, signature: bytes) -> wire.Ticket:
+    """Decode and check a ticket: signed by the key it names, a well-formed route."""
+    ticket = wire.unpack_ticket(data)
+    if not verify(ticket.gateway_key, signature, wire.ticket_bytes(data)):
+        raise FrameRejected("ticket-signature", "the ticket is not signed by its gateway key")
+    route = ticket.route
+    if not 1 <= len(route) <= wire.MAX_ROUTE:
+        raise FrameRejected("route", f"a route has 1 to {wire.MAX_ROUTE} hops, not {len(route)}")
+    for i, hop in enumerate(route):
+        if not 0 <= hop.start < hop.end:
+            raise FrameRejected("route", f"hop {i} has the empty span {hop.start}:{hop.end}")
+        if i and route[i - 1].end != hop.start:
+            raise FrameRejected("route", f"hop {i} starts at layer {hop.start}, not where hop "
+                                f"{i - 1} ends ({route[i - 1].end})")
+        if not hop.public_key or node_id_of(hop.public_key) != hop.node_id:
+            raise FrameRejected("route", f"hop {i}: id {hop.node_id} is not the hash of its key")
+    if ticket.wire_dtype not in wire.WIRE_DTYPES:
+        raise FrameRejected("route", f"wire dtype {ticket.wire_dtype!r} is not supported")
+    return ticket
+
+
+def make_order(key: SigningKey, ticket_data: bytes, request_id: str, keep: int, count: int,
+               input_digest: bytes) -> tuple[bytes, bytes]:
+    data = wire.pack(wire.Order(request_id, wire.digest(ticket_data), keep, count, input_digest,
+                                time.time()))
+    return data, sign(key, wire.order_bytes(data))
+
+
+def open_order(data: bytes, signature: bytes, ticket_data: bytes, gateway_key: str,
+               now: float | None = None, *, signed_by_gateway: bool = True) -> wire.Order:
+    """Decode and check an order: signed by the ticket's gateway, for this ticket, fresh.
+
+    A hop after the first passes `signed_by_gateway=False`: the previous hop's receipt, which it
+    checks instead, signs the order's digest, so a changed order is that hop's signed fault (the
+    gateway's chain check names it) and one signature check per hop is saved."""
+    order = wire.unpack_order(data)
+    if signed_by_gateway and not verify(gateway_key, signature, wire.order_bytes(data)):
+        raise FrameRejected("order-signature", "the order is not signed by the ticket's gateway")
+    if order.ticket_digest != wire.digest(ticket_data):
+        raise FrameRejected("order", "the order is for another ticket")
+    now = time.time() if now is None else now
+    if abs(now - order.issued_at) > ORDER_WINDOW_S:
+        raise FrameRejected("order-stale", f"the order was issued {now - order.issued_at:.0f} s "
+                            "from now")
+    if order.keep < 0 or order.count < 1:
+        raise FrameRejected("order", f"keep {order.keep}, count {order.count}")
+    return order
+
+
+# receipts (each hop) ---------------------------------------------------------------------------
+
+def make_receipt(key: SigningKey, node_id: str, order: wire.Order, order_data: bytes, hop: int,
+                 input_digest: bytes, output_digest: bytes, version: str) -> wire.Receipt:
+    unsigned = wire.Receipt(node_id, order.request_id, wire.digest(order_data), hop, order.keep,
+                            order.count, input_digest, output_digest, version)
+    return msgspec.structs.replace(unsigned, signature=sign(key, wire.receipt_bytes(unsigned)))
+
+
+def check_receipt(receipt: wire.Receipt, hop: wire.Hop, index: int, order: wire.Order,
+                  order_digest: bytes) -> None:
+    """One hop's receipt for `order`: signed by that hop's key, about this order and hop."""
+    if receipt.node_id != hop.node_id or receipt.hop != index:
+        raise FrameRejected("receipt", f"receipt {index} is by {receipt.node_id} for hop "
+                            f"{receipt.hop}, not by {hop.node_id} for hop {index}")
+    if (receipt.request_id, receipt.order_digest, receipt.keep, receipt.count) != (
+            order.request_id, order_digest, order.keep, order.count):
+        raise FrameRejected("receipt", f"receipt {index} is for another order")
+    if not verify(hop.public_key, receipt.signature, wire.receipt_bytes(receipt)):
+        raise FrameRejected("receipt-signature", f"receipt {index} is not signed by "
+                            f"{hop.node_id}")
+
+
+def check_chain(receipts: list[wire.Receipt], route: list[wire.Hop], order: wire.Order,
+                order_digest: bytes, output_digest: bytes) -> None:
+    """The full chain at the gateway: one valid receipt per hop, each hop's input digest equal
+    to the previous output digest (the first to the order's), the last output the tensor
+    received. `FrameRejected.hop` names the first hop whose receipt breaks the chain."""
+    if len(receipts) != len(route):
+        raise FrameRejected("receipt-chain", f"{len(receipts)} receipts for {len(route)} hops",
+                            hop=min(len(receipts), len(route) - 1))
+    expected = order.input_digest
+    for i, (receipt, hop) in enumerate(zip(receipts, route)):
+        try:
+            check_receipt(receipt, hop, i, order, order_digest)
+        except FrameRejected as exc:
+            exc.hop = i
+            raise
+        if receipt.input_digest != expected:
+            raise FrameRejected("receipt-chain", f"hop {i} computed on an input that hop "
+                                f"{i - 1} did not output" if i else
+                                "hop 0 computed on an input the gateway did not send", hop=i)
+        expected = receipt.output_digest
+    if expected != output_digest:
+        raise FrameRejected("receipt-chain", "the result is not what the last hop signed",
+                            hop=len(route) - 1)
+
+
+def sign_result(key: SigningKey, request_id: str, receipts: list[wire.Receipt],
+                wire_dtype: str) -> wire.Result:
+    return wire.Result(request_id, receipts, key.public_hex,
+                       sign(key, wire.result_bytes(request_id, receipts, key.public_hex)),
+                       wire_dtype)
+
+
+def result_sender(result: wire.Result, route: list[wire.Hop]) -> int | None:
+    """The index in `route` of the node that signed `result`, or None (signed by no one there)."""
+    for i, hop in enumerate(route):
+        if hop.public_key == result.sender:
+            ok = verify(result.sender, result.signature,
+                        wire.result_bytes(result.request_id, result.receipts, result.sender))
+            return i if ok else None
+    return None
+
+
+# node errors, closes, challenges, audits ------------------------------------------------------
+
+def sign_error(key: SigningKey, request_id: str, code: str, message: str,
+               node_id: str) -> wire.Error:
+    unsigned = wire.Error(request_id, code, message[:500], node_id, key.public_hex)
+    return msgspec.structs.replace(unsigned, signature=sign(key, wire.error_bytes(unsigned)))
+
+
+def error_from(error: wire.Error, route: list[wire.Hop]) -> bool:
+    """Whether `error` is signed by a node of `route` (errors from anyone else are ignored)."""
+    keys = {h.public_key for h in route}
+    return error.reporter in keys and verify(error.reporter, error.signature,
+                                             wire.error_bytes(error))
+
+
+def sign_close(key: SigningKey, session: str) -> wire.Close:
+    return wire.Close(session, key.public_hex, sign(key, wire.close_bytes(session)))
+
+
+def sign_challenge(key: SigningKey, request_id: str, nonce: bytes, node_id: str, count: int,
+                   version: str) -> wire.Challenge:
+    unsigned = wire.Challenge(request_id, nonce, node_id, count, version, key.public_hex)
+    return msgspec.structs.replace(unsigned, signature=sign(key, wire.challenge_bytes(unsigned)))
+
+
+def check_challenge(c: wire.Challenge) -> None:
+    if not 1 <= c.count <= wire.MAX_CHALLENGE_CHUNKS:
+        raise FrameRejected("challenge", f"count {c.count} is outside 1..."
+                            f"{wire.MAX_CHALLENGE_CHUNKS}")
+    if not verify(c.gateway_key, c.signature, wire.challenge_bytes(c)):
+        raise FrameRejected("challenge-signature", "the challenge is not signed by its key")
+
+
+def sign_audit(key: SigningKey, forward_id: str) -> wire.Audit:
+    unsigned = wire.Audit(uuid.uuid4().hex, forward_id, key.public_hex, b"")
+    return msgspec.structs.replace(unsigned, signature=sign(key, wire.audit_bytes(unsigned)))
