@@ -92,8 +92,7 @@ class Admission:
         if fwd.wire_dtype != ticket.wire_dtype:
             raise FrameRejected("wire-dtype", f"frame in {fwd.wire_dtype}, ticket says "
                                 f"{ticket.wire_dtype}")
-        order = auth.open_order(fwd.order, fwd.order_sig, fwd.ticket, ticket.gateway_key,
-                                signed_by_gateway=fwd.hop == 0)
+        order = auth.open_order(fwd.order, fwd.order_sig, fwd.ticket, ticket.gateway_key)
         order_digest = wire.digest(fwd.order)
         self._check_tensor(tensor, order)
         input_digest = wire.tensor_digest(tensor, ticket.wire_dtype)

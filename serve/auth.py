@@ -26,6 +26,8 @@ from serve.records import node_id_of
 
 ORDER_WINDOW_S = 60.0
 """An order issued longer ago than this (or this far in the future) is refused."""
+TICKET_MAX_AGE_S = 6 * 3600.0
+"""A session's route is signed anew after this long (a long-lived session re-prefills)."""
 
 
 @lru_cache(maxsize=4096)
@@ -73,6 +75,8 @@ def open_ticket(data: bytes, signature: bytes) -> wire.Ticket:
             raise FrameRejected("route", f"hop {i}: id {hop.node_id} is not the hash of its key")
     if ticket.wire_dtype not in wire.WIRE_DTYPES:
         raise FrameRejected("route", f"wire dtype {ticket.wire_dtype!r} is not supported")
+    if not -60.0 < time.time() - ticket.issued_at < TICKET_MAX_AGE_S:
+        raise FrameRejected("ticket-stale", "the ticket is too old or from the future")
     return ticket
 
 
@@ -84,14 +88,12 @@ def make_order(key: SigningKey, ticket_data: bytes, request_id: str, keep: int, 
 
 
 def open_order(data: bytes, signature: bytes, ticket_data: bytes, gateway_key: str,
-               now: float | None = None, *, signed_by_gateway: bool = True) -> wire.Order:
-    """Decode and check an order: signed by the ticket's gateway, for this ticket, fresh.
-
-    A hop after the first passes `signed_by_gateway=False`: the previous hop's receipt, which it
-    checks instead, signs the order's digest, so a changed order is that hop's signed fault (the
-    gateway's chain check names it) and one signature check per hop is saved."""
+               now: float | None = None) -> wire.Order:
+    """Decode and check an order: signed by the ticket's gateway, for this ticket, fresh. Every
+    hop checks the signature: a previous hop must not be able to make a later one truncate or
+    overwrite its cache with an order of its own."""
     order = wire.unpack_order(data)
-    if signed_by_gateway and not verify(gateway_key, signature, wire.order_bytes(data)):
+    if not verify(gateway_key, signature, wire.order_bytes(data)):
         raise FrameRejected("order-signature", "the order is not signed by the ticket's gateway")
     if order.ticket_digest != wire.digest(ticket_data):
         raise FrameRejected("order", "the order is for another ticket")
@@ -153,9 +155,9 @@ def check_chain(receipts: list[wire.Receipt], route: list[wire.Hop], order: wire
 
 
 def sign_result(key: SigningKey, request_id: str, receipts: list[wire.Receipt],
-                wire_dtype: str) -> wire.Result:
-    return wire.Result(request_id, receipts, key.public_hex,
-                       sign(key, wire.result_bytes(request_id, receipts, key.public_hex)),
+                order_digest: bytes, wire_dtype: str) -> wire.Result:
+    signed = wire.result_bytes(request_id, receipts, order_digest, key.public_hex)
+    return wire.Result(request_id, receipts, order_digest, key.public_hex, sign(key, signed),
                        wire_dtype)
 
 
@@ -164,24 +166,26 @@ def result_sender(result: wire.Result, route: list[wire.Hop]) -> int | None:
     for i, hop in enumerate(route):
         if hop.public_key == result.sender:
             ok = verify(result.sender, result.signature,
-                        wire.result_bytes(result.request_id, result.receipts, result.sender))
+                        wire.result_bytes(result.request_id, result.receipts,
+                                          result.order_digest, result.sender))
             return i if ok else None
     return None
 
 
 # node errors, closes, challenges, audits ------------------------------------------------------
 
-def sign_error(key: SigningKey, request_id: str, code: str, message: str,
-               node_id: str) -> wire.Error:
-    unsigned = wire.Error(request_id, code, message[:500], node_id, key.public_hex)
+def sign_error(key: SigningKey, request_id: str, code: str, message: str, node_id: str,
+               about: bytes = b"") -> wire.Error:
+    unsigned = wire.Error(request_id, code, message[:500], node_id, about, key.public_hex)
     return msgspec.structs.replace(unsigned, signature=sign(key, wire.error_bytes(unsigned)))
 
 
-def error_from(error: wire.Error, route: list[wire.Hop]) -> bool:
-    """Whether `error` is signed by a node of `route` (errors from anyone else are ignored)."""
+def error_from(error: wire.Error, route: list[wire.Hop], about: bytes) -> bool:
+    """Whether `error` is signed by a node of `route` and answers exactly `about` (errors from
+    anyone else, or provoked by someone else's frame, are ignored)."""
     keys = {h.public_key for h in route}
-    return error.reporter in keys and verify(error.reporter, error.signature,
-                                             wire.error_bytes(error))
+    return (error.reporter in keys and error.about == about
+            and verify(error.reporter, error.signature, wire.error_bytes(error)))
 
 
 def sign_close(key: SigningKey, session: str) -> wire.Close:

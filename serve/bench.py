@@ -127,8 +127,10 @@ def run_swarm_bench(cfg: SwarmBenchConfig, shoal_cfg) -> dict:
     with LocalSwarm(spec, shoal_cfg.home, manifest.num_layers).start() as swarm:
 
         async def sweep() -> None:
-            pipeline = Pipeline(TrackerDiscovery(swarm.tracker_url), head.num_layers, version_id,
-                                return_port=swarm.return_port, return_url=swarm.return_url)
+            key = swarm.gateway_key  # the swarm's own gateway key: its verdicts count
+            pipeline = Pipeline(TrackerDiscovery(swarm.tracker_url, key=key), head.num_layers,
+                                version_id, return_port=swarm.return_port,
+                                return_url=swarm.return_url, key=key)
             await pipeline.start()
             engine = Engine(head, pipeline, drafters)
             for delay in cfg.delays_ms:

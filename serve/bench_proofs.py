@@ -64,8 +64,7 @@ def protocol_cost(route_len: int, hidden: int, repeats: int = 200) -> dict:
             order, order_sig = auth.make_order(gateway, ticket, "r", 0, t, wire.tensor_digest(x))
             parsed, receipts = wire.unpack_order(order), []
             for i, key in enumerate(keys):  # what each hop does
-                got = auth.open_order(order, order_sig, ticket, gateway.public_hex,
-                                      signed_by_gateway=i == 0)
+                got = auth.open_order(order, order_sig, ticket, gateway.public_hex)
                 if receipts:
                     auth.check_receipt(receipts[-1], route[i - 1], i - 1, got, wire.digest(order))
                 d_in = wire.tensor_digest(x)

@@ -34,7 +34,10 @@ async def incoming(ws) -> AsyncIterator[tuple[wire.Message, object]]:
 
 
 class Links:
-    def __init__(self, on_connect: Callable[[object], Awaitable[None]] | None = None) -> None:
+    def __init__(self, on_connect: Callable[[object], Awaitable[None]] | None = None,
+                 max_size: int = 64 << 20) -> None:
+        self.max_size = max_size
+        """Largest frame accepted back on these links."""
         self._conns: dict[str, object] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._on_connect = on_connect
@@ -46,8 +49,8 @@ class Links:
         async with self._locks.setdefault(url, asyncio.Lock()):
             conn = None if fresh else self._conns.get(url)
             if conn is None:
-                conn = await asyncio.wait_for(connect(url, max_size=None, compression=None,
-                                                      ping_interval=None),
+                conn = await asyncio.wait_for(connect(url, max_size=self.max_size, max_queue=4,
+                                                      compression=None, ping_interval=None),
                                               timeout=CONNECT_TIMEOUT_S)
                 self._conns[url] = conn
                 if self._on_connect is not None:  # e.g. read replies arriving on this link

@@ -42,6 +42,33 @@ from serve.rollout import VersionSet, Watcher, follow
 from serve.span import SessionCache, SpanModel
 
 log = logging.getLogger("shoal.node")
+MAX_GATEWAYS = 64
+"""Gateway keys a node keeps per-gateway state (audit stores, proof slots) for."""
+
+
+@dataclass
+class AuditStore:
+    """One gateway's recent forwards: (receipt, [2, T, H] input and output), bounded in bytes."""
+
+    items: OrderedDict = field(default_factory=OrderedDict)
+    nbytes: int = 0
+
+    def add(self, request_id: str, receipt: wire.Receipt, both: torch.Tensor,
+            budget: int) -> None:
+        self.items[request_id] = (receipt, both)
+        self.nbytes += both.nbytes
+        while self.nbytes > budget and self.items:
+            _, (_, old) = self.items.popitem(last=False)
+            self.nbytes -= old.nbytes
+
+
+async def _discard(ws) -> None:
+    """Read and drop whatever a peer sends back on a link this node only sends on."""
+    try:
+        async for _ in ws:
+            pass
+    except Exception:  # the link closed, cleanly or not
+        pass
 
 
 @dataclass
@@ -90,13 +117,15 @@ class Node:
         span = self.span
         self.admission = Admission(self.node_id, self.key.public_hex, config.start, config.end,
                                    span.hidden_size, span.context_length, config.gateway_keys)
-        self.audits: OrderedDict[str, tuple[str, wire.Receipt, torch.Tensor]] = OrderedDict()
-        """Recent forwards (gateway key, receipt, [2, T, H] float32 input and output) kept for
-        spot checks, bounded by `config.audit_bytes`."""
-        self._audit_bytes = 0
+        self.audits: OrderedDict[str, AuditStore] = OrderedDict()
+        """Per gateway key: its recent forwards, kept for its spot checks (one gateway's traffic
+        cannot push out another's)."""
         self._queue: asyncio.Queue = asyncio.Queue()
-        self._links = Links()
-        self._proving = asyncio.Semaphore(1)
+        self._links = Links(on_connect=_discard, max_size=1 << 20)
+        """Links to next hops and gateways: nothing legitimate comes back on them."""
+        self._proving: OrderedDict[str, asyncio.Semaphore] = OrderedDict()
+        """One proof at a time per gateway key: another key's challenges cannot keep a
+        gateway's own from being answered."""
 
     @property
     def span(self) -> SpanModel:
@@ -141,9 +170,12 @@ class Node:
             except FrameRejected as exc:
                 strikes += 1
                 log.info("refused a %s frame: %s", type(message).__name__, exc)
+                # about exactly this frame: nobody can relay it as an error about another request
                 request_id = getattr(message, "request_id", "")
+                error = self._error(request_id, exc.check, exc.detail,
+                                    about=wire.header_digest(message))
                 try:
-                    await ws.send(wire.encode(self._error(request_id, exc.check, exc.detail)))
+                    await ws.send(wire.encode(error))
                 except ConnectionClosed:
                     return
             except Exception:  # a bug must cost one frame, never the process
@@ -170,9 +202,13 @@ class Node:
             if message.version and message.version not in self.versions:
                 raise FrameRejected("wrong-version", f"version {message.version[:19]}… is not "
                                     "loaded here")
-            if self._proving.locked():
-                raise FrameRejected("busy", "a proof is being computed; ask again")
-            async with self._proving:
+            slot = self._proving.setdefault(message.gateway_key, asyncio.Semaphore(1))
+            self._proving.move_to_end(message.gateway_key)
+            while len(self._proving) > MAX_GATEWAYS:
+                self._proving.popitem(last=False)
+            if slot.locked():
+                raise FrameRejected("busy", "a proof for this gateway is being computed")
+            async with slot:
                 proof = await asyncio.to_thread(self.prove, message)
             await ws.send(wire.encode(proof))
         elif isinstance(message, wire.Ping):
@@ -182,9 +218,9 @@ class Node:
             await ws.send(self._audit_reply(message))
         # results, errors, proofs and pongs are for gateways: a node ignores them
 
-    def _error(self, request_id: str, code: str, text: str, node_id: str | None = None
-               ) -> wire.Error:
-        return auth.sign_error(self.key, request_id, code, text, node_id or self.node_id)
+    def _error(self, request_id: str, code: str, text: str, node_id: str | None = None,
+               about: bytes = b"") -> wire.Error:
+        return auth.sign_error(self.key, request_id, code, text, node_id or self.node_id, about)
 
     async def _send(self, url: str, frame: bytes) -> None:
         await self._links.send(url, frame)
@@ -192,21 +228,20 @@ class Node:
     async def _reply_error(self, job: Job, code: str, text: str,
                            node_id: str | None = None) -> None:
         """Tell the session's gateway (the ticket's signed reply address) that a hop failed."""
-        error = self._error(job.request_id, code, text, node_id)
+        error = self._error(job.request_id, code, text, node_id, about=job.order_digest)
         try:
             await self._send(job.ticket.reply_to, wire.encode(error))
         except Exception as exc:  # the gateway itself is gone: nothing to tell
             log.warning("cannot report %s to the gateway: %s", code, exc)
 
     def _audit_reply(self, audit: wire.Audit) -> bytes:
-        kept = self.audits.get(audit.forward_id)
-        if kept is None:
+        if not auth.verify(audit.gateway_key, audit.signature, wire.audit_bytes(audit)):
+            raise FrameRejected("audit-signature", "the audit is not signed by its key")
+        store = self.audits.get(audit.gateway_key)
+        kept = store.items.get(audit.forward_id) if store is not None else None
+        if kept is None:  # only the gateway that ordered a forward finds it here
             raise FrameRejected("audit", f"forward {audit.forward_id} is not kept here")
-        owner, receipt, tensors = kept
-        if audit.gateway_key != owner or not auth.verify(owner, audit.signature,
-                                                         wire.audit_bytes(audit)):
-            raise FrameRejected("audit-signature", "only the gateway that ordered a forward "
-                                "may audit it")
+        receipt, tensors = kept
         return wire.encode(wire.AuditReply(audit.request_id, receipt), tensors)
 
     # proofs ------------------------------------------------------------------------------------
@@ -364,8 +399,8 @@ class Node:
                 await self._reply_error(job, "next-hop-failed", "the next hop is unreachable",
                                         nxt.node_id)
             return
-        frame = wire.encode(auth.sign_result(self.key, job.request_id, receipts, dtype), out,
-                            dtype)
+        frame = wire.encode(auth.sign_result(self.key, job.request_id, receipts,
+                                             job.order_digest, dtype), out, dtype)
         try:
             await self._send(job.ticket.reply_to, frame)
         except Exception as exc:
@@ -375,11 +410,12 @@ class Node:
         if out.shape != job.hidden.shape:
             return
         both = torch.stack([job.hidden, out.float()])
-        self.audits[job.request_id] = (job.ticket.gateway_key, receipt, both)
-        self._audit_bytes += both.nbytes
-        while self._audit_bytes > self.config.audit_bytes and self.audits:
-            _, (_, _, old) = self.audits.popitem(last=False)
-            self._audit_bytes -= old.nbytes
+        key = job.ticket.gateway_key
+        store = self.audits.setdefault(key, AuditStore())
+        self.audits.move_to_end(key)
+        while len(self.audits) > MAX_GATEWAYS:
+            self.audits.popitem(last=False)
+        store.add(job.request_id, receipt, both, self.config.audit_bytes)
 
     # housekeeping ------------------------------------------------------------------------------
 

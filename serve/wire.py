@@ -119,6 +119,8 @@ class Result(msgspec.Struct, tag="result", frozen=True):
     request_id: str
     receipts: list[Receipt]
     """One per hop of the route; the last one's output digest is the tensor's."""
+    order_digest: bytes = b""
+    """Digest of the order the sender computed for (a result for another order is dropped)."""
     sender: str = ""
     """Public key of the node that sends this result."""
     signature: bytes = b""
@@ -134,6 +136,9 @@ class Error(msgspec.Struct, tag="error", frozen=True):
     code: str
     message: str
     node_id: str
+    about: bytes = b""
+    """What the error answers: the digest of the order (traversals) or of the frame's header
+    (`header_digest`, direct requests). An error about anything else counts for nothing."""
     reporter: str = ""
     """Public key of the node that sends this error ("" when it could not sign)."""
     signature: bytes = b""
@@ -262,14 +267,20 @@ def receipt_bytes(r: Receipt) -> bytes:
          r.output_digest, r.version])
 
 
-def result_bytes(request_id: str, receipts: list[Receipt], sender: str) -> bytes:
+def result_bytes(request_id: str, receipts: list[Receipt], order_digest: bytes,
+                 sender: str) -> bytes:
     return b"shoal-result\0" + _encoder.encode([request_id, [r.signature for r in receipts],
-                                                 sender])
+                                                 order_digest, sender])
 
 
 def error_bytes(e: Error) -> bytes:
     return b"shoal-error\0" + _encoder.encode([e.request_id, e.code, e.message, e.node_id,
-                                                e.reporter])
+                                                e.about, e.reporter])
+
+
+def header_digest(message: "Message") -> bytes:
+    """Digest of a frame's header as encoded (what an error about a direct request names)."""
+    return digest(_encoder.encode(message))
 
 
 def close_bytes(session: str) -> bytes:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from serve import auth, wire
+from serve.exceptions import HopFailed
+from serve.gateway.pipeline import Expect
 
 if TYPE_CHECKING:
     from serve.gateway.verifier import Verifier
@@ -119,8 +121,12 @@ class Shadow:
                 return Finding(hop.node_id, True, "skipped", "receipts no longer kept here")
             signed = chain[k]
             audit = auth.sign_audit(pipeline.key, fwd.request_id)
-            answer = await pipeline.request(hop.url, audit, node_id=hop.node_id,
-                                            timeout_s=10.0, expect=([hop], None, None))
+            answer = await pipeline.request(hop.url, audit, node_id=hop.node_id, timeout_s=10.0,
+                                            expect=Expect([hop], wire.header_digest(audit)))
+        except HopFailed as exc:
+            if exc.code == "audit":  # no longer kept: counted, failed only when it is the rule
+                return Finding(hop.node_id, True, "missing", str(exc)[:300])
+            return Finding(hop.node_id, False, "audit-unanswered", str(exc)[:300])
         except Exception as exc:  # no answer to an audit is a failed audit
             return Finding(hop.node_id, False, "audit-unanswered", str(exc)[:300])
         try:

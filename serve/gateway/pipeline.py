@@ -24,6 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -35,6 +36,21 @@ from serve.links import Links, incoming
 from serve.routing import best_route
 
 log = logging.getLogger("shoal.gateway")
+
+
+@dataclass
+class Expect:
+    """What the answer to one pending request must match."""
+
+    route: list[wire.Hop]
+    """The hops it went to: only their signed errors count."""
+    about: bytes
+    """The order's digest (a traversal) or the sent frame's `header_digest` (a direct
+    request): an error or result about anything else is dropped."""
+    order: wire.Order | None = None
+    """A traversal's order (its result must carry a receipt chain for it)."""
+    width: int = 0
+    """Hidden size a traversal's output must have."""
 
 
 class Pipeline:
@@ -71,9 +87,8 @@ class Pipeline:
         self.open_sessions: dict[str, int] = {}
         """Per node: sessions this gateway has routed through it and not closed."""
         self._pending: dict[str, asyncio.Future] = {}
-        self._expect: dict[str, tuple[list[wire.Hop], wire.Order | None, bytes | None]] = {}
-        """Per pending request: the hops it went to (whose signed errors count) and, for a
-        traversal, its order and order digest (what a result must match)."""
+        self._expect: dict[str, Expect] = {}
+        """What the answer to each pending request must match."""
         self.refused: dict[str, int] = {}
         """Frames dropped at the return port, by check (forged results, unsigned errors…)."""
         self.receipts: dict[str, list[wire.Receipt]] = {}
@@ -109,14 +124,18 @@ class Pipeline:
         if future is None or future.done():
             return
         expected = self._expect.get(message.request_id)
+        if expected is None:
+            return self._refuse("unexpected")
         if isinstance(message, wire.Result):
-            if expected is None or expected[1] is None or tensor is None:
+            if expected.order is None or tensor is None:
                 return self._refuse("result-unexpected")
-            route, order, order_digest = expected
+            route, order, order_digest = expected.route, expected.order, expected.about
+            if message.order_digest != order_digest:  # computed for another order: not ours
+                return self._refuse("result-order")
             sender = auth.result_sender(message, route)
             if sender is None:  # signed by no hop of this route: a forgery; the real one follows
                 return self._refuse("result-signature")
-            if sender != len(route) - 1:  # a hop answered for the rest of the chain
+            if sender != len(route) - 1:  # a hop signed that it answers for the rest of the chain
                 hop = route[sender]
                 self._evidence(hop.node_id, "shortcut", f"hop {sender} of {len(route)} signed a "
                                "final result", {"request_id": message.request_id,
@@ -131,14 +150,22 @@ class Pipeline:
                 hop = route[exc.hop if exc.hop is not None else -1]
                 future.set_exception(HopFailed(hop.node_id, str(exc), exc.check))
                 return
+            if (tuple(tensor.shape) != (order.count, expected.width)
+                    or not bool(torch.isfinite(tensor).all())):  # signed, and unusable
+                hop = route[-1]
+                self._evidence(hop.node_id, "malformed", "the last hop signed an output of "
+                               f"shape {tuple(tensor.shape)} or with non-finite values",
+                               {"request_id": message.request_id})
+                future.set_exception(HopFailed(hop.node_id, "malformed output", "malformed"))
+                return
             self._remember(message.request_id, message.receipts)
             future.set_result(tensor)
         elif isinstance(message, wire.Error):
-            if expected is None or not auth.error_from(message, expected[0]):
+            if not auth.error_from(message, expected.route, expected.about):
                 return self._refuse("error-unsigned")
             future.set_exception(hop_error(message.node_id, message.code, message.message))
         elif isinstance(message, (wire.Proof, wire.Pong, wire.AuditReply)):
-            if expected is not None and expected[1] is not None:  # a traversal wants a result
+            if expected.order is not None:  # a traversal wants a result
                 return self._refuse("unexpected")
             future.set_result((message, tensor) if isinstance(message, wire.AuditReply)
                               else message)
@@ -187,15 +214,16 @@ class Pipeline:
     # traversal -----------------------------------------------------------------------------------
 
     async def request(self, url: str, message, tensor=None, *, node_id: str,
-                      timeout_s: float | None = None, expect=None,
+                      timeout_s: float | None = None, expect: "Expect | None" = None,
                       request_id: str | None = None) -> object:
-        """Send one message and wait for the answer that carries its request id. `expect` is the
-        (route, order, order digest) the answer must match (see `_expect`)."""
+        """Send one message and wait for the answer that carries its request id. `expect` says
+        what the answer must match; by default, the node `node_id` at `url` answering exactly
+        this frame."""
         request_id = request_id or message.request_id
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        if expect is not None:
-            self._expect[request_id] = expect
+        self._expect[request_id] = expect or Expect([wire.Hop(node_id, url, 0, 1)],
+                                                    wire.header_digest(message))
         try:
             try:
                 await self._send(url, wire.encode(message, tensor, self.wire_dtype))
@@ -231,7 +259,7 @@ class Pipeline:
                                                hidden.shape[0],
                                                wire.tensor_digest(hidden, self.wire_dtype))
             msg = wire.Forward(ticket, ticket_sig, order, order_sig, 0, [], self.wire_dtype)
-            expect = (part, wire.unpack_order(order), wire.digest(order))
+            expect = Expect(part, wire.digest(order), wire.unpack_order(order), hidden.shape[1])
             t0 = time.perf_counter()
             try:
                 hidden = await self.request(part[0].url, msg, hidden, node_id=part[0].node_id,
@@ -268,8 +296,9 @@ class Pipeline:
     async def ping(self, hop: wire.Hop) -> tuple[float, dict]:
         """Round-trip time in ms and the node's self-reported info."""
         t0 = time.perf_counter()
-        pong = await self.request(hop.url, wire.Ping(uuid.uuid4().hex), node_id=hop.node_id,
-                                  expect=([hop], None, None))
+        ping = wire.Ping(uuid.uuid4().hex)
+        pong = await self.request(hop.url, ping, node_id=hop.node_id,
+                                  expect=Expect([hop], wire.header_digest(ping)))
         return 1000 * (time.perf_counter() - t0), pong.stats
 
     def opened(self, route: list[wire.Hop], delta: int) -> None:

@@ -40,6 +40,7 @@ from serve.config import VerifierConfig
 from serve.exceptions import HopFailed, ProofFailure
 from serve.proofs import check_proof
 from serve.discovery import NodeInfo
+from serve.gateway.pipeline import Expect
 
 if TYPE_CHECKING:
     from serve.gateway.audit import Shadow
@@ -65,6 +66,8 @@ class Trust:
     last_error: float | None = None
     next_check: float = 0.0
     reason: str = ""
+    busy: int = 0
+    """Challenges in a row answered "busy" (retried; a fourth counts as a failure)."""
     pinned: tuple[str, str, int, int] | None = None
     """(key, address, start, end) the node was admitted with; a record that changes any of them
     sends the node back through admission."""
@@ -100,6 +103,9 @@ class Verifier:
         self.trust: dict[str, Trust] = {}
         self.events: list[CheckResult] = []
         self.used_nonces: set[bytes] = set()
+        self._claims_seen: dict[str, set[str]] = {}
+        self._missing: dict[str, list[int]] = {}
+        """Per node: [audits answered, audits answered "not kept"]."""
         self._trusted = None
         self._trusted_dir = trusted_dir
         self._references: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -121,10 +127,11 @@ class Verifier:
         try:
             proof = await self.pipeline.request(node.url, challenge, node_id=node.node_id,
                                                 timeout_s=max(5.0, 3 * self.config.deadline_s),
-                                                expect=([hop_of(node)], None, None))
+                                                expect=Expect([hop_of(node)],
+                                                              wire.header_digest(challenge)))
         except HopFailed as exc:
-            if exc.code == "wrong-version":  # mid-rollout: it no longer (or not yet) has it
-                return CheckResult(node.node_id, "proof", False, "wrong-version", str(exc))
+            if exc.code in ("wrong-version", "busy"):  # mid-rollout, or proving for another
+                return CheckResult(node.node_id, "proof", False, exc.code, str(exc))
             return CheckResult(node.node_id, "proof", False, "unreachable", str(exc))
         except Exception as exc:
             return CheckResult(node.node_id, "proof", False, "unreachable", str(exc))
@@ -172,6 +179,9 @@ class Verifier:
         session = uuid.uuid4().hex
         try:
             out = await self.pipeline.traverse(session, [hop], inputs, 0, count=False)
+        except HopFailed as exc:  # the node's signed frames already show what went wrong
+            check = exc.code if exc.code in ("malformed", "shortcut") else "unreachable"
+            return CheckResult(node.node_id, "fingerprint", False, check, str(exc))
         except Exception as exc:
             return CheckResult(node.node_id, "fingerprint", False, "unreachable", str(exc))
         finally:
@@ -201,6 +211,11 @@ class Verifier:
             log.exception("check of %s failed with an error", node.node_id)
             results = [CheckResult(node.node_id, "check", False, "error",
                                    f"{type(exc).__name__}: {exc}"[:300])]
+        if results and results[0].check == "busy" and t.busy < 3:
+            t.busy += 1  # the node is proving for someone else: ask again soon, a few times
+            t.next_check = time.monotonic() + 0.5
+            return results
+        t.busy = 0
         if results and results[0].check == "wrong-version":
             # not evidence of cheating, but no more routing for this version until it proves
             # again: a node cannot dodge proofs by claiming the version is gone
@@ -284,6 +299,16 @@ class Verifier:
         for f in findings:
             if f.check == "skipped":
                 continue
+            if f.check == "missing":  # a node that "no longer has" what it signed, too often
+                seen = self._missing.setdefault(f.node_id, [0, 0])
+                seen[1] += 1
+                if seen[1] >= 8 and seen[1] > seen[0]:
+                    f = type(f)(f.node_id, False, "audit-missing", f"{seen[1]} audited forwards "
+                                f"not kept against {seen[0]} shown")
+                else:
+                    continue
+            elif f.ok:
+                self._missing.setdefault(f.node_id, [0, 0])[0] += 1
             self._record(CheckResult(f.node_id, "spot-check", f.ok, f.check, f.detail,
                                      rel_error=f.rel_error))
             if not f.ok:
@@ -299,12 +324,21 @@ class Verifier:
                         continue
                     t = self.trust.get(node.node_id)
                     if node.status == "evicted" and (t is None or t.status != "evicted"):
-                        await self.evict(node.node_id, "evicted by another verifier")
+                        await self.evict(node.node_id, "evicted by a trusted verdict")
                     elif t is None or (t.status != "evicted" and time.monotonic() >= t.next_check):
                         await self.check(node)
+                    elif t.status != "evicted" and self._new_claims(node):
+                        await self.check(node)  # a claim is a reason to look again, now
             except Exception as exc:  # discovery hiccups must not stop verification
                 log.warning("verifier round failed: %s", exc)
             await asyncio.sleep(poll_s)
+
+    def _new_claims(self, node: NodeInfo) -> bool:
+        """Whether discovery lists eviction claims about `node` not acted on yet (verdicts by
+        keys this gateway does not trust: a reason to check again, never an eviction)."""
+        fresh = set(node.claims) - self._claims_seen.setdefault(node.node_id, set())
+        self._claims_seen[node.node_id] |= fresh
+        return bool(fresh)
 
     def summary(self, full: bool = False) -> dict:
         """Each node's status and, for an evicted one, why. `full` (maintainers only) adds the

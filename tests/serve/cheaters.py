@@ -103,7 +103,8 @@ class Cheater(Node):
             receipt = auth.make_receipt(self.key, self.node_id, job.order, job.forward.order,
                                         job.forward.hop, job.input_digest,
                                         wire.tensor_digest(out, dtype), version)
-            result = auth.sign_result(self.key, job.request_id, [receipt], dtype)
+            result = auth.sign_result(self.key, job.request_id, [receipt], job.order_digest,
+                                      dtype)
             await self._send(job.ticket.reply_to, wire.encode(result, out, dtype))
             return
         if self.mode in RATIONAL:

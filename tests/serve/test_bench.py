@@ -32,6 +32,11 @@ def test_swarm_bench_tiny(tmp_path_factory, tiny_model_dir, tmp_path):
     assert proofs["calibration"]["honest_rel_error_max"] < proofs["calibration"]["tolerance"]
     assert proofs["calibration"]["bf16_copy_rel_error_min"] > proofs["calibration"]["tolerance"]
     assert proofs["default"]["checks"] >= 3  # admission of every node, then the schedule
+    assert proofs["protocol"]["decode_us_per_traversal"] > 0
+    assert proofs["spot_checks"]["mirror_ms_per_token"] > 0
+    odds = proofs["spot_checks"]["expected_requests_before_eviction"]
+    assert odds["p=1.0"] < odds["p=0.1"] < odds["p=0.01"]  # rarer cheating takes longer
+    assert 0 < saved["summary"]["proofs"]["protocol_share_of_decode_time"] < 1
     spec = saved["results"]["speculation"]
     assert set(spec) == {"agentic", "open_chat"}
     for row in spec["agentic"].values():

@@ -155,3 +155,18 @@ def test_wire_roundtrip_and_compression():
         wire.decode(full[:-3])
     with pytest.raises(wire.WireError):  # a tensor claiming 200 dimensions
         wire.decode(full[:4 + int.from_bytes(full[:4], "little")] + bytes([200]) + b"\0" * 8)
+
+
+def test_a_later_hop_refuses_an_order_its_predecessor_wrote(tiny_model_dir):
+    """Hop 0 must not make hop 1 truncate or overwrite its cache with an order of its own."""
+    node = Node(NodeConfig(directory=tiny_model_dir, start=2, end=4, version_id="v", port=0))
+    first = SigningKey.generate("first")
+    first_hop = wire.Hop(node_id_of(first.public_hex), "ws://a", 0, 2, first.public_hex)
+    x, y = torch.randn(1, 64), torch.randn(1, 64)
+    f = frame([first_hop, hop_of(node, 2, 4)], x)
+    order = wire.unpack_order(f.order)
+    mine = wire.pack(msgspec.structs.replace(order, keep=4))
+    receipt = auth.make_receipt(first, first_hop.node_id, wire.unpack_order(mine), mine, 0,
+                                wire.tensor_digest(x), wire.tensor_digest(y), "v")
+    assert refused(node, f.forward(hop=1, order=mine, receipts=[receipt]), y) == \
+        "order-signature"
