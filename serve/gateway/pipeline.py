@@ -281,16 +281,12 @@ class Pipeline:
     async def _silent_node(self, route: list[wire.Hop]) -> str:
         """After a timeout, find which hop of the route does not answer a ping."""
         for hop in route:
+            ping = wire.Ping(uuid.uuid4().hex)
             try:
-                ping = wire.Ping(uuid.uuid4().hex)
-                future = asyncio.get_running_loop().create_future()
-                self._pending[ping.request_id] = future
-                await self._send(hop.url, wire.encode(ping))
-                await asyncio.wait_for(future, 2.0)
+                await self.request(hop.url, ping, node_id=hop.node_id, timeout_s=2.0,
+                                   expect=Expect([hop], wire.header_digest(ping)))
             except Exception:
                 return hop.node_id
-            finally:
-                self._pending.pop(ping.request_id, None)
         return route[-1].node_id
 
     async def ping(self, hop: wire.Hop) -> tuple[float, dict]:
