@@ -20,8 +20,8 @@ from registry import layout, merkle
 from registry.exceptions import NotFoundError, RegistryError, VerificationError
 from registry.layout import MANIFEST_FILE, Role, checkout_dir
 from registry.manifest import MERKLE_SUFFIX, Manifest, split_levels, tensor_levels, version_id_of
-from registry.policy import (RootPolicy, check_threshold, load_root, verify_initial_root,
-                             verify_rotation)
+from registry.policy import (RootPolicy, channel_role, check_threshold, load_root,
+                             snapshot_role, verify_initial_root, verify_rotation)
 from registry.safetensors_header import read_header
 from registry.signing import Envelope
 from registry.storage import Store
@@ -75,6 +75,9 @@ class RegistryClient:
             return self._policy
         if self._root_path.exists():
             trusted = load_root(parse_envelope(self._root_path.read_bytes(), "pinned root"))
+        elif not self.store.exists(layout.root(1)):
+            raise NotFoundError(f"{self.store.url}: no registry here (no {layout.root(1)}); "
+                                "create one with `shoal registry init`")
         else:  # trust on first use: pin the registry's first root
             first = self.store.read(layout.root(1))
             trusted = verify_initial_root(parse_envelope(first, "root v1"))
@@ -135,7 +138,7 @@ class RegistryClient:
     def snapshot(self) -> ch.Snapshot:
         envelope = parse_envelope(self.store.read(layout.SNAPSHOT), "snapshot")
         policy = self.policy()
-        check_threshold(envelope, policy, "promote", what="snapshot")
+        check_threshold(envelope, policy, snapshot_role(policy), what="snapshot")
         snap = ch.parse_snapshot(envelope)
         seen = self._seen()
         ch.check_snapshot(snap, registry=policy.registry, seen_version=seen["snapshot"])
@@ -153,7 +156,7 @@ class RegistryClient:
     def check_channel_record(self, envelope: Envelope, channel: str,
                              snap: ch.Snapshot) -> ch.ChannelRecord:
         policy = self.policy()
-        check_threshold(envelope, policy, "promote", what=f"{channel} record")
+        check_threshold(envelope, policy, channel_role(policy, channel), what=f"{channel} record")
         record = ch.parse_record(envelope)
         seen = self._seen()
         ch.check_record(record, channel=channel, registry=policy.registry, snapshot=snap,
@@ -170,7 +173,8 @@ class RegistryClient:
             if fname == "head.json":
                 continue
             envelope = parse_envelope(self.store.read(f"{layout.channel_dir(channel)}/{fname}"), fname)
-            check_threshold(envelope, policy, "promote", what=f"{channel}/{fname}")
+            check_threshold(envelope, policy, channel_role(policy, channel),
+                            what=f"{channel}/{fname}")
             record = ch.parse_record(envelope)
             if record.prev != prev_digest or record.sequence != len(records) + 1:
                 raise VerificationError("history-chain", f"{channel}/{fname} does not follow "

@@ -28,6 +28,14 @@ class KeyError_(RegistryError):
     """A key file that cannot be created, read or decrypted."""
 
 
+class PolicyError(RegistryError):
+    """A trust policy change that would be invalid (e.g. a role left below its threshold)."""
+
+
+class ProposalConflict(RegistryError):
+    """A promotion that contradicts the proposal already awaiting signatures on that channel."""
+
+
 class VerificationError(RegistryError):
     """A trust check failed. `check` names the check, e.g. ``manifest-signature``."""
 

@@ -9,6 +9,7 @@ paths are spelt, so readers, writers and tests agree and nothing outside registr
     channels/<name>/<seq>.json       channel records, append-only
     channels/<name>/head.json        the newest record
     snapshot.json, snapshots/<n>.json
+    proposals/<name>.json            a channel record awaiting more signatures (k-of-n)
 
 A checkout is a local directory holding the verified files one role of process needs of a version:
 `<models_dir>/<hex16>-<role>` (`full`, `head`, or `L<start>-<end>` for a span).
@@ -56,6 +57,10 @@ def channel_head(channel: str) -> str:
 
 def channel_record(channel: str, sequence: int) -> str:
     return f"{CHANNELS}/{channel}/{sequence:010d}.json"
+
+
+def proposal(channel: str) -> str:
+    return f"proposals/{channel}.json"
 
 
 def snapshot(version: int) -> str:

@@ -4,7 +4,13 @@ The policy is a signed *root* document (TUF's root role, with shoal's roles):
 
 - ``root``    signs root documents (rotation, revocation);
 - ``release`` signs model manifests;
-- ``promote`` signs channel records and the snapshot;
+- ``promote`` signs channel records (every channel, unless ``staging`` covers it) and the snapshot;
+- ``staging`` (optional) signs the records of ``staging`` and ``staging-*`` channels instead of
+  ``promote``, so the host that trains and gates candidates never holds a key that moves
+  ``production``;
+- ``snapshot`` (optional) signs the snapshot instead of ``promote``: an online role (TUF's
+  snapshot role) that both the staging host and the maintainers can sign with, at threshold 1,
+  while ``production`` still needs the ``promote`` threshold;
 - ``node``    (optional) lists node identities the maintainers vouch for; node keys never sign
   releases or promotions.
 
@@ -17,14 +23,16 @@ Revoked key ids never count, in any role.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.exceptions import VerificationError
+from registry.exceptions import PolicyError, VerificationError
 from registry.signing import Envelope, verify_signature
 
 REQUIRED_ROLES = ("root", "release", "promote")
+STAGING_CHANNEL = "staging"
+"""Channels named so, or `staging-<suffix>`, are signed by the ``staging`` role when there is one."""
 
 
 def utcnow() -> datetime:
@@ -81,6 +89,29 @@ class RootPolicy(BaseModel):
 
     def expired(self, now: datetime | None = None) -> bool:
         return parse_time(self.expires) <= (now or utcnow())
+
+
+def channel_role(policy: RootPolicy, channel: str) -> str:
+    """The role whose keys sign records of `channel`: ``staging`` for the staging channels when the
+    policy has that role, ``promote`` for everything else."""
+    staging = channel == STAGING_CHANNEL or channel.startswith(STAGING_CHANNEL + "-")
+    return "staging" if staging and "staging" in policy.roles else "promote"
+
+
+def snapshot_role(policy: RootPolicy) -> str:
+    """The role whose keys sign the snapshot: ``snapshot`` when the policy has it, else
+    ``promote``."""
+    return "snapshot" if "snapshot" in policy.roles else "promote"
+
+
+def valid_signers(envelope: Envelope, policy: RootPolicy, role: str) -> set[str]:
+    """Key ids of `role`, not revoked, whose signature on `envelope` verifies."""
+    entry = policy.roles.get(role)
+    payload = envelope.payload()
+    return {sig.keyid for sig in envelope.signatures
+            if entry is not None and sig.keyid in entry.keyids and sig.keyid not in policy.revoked
+            and sig.keyid in policy.keys
+            and verify_signature(policy.keys[sig.keyid].public, sig.sig, payload)}
 
 
 def check_threshold(envelope: Envelope, policy: RootPolicy, role: str, *, what: str) -> None:
@@ -150,3 +181,48 @@ def verify_rotation(trusted: RootPolicy, envelope: Envelope) -> RootPolicy:
     check_threshold(envelope, trusted, "root", what=f"root v{new.version} (by old root keys)")
     check_threshold(envelope, new, "root", what=f"root v{new.version} (by new root keys)")
     return new
+
+
+class PublicKey(Protocol):
+    """What a policy needs of a key: a signing key, or only its public half
+    (`registry.signing.KeyInfo`)."""
+
+    @property
+    def keyid(self) -> str: ...
+
+    @property
+    def public_hex(self) -> str: ...
+
+
+def revise(current: RootPolicy, *, roles: dict[str, list[PublicKey]] | None = None,
+           thresholds: dict[str, int] | None = None, revoke: list[str] = (),
+           expires: str) -> RootPolicy:
+    """Root `current.version + 1`: `roles` given replace those roles' keys, `thresholds` given
+    replace theirs, every id in `revoke` is listed as revoked and leaves every role; everything
+    else carries over. Raises `PolicyError` naming the role a change would leave unsatisfiable."""
+    keys = dict(current.keys)
+    members = {name: list(entry.keyids) for name, entry in current.roles.items()}
+    for name, role_keys in (roles or {}).items():
+        members[name] = sorted({k.keyid for k in role_keys})
+        keys.update({k.keyid: KeyEntry(public=k.public_hex) for k in role_keys})
+    revoked = sorted({*current.revoked, *revoke})
+    unknown = [k for k in revoke if k not in keys]
+    if unknown:
+        raise PolicyError(f"cannot revoke {unknown}: not keys of this registry")
+    for name in (thresholds or {}):
+        if name not in members:
+            raise PolicyError(f"--threshold {name}: the policy has no {name!r} role")
+    new_roles = {}
+    for name, ids in members.items():
+        ids = [k for k in ids if k not in revoked]
+        threshold = (thresholds or {}).get(name, current.roles[name].threshold
+                                           if name in current.roles else 1)
+        if threshold > len(ids):
+            raise PolicyError(f"role {name!r} would have {len(ids)} key(s) for threshold "
+                              f"{threshold}: add keys to it (or lower the threshold) in the same "
+                              "rotation")
+        new_roles[name] = RoleEntry(keyids=ids, threshold=threshold)
+    used = {k for entry in new_roles.values() for k in entry.keyids} | set(revoked)
+    return RootPolicy(registry=current.registry, version=current.version + 1, expires=expires,
+                      keys={k: v for k, v in keys.items() if k in used}, roles=new_roles,
+                      revoked=revoked)

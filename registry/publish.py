@@ -16,11 +16,13 @@ from pathlib import Path
 
 from registry import channels as ch
 from registry import layout
-from registry.exceptions import NotFoundError, RegistryError, VerificationError
+from registry.exceptions import (NotFoundError, ProposalConflict, RegistryError,
+                                 VerificationError)
 from registry.importer import source_digest, stage
 from registry.manifest import Lineage, Manifest, build_manifest, version_id_of
-from registry.policy import (KeyEntry, RoleEntry, RootPolicy, check_threshold, expires_in, iso,
-                             utcnow, verify_initial_root, verify_rotation)
+from registry.policy import (KeyEntry, PublicKey, RoleEntry, RootPolicy, channel_role,
+                             check_threshold, expires_in, iso, parse_time, snapshot_role, utcnow,
+                             valid_signers, verify_initial_root, verify_rotation)
 from registry.signing import Envelope, SigningKey
 from registry.storage import Store
 
@@ -45,7 +47,7 @@ def sign_all(envelope: Envelope, keys: list[SigningKey]) -> Envelope:
     return envelope
 
 
-def make_policy(*, version: int, registry: str, roles: dict[str, tuple[list[SigningKey], int]],
+def make_policy(*, version: int, registry: str, roles: dict[str, tuple[list[PublicKey], int]],
                 extra_keys: dict[str, str] | None = None, revoked: list[str] | None = None,
                 days: float = DEFAULT_ROOT_DAYS) -> RootPolicy:
     """Build a root policy from role -> (keys, threshold)."""
@@ -60,8 +62,9 @@ def make_policy(*, version: int, registry: str, roles: dict[str, tuple[list[Sign
 
 
 def init_registry(store: Store, policy: RootPolicy, root_keys: list[SigningKey],
-                  promote_keys: list[SigningKey]) -> None:
-    """Write root v1 and an empty snapshot. Refuses an already initialised store."""
+                  snapshot_keys: list[SigningKey]) -> None:
+    """Write root v1 and an empty snapshot (signed by `snapshot_keys`: keys of the `snapshot`
+    role, or of `promote` when the policy has none). Refuses an already initialised store."""
     if has_registry(store):
         raise RegistryError(f"{store.url}: registry already initialised")
     envelope = sign_all(Envelope(signed=policy.model_dump(mode="json")), root_keys)
@@ -69,7 +72,7 @@ def init_registry(store: Store, policy: RootPolicy, root_keys: list[SigningKey],
     store.write_new(layout.root(1), _dump(envelope))
     snap = ch.Snapshot(registry=policy.registry, version=1, expires=expires_in(DEFAULT_CHANNEL_DAYS),
                        channels={})
-    _write_snapshot(store, policy, snap, promote_keys)
+    _store_snapshot(store, _signed_snapshot(policy, snap, snapshot_keys))
 
 
 def new_registry_id() -> str:
@@ -172,38 +175,157 @@ def channel_head(store: Store, channel: str) -> Envelope | None:
         layout.channel_head(channel)) else None
 
 
-def promote(store: Store, version_id: str, channel: str, keys: list[SigningKey], *,
-            note: str = "", days: float = DEFAULT_CHANNEL_DAYS) -> ch.ChannelRecord:
-    """Append a signed record pointing `channel` at `version_id`, and a new snapshot."""
-    policy = current_root(store)
+def check_release(store: Store, policy: RootPolicy, version_id: str) -> Manifest:
+    """What a maintainer checks before signing a channel record for `version_id`: the manifest
+    hashes to the id, carries the `release` threshold, parses, and every file's blob is in the
+    store with the manifest's size."""
     rel = layout.manifest(version_id)
     if not store.exists(rel):
         raise NotFoundError(f"version {version_id} is not in the registry")
-    manifest_env = _envelope(store, rel)
-    if version_id_of(manifest_env.signed) != version_id:
+    envelope = _envelope(store, rel)
+    if version_id_of(envelope.signed) != version_id:
         raise VerificationError("manifest-digest", f"{rel} does not hash to {version_id}")
-    check_threshold(manifest_env, policy, "release", what=f"manifest {version_id[:19]}")
-    head = channel_head(store, channel)
+    check_threshold(envelope, policy, "release", what=f"manifest {version_id[:19]}")
+    try:
+        manifest = Manifest.model_validate(envelope.signed)
+    except ValueError as exc:
+        raise VerificationError("manifest-schema", f"malformed manifest: {exc}") from None
+    for fname, entry in manifest.files.items():
+        blob = layout.blob(entry.sha256)
+        if not store.exists(blob) or store.fs.size(store._p(blob)) != entry.size:
+            raise VerificationError("missing-file", f"{fname} of {version_id[:19]}: blob missing "
+                                    "or of the wrong size in the registry")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Where a promotion stands after one maintainer signed it."""
+
+    record: ch.ChannelRecord
+    role: str
+    """The role whose threshold the record needs (`promote`, or `staging` for staging channels)."""
+    signed_by: list[str]
+    """Key ids of the role that signed so far."""
+    threshold: int
+    published: bool
+    """True once the threshold was met and the record is the channel's head."""
+
+
+def propose(store: Store, version_id: str, channel: str, keys: list[SigningKey], *,
+            note: str = "", days: float = DEFAULT_CHANNEL_DAYS,
+            replace: bool = False) -> Promotion:
+    """Sign a record pointing `channel` at `version_id`; publish it once the role's threshold is met.
+
+    With fewer signatures than the threshold the record is kept as the channel's proposal
+    (`layout.proposal`); another maintainer calling `propose` for the same version adds a signature
+    to that same record, until the last one publishes it. A proposal made stale by a newer head is
+    dropped; one for another version is a `ProposalConflict` unless `replace`. Every key must be
+    in the role; the manifest is checked (`check_release`) before anything is signed.
+    """
+    policy, role, head = _prepare(store, version_id, channel, keys)
+    threshold = policy.roles[role].threshold
+    envelope = _pending(store, channel, head)
+    if envelope is not None and envelope.signed["version"] != version_id:
+        if not replace:
+            raise ProposalConflict(
+                f"{channel}: a proposal to point it at {envelope.signed['version'][:19]}… awaits "
+                f"signatures ({len(valid_signers(envelope, policy, role))} of {threshold}); "
+                "sign that version, or replace the proposal")
+        envelope = None
+    envelope = sign_all(envelope or _new_record(policy, channel, version_id, head, note, days),
+                        keys)
+    signers = sorted(valid_signers(envelope, policy, role))
+    if len(signers) < threshold:
+        store.write(layout.proposal(channel), _dump(envelope))
+        return Promotion(ch.parse_record(envelope), role, signers, threshold, published=False)
+    record = _publish(store, policy, envelope, role, keys, days)
+    store.delete(layout.proposal(channel))
+    return Promotion(record, role, signers, threshold, published=True)
+
+
+def promote(store: Store, version_id: str, channel: str, keys: list[SigningKey], *,
+            note: str = "", days: float = DEFAULT_CHANNEL_DAYS) -> ch.ChannelRecord:
+    """Append a record pointing `channel` at `version_id`, signed by `keys` together, and a new
+    snapshot; below the threshold nothing is written and the threshold error is raised (a pending
+    proposal is left as it was)."""
+    policy, role, head = _prepare(store, version_id, channel, keys)
+    envelope = sign_all(_new_record(policy, channel, version_id, head, note, days), keys)
+    return _publish(store, policy, envelope, role, keys, days)
+
+
+def _prepare(store: Store, version_id: str, channel: str,
+             keys: list[SigningKey]) -> tuple[RootPolicy, str, Envelope | None]:
+    """The current policy, the role that signs `channel`, and its head, after checking the
+    version and that every key may sign for that role."""
+    policy = current_root(store)
+    check_release(store, policy, version_id)
+    role = channel_role(policy, channel)
+    for key in keys:
+        if key.keyid in policy.revoked:
+            raise VerificationError("revoked-key", f"key {key.name!r} is revoked")
+        if key.keyid not in policy.roles[role].keyids:
+            raise VerificationError("wrong-role", f"key {key.name!r} may not sign {channel} "
+                                    f"records: it is not in the registry's {role!r} role")
+    return policy, role, channel_head(store, channel)
+
+
+def _new_record(policy: RootPolicy, channel: str, version_id: str, head: Envelope | None,
+                note: str, days: float) -> Envelope:
     prev = ch.parse_record(head) if head else None
     record = ch.ChannelRecord(
         registry=policy.registry, channel=channel, version=version_id,
         sequence=(prev.sequence + 1) if prev else 1, expires=expires_in(days),
         prev=ch.record_digest(head) if head else None, promoted_at=iso(utcnow()), note=note)
-    envelope = sign_all(Envelope(signed=record.model_dump(mode="json")), keys)
-    check_threshold(envelope, policy, "promote", what=f"{channel} record {record.sequence}")
-    store.write_new(layout.channel_record(channel, record.sequence), _dump(envelope))
-    store.write(layout.channel_head(channel), _dump(envelope))
-    snap_env = _envelope(store, layout.SNAPSHOT)
-    snap = ch.parse_snapshot(snap_env)
-    _write_snapshot(store, policy, ch.Snapshot(
+    return Envelope(signed=record.model_dump(mode="json"))
+
+
+def _publish(store: Store, policy: RootPolicy, envelope: Envelope, role: str,
+             keys: list[SigningKey], days: float) -> ch.ChannelRecord:
+    """Write a fully signed record as the channel's head, and the snapshot naming it (signed by
+    those of `keys` in the snapshot role); every check passes before anything is written."""
+    record = ch.parse_record(envelope)
+    check_threshold(envelope, policy, role, what=f"{record.channel} record {record.sequence}")
+    snap = ch.parse_snapshot(_envelope(store, layout.SNAPSHOT))
+    snap_env = _signed_snapshot(policy, ch.Snapshot(
         registry=policy.registry, version=snap.version + 1, expires=expires_in(days),
-        channels={**snap.channels, channel: record.sequence}), keys)
+        channels={**snap.channels, record.channel: record.sequence}), keys)
+    store.write_new(layout.channel_record(record.channel, record.sequence), _dump(envelope))
+    store.write(layout.channel_head(record.channel), _dump(envelope))
+    _store_snapshot(store, snap_env)
     return record
 
 
-def _write_snapshot(store: Store, policy: RootPolicy, snap: ch.Snapshot,
-                    keys: list[SigningKey]) -> None:
-    envelope = sign_all(Envelope(signed=snap.model_dump(mode="json")), keys)
-    check_threshold(envelope, policy, "promote", what=f"snapshot v{snap.version}")
-    store.write_new(layout.snapshot(snap.version), _dump(envelope))
+def pending_proposal(store: Store, channel: str) -> ch.ChannelRecord | None:
+    """The record awaiting signatures on `channel`, if one is pending and still applies."""
+    envelope = _pending(store, channel, channel_head(store, channel))
+    return ch.parse_record(envelope) if envelope else None
+
+
+def _pending(store: Store, channel: str, head: Envelope | None) -> Envelope | None:
+    """The channel's proposal if it still follows `head` and has not expired; a stale one is
+    removed."""
+    rel = layout.proposal(channel)
+    if not store.exists(rel):
+        return None
+    envelope = _envelope(store, rel)
+    record = ch.parse_record(envelope)
+    follows = record.prev == (ch.record_digest(head) if head else None)
+    if follows and record.channel == channel and parse_time(record.expires) > utcnow():
+        return envelope
+    store.delete(rel)
+    return None
+
+
+def _signed_snapshot(policy: RootPolicy, snap: ch.Snapshot,
+                     keys: list[SigningKey]) -> Envelope:
+    role = snapshot_role(policy)
+    envelope = sign_all(Envelope(signed=snap.model_dump(mode="json")),
+                        [k for k in keys if k.keyid in policy.roles[role].keyids])
+    check_threshold(envelope, policy, role, what=f"snapshot v{snap.version}")
+    return envelope
+
+
+def _store_snapshot(store: Store, envelope: Envelope) -> None:
+    store.write_new(layout.snapshot(envelope.signed["version"]), _dump(envelope))
     store.write(layout.SNAPSHOT, _dump(envelope))

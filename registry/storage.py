@@ -81,6 +81,11 @@ class Store:
             raise VerificationError("append-only", f"{rel} already exists")
         self.write(rel, data)
 
+    def delete(self, rel: str) -> None:
+        """Remove `rel` if it exists (only pending proposals are ever deleted)."""
+        if self.exists(rel):
+            self.fs.rm(self._p(rel))
+
     def put_file(self, local: Path, rel: str) -> None:
         tmp = self._tmp(rel)
         self.fs.makedirs(self._p("tmp"), exist_ok=True)
