@@ -4,13 +4,27 @@ choice and logprobs they define over one row of logits.
 Shared by the engine (choosing tokens), speculative verification (the target's distribution) and
 drafters (sampling a draft from their own logits). It knows nothing about sessions, drafts or the
 network.
+
+Requests that shape the distribution with what was generated so far (`logit_bias`, presence and
+frequency penalties, a `Constraint` such as a JSON schema) go through `shaped` before the choice;
+the engine decodes those token by token, since speculative verification compares against the
+unshaped distribution.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
+
+
+class Constraint(Protocol):
+    """Which tokens may come next (constrained decoding, e.g. a JSON schema)."""
+
+    def allowed(self, completion: list[int]) -> torch.Tensor:
+        """Boolean mask over the vocabulary: the tokens allowed after `completion` (the tokens
+        generated so far)."""
 
 
 @dataclass(frozen=True)
@@ -24,10 +38,24 @@ class SamplingParams:
     top_logprobs: int = 0
     ignore_eos: bool = False
     """Generate exactly max_tokens (benchmarks)."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to the logits, as OpenAI's `logit_bias`."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token already generated."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time it was generated."""
+    constraint: Constraint | None = field(default=None, compare=False)
+    """Tokens allowed next (None: any)."""
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def shapes(self) -> bool:
+        """Whether the distribution depends on more than the logits (see `shaped`)."""
+        return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty
+                    or self.constraint is not None)
 
 
 @dataclass
@@ -61,9 +89,30 @@ def annotate(step: "Step", logits: torch.Tensor, params: SamplingParams) -> "Ste
     return step
 
 
-def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> Step:
+def shaped(logits: torch.Tensor, params: SamplingParams, tokens: list[int],
+           completion: int) -> torch.Tensor:
+    """`logits` with the bias, the penalties (over the last `completion` of `tokens`, the ones
+    generated) and the constraint applied, as OpenAI defines them."""
+    logits = logits.float().clone()
+    for token, bias in params.logit_bias:
+        logits[token] += bias
+    generated = tokens[len(tokens) - completion:] if completion else []
+    if generated and (params.presence_penalty or params.frequency_penalty):
+        ids, counts = torch.tensor(generated).unique(return_counts=True)
+        logits[ids] -= params.frequency_penalty * counts + params.presence_penalty
+    if params.constraint is not None:
+        logits[~params.constraint.allowed(generated)] = float("-inf")
+    return logits
+
+
+def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+         tokens: list[int] | None = None, completion: int = 0) -> Step:
+    """Choose the next token after `tokens` (the last `completion` of them generated)."""
+    raw = logits
+    if params.shapes:
+        logits = shaped(logits, params, tokens or [], completion)
     if params.greedy:
         token = int(torch.argmax(logits))
     else:
         token = int(torch.multinomial(target_probs(logits, params), 1, generator=generator))
-    return annotate(Step(token), logits, params)
+    return annotate(Step(token), raw, params)

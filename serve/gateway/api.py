@@ -1,17 +1,22 @@
 """The OpenAI-compatible HTTP API of the gateway (FastAPI).
 
 `/v1/chat/completions` (streaming or not, tools rendered through the chat template, tool calls
-parsed back), `/v1/completions`, `/v1/models`, plus `/health` and `/metrics`. This is the only
-place that turns exceptions into status codes; every error body has OpenAI's shape
+parsed back, `response_format` enforced by constrained decoding), `/v1/completions`, `/v1/models`,
+plus `/health`, `/metrics`, `/v1/rollout` and `/verifier`. This is the only place that turns
+exceptions into status codes; every error body has OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``.
+
+Requests reach a route through `serve.gateway.guard.Guard` (body bound, then the key, then the
+body), so a route finds its caller in `request.state.caller`. Tokenizer and trace-store work runs
+in worker threads, never on the event loop. docs/serving.md tables which OpenAI parameters are
+honoured and which are refused with a 400.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from datetime import UTC, datetime
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,20 +25,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.exceptions import ApiError, HopFailed, NoRoute
+from serve.gateway.chat_format import TextStream, parse_tool_calls, render_chat
+from serve.gateway.constrained import json_constraint
 from serve.gateway.engine import Engine, Outcome, speculation_rates
-from serve.sampling import SamplingParams
-from serve.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from serve.gateway.guard import ApiLimits, Authenticator, Guard, error_body
+from serve.gateway.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from serve.rollout import VersionSet
+from serve.sampling import SamplingParams
 from traces.exceptions import AuthError, Forbidden, NotFound, TraceStoreError
-
-TOOL_CALL_RE = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
-TOOLS_PROMPT = (
-    "You can call these functions. To call one, answer only with\n"
-    "<tool_call>{{\"name\": <function name>, \"arguments\": <JSON object>}}</tool_call>\n"
-    "Functions:\n{tools}")
-
 
 @dataclass
 class Runtime:
@@ -63,6 +65,8 @@ class GatewayState:
     rollout: dict = field(default_factory=dict)
     """The channel watch and the last switch (shown by /v1/rollout and `shoal status`)."""
     started: float = field(default_factory=time.time)
+    limits: ApiLimits = field(default_factory=ApiLimits)
+    """Body size, body time and key-lookup bounds (serve.gateway.guard)."""
 
     def runtime(self) -> Runtime:
         return self.versions.active
@@ -84,12 +88,14 @@ class GatewayState:
         return self.current
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None):
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+def is_maintainer(caller: Any) -> bool:
+    return caller is not None and caller.role == "maintainer"
 
 
 def create_app(state: GatewayState, lifespan=None) -> FastAPI:
     app = FastAPI(title="shoal gateway", lifespan=lifespan)
+    app.state.auth = Authenticator(state, state.limits)
+    app.add_middleware(Guard, auth=app.state.auth)
 
     @app.exception_handler(ApiError)
     async def _api_error(_, exc: ApiError):
@@ -106,35 +112,31 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             message = "request body is not valid JSON"
         return JSONResponse(error_body(f"{message}" + (f" (at {'.'.join(loc)})" if loc else ""),
                                        "invalid_request_error", ".".join(loc) or None), 400)
 
-    def authorize(request: Request):
-        """The caller's account (trace store), a static-key app account, or None (open)."""
-        from traces.schemas import Account
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_, exc: RecursionError):
+        return JSONResponse(error_body("request is nested too deeply", "invalid_request_error",
+                                       code="nested_too_deeply"), 400)
 
-        auth = request.headers.get("authorization", "")
-        secret = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
-        if state.traces is not None:
-            if not secret:
-                raise ApiError(401, "missing API key", "authentication_error",
-                               code="invalid_api_key")
-            try:
-                return state.traces.authenticate(secret)
-            except AuthError as exc:
-                raise ApiError(401, str(exc), "authentication_error",
-                               code="invalid_api_key") from None
-        if not state.api_keys:
-            return None
-        if secret not in state.api_keys:
-            raise ApiError(401, "invalid or missing API key", "authentication_error",
-                           code="invalid_api_key")
-        return Account(account_id="static", role="app", name="static key",
-                       created_at=datetime.fromtimestamp(state.started, UTC))
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_, exc: StarletteHTTPException):
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(exc.detail), type_), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_, exc: Exception):  # a bug: say so in OpenAI's shape, tell nothing
+        return JSONResponse(error_body("internal error", "server_error"), 500)
+
+    def authorize(request: Request):
+        """The caller the guard authenticated: an account, a static-key app account, or None
+        (an open gateway, or no key on a public path)."""
+        return getattr(request.state, "caller", None)
 
     def check_model(model: str) -> None:
         if model not in (state.model_name, state.version_id, "default"):
@@ -169,21 +171,32 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
         return {"ok": True, "route": [h.node_id for h in route]}
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(request: Request):
+        """Aggregate counters for anyone; which nodes are excluded, for maintainer keys only."""
         p = state.engine.pipeline
-        return {"requests": state.engine.requests, "tokens": state.engine.tokens_generated,
-                "cancelled": state.engine.cancelled,
-                "speculation": {name: st.as_dict() for name, st in
-                                state.engine.spec_stats.items()},
-                "traversals": p.traversals, "failovers": p.failovers,
-                "excluded": sorted(p._excluded_now())}
+        public = {"requests": state.engine.requests, "tokens": state.engine.tokens_generated,
+                  "cancelled": state.engine.cancelled,
+                  "speculation": {name: st.as_dict() for name, st in
+                                  state.engine.spec_stats.items()},
+                  "traversals": p.traversals, "failovers": p.failovers}
+        if not is_maintainer(authorize(request)):
+            return public
+        return {**public, "excluded": sorted(p._excluded_now())}
 
     @app.get("/v1/rollout")
-    async def rollout():
-        """Which version new requests get, every version still loaded, and the channel watch."""
-        return {"current": state.current, **state.rollout,
-                "versions": {v: {"inflight": rt.inflight, "retired": v != state.current,
-                                 "draft": rt.draft} for v, rt in state.versions.items.items()}}
+    async def rollout(request: Request):
+        """Which version new requests get and every version still loaded, for anyone; whether
+        the channel watch is healthy, for anyone; its errors and history, for maintainer keys."""
+        versions = {v: {"inflight": rt.inflight, "retired": v != state.current,
+                        "draft": rt.draft} for v, rt in state.versions.items.items()}
+        if is_maintainer(authorize(request)):
+            return {"current": state.current, **state.rollout, "versions": versions}
+        channel = state.rollout.get("channel")
+        public: dict[str, Any] = {"current": state.current, "versions": versions}
+        if isinstance(channel, dict):
+            public["channel"] = {k: channel[k] for k in ("channel", "ok", "sequence", "version")
+                                 if k in channel}
+        return public
 
     @app.get("/verifier")
     async def verifier(request: Request):
@@ -192,8 +205,7 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
         caller = authorize(request)
         if state.verifier is None:
             return {"enabled": False}
-        full = caller is not None and caller.role == "maintainer"
-        return {"enabled": True, **state.verifier.summary(full=full)}
+        return {"enabled": True, **state.verifier.summary(full=is_maintainer(caller))}
 
     from serve.gateway.api_traces import router as traces_router
 
@@ -203,117 +215,58 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
     async def chat(body: ChatCompletionRequest, request: Request):
         caller = authorize(request)
         check_model(body.model)
+        refuse_unserved(body)
         runtime = state.runtime()  # the whole request stays on this version, even mid-rollout
         head = runtime.engine.head
-        prompt = render_chat(head.tokenizer, body)
+        prompt = await asyncio.to_thread(render_chat, head.tokenizer, body)
         params = SamplingParams(
             max_tokens=budget(head, len(prompt), body.max_completion_tokens or body.max_tokens),
             temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop),
-            logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0)
+            logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
+            **shaping(head, body), constraint=await json_constraint(head, body.response_format))
         return await respond(state, runtime, body, prompt, params, chat=True, caller=caller)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         caller = authorize(request)
         check_model(body.model)
+        if body.echo and body.logprobs is not None:
+            raise ApiError(400, "echo with logprobs (prompt logprobs) is not served",
+                           param="echo", code="unsupported_parameter")
         runtime = state.runtime()
         head = runtime.engine.head
-        prompt = head.tokenizer(body.prompt)["input_ids"]
+        prompt = (await asyncio.to_thread(head.tokenizer, body.prompt))["input_ids"]
         params = SamplingParams(
             max_tokens=budget(head, len(prompt), body.max_tokens or 16),
             temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop),
-            logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0)
+            logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0,
+            **shaping(head, body))
         return await respond(state, runtime, body, prompt, params, chat=False, caller=caller)
 
     return app
 
 
-def render_chat(tokenizer, body: ChatCompletionRequest) -> list[int]:
-    """Messages (tool calls and tool results included) through the model's chat template."""
-    messages: list[dict[str, Any]] = []
-    for m in body.messages:
-        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
-                               "content": m.text()}
-        if m.tool_calls:
-            msg["tool_calls"] = [{"type": "function", "id": c.id, "function": {
-                "name": c.function.name, "arguments": _json_or_text(c.function.arguments)}}
-                for c in m.tool_calls]
-            if not msg["content"]:
-                msg["content"] = "".join(
-                    f"<tool_call>{json.dumps({'name': c.function.name, 'arguments': _json_or_text(c.function.arguments)})}</tool_call>"
-                    for c in m.tool_calls)
-        if m.tool_call_id:
-            msg["tool_call_id"] = m.tool_call_id
-        messages.append(msg)
-    tools = body.tools if body.tool_choice != "none" else None
-    template = tokenizer.chat_template or ""
-    if tools and "tools" not in template:  # the template cannot render tools: describe them
-        described = TOOLS_PROMPT.format(tools="\n".join(json.dumps(t) for t in tools))
-        if messages[0]["role"] == "system":
-            messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + described}
-        else:
-            messages.insert(0, {"role": "system", "content": described})
-        tools = None
-    try:
-        encoded = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
-                                                tokenize=True, return_dict=True)
-    except Exception as exc:  # a template that rejects this conversation
-        raise ApiError(400, f"chat template rejected the messages: {exc}",
-                       param="messages") from None
-    return list(encoded["input_ids"])
+def refuse_unserved(body: ChatCompletionRequest) -> None:
+    """A 400 for chat parameters the gateway cannot honour (never silently ignored)."""
+    if isinstance(body.tool_choice, dict) or body.tool_choice == "required":
+        raise ApiError(400, "tool_choice 'required' or a named function is not served; use "
+                       "'auto' or 'none'", param="tool_choice", code="unsupported_parameter")
+    if body.response_format is not None and body.response_format.type != "text" and body.tools \
+            and body.tool_choice != "none":
+        raise ApiError(400, "response_format JSON and tools in one request are not served",
+                       param="response_format", code="unsupported_parameter")
 
 
-def _json_or_text(arguments: str) -> Any:
-    try:
-        return json.loads(arguments)
-    except json.JSONDecodeError:
-        return arguments
-
-
-def parse_tool_calls(text: str) -> list[dict[str, Any]]:
-    calls = []
-    for raw in TOOL_CALL_RE.findall(text):
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
-            calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {
-                "name": obj["name"], "arguments": json.dumps(obj.get("arguments", {}))}})
-    return calls
-
-
-class TextStream:
-    """Incremental detokenization with stop strings: emits only text that is final."""
-
-    def __init__(self, tokenizer, stops: tuple[str, ...]) -> None:
-        self.tokenizer, self.stops = tokenizer, stops
-        self.ids: list[int] = []
-        self.sent = 0
-        self.text = ""
-        self.stopped = False
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        for s in self.stops:
-            at = self.text.find(s)
-            if at != -1:
-                self.text, self.stopped = self.text[:at], True
-        if self.stopped:
-            return self.flush()
-        hold = max((len(s) - 1 for s in self.stops), default=0)
-        safe = len(self.text) - hold
-        if self.text.endswith("\ufffd"):  # an incomplete UTF-8 sequence
-            safe = min(safe, len(self.text) - 1)
-        if safe <= self.sent:
-            return ""
-        delta, self.sent = self.text[self.sent:safe], safe
-        return delta
-
-    def flush(self) -> str:
-        delta, self.sent = self.text[self.sent:], len(self.text)
-        return delta
+def shaping(head, body: SamplingFields) -> dict[str, Any]:
+    """The bias and penalties of a request as `SamplingParams` fields (token ids checked)."""
+    biases = body.token_biases()
+    vocab = int(head.lm_head.shape[0])
+    bad = [t for t, _ in biases if t >= vocab]
+    if bad:
+        raise ApiError(400, f"logit_bias names token {bad[0]}; the vocabulary has {vocab}",
+                       param="logit_bias")
+    return {"logit_bias": biases, "presence_penalty": body.presence_penalty,
+            "frequency_penalty": body.frequency_penalty}
 
 
 def _messages_of(body, chat: bool) -> list[dict[str, Any]]:
@@ -393,7 +346,7 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
         text.flush()
         content = text.text
         calls = parse_tool_calls(content) if getattr(body, "tools", None) else []
-        trace_id = record(calls)
+        trace_id = await asyncio.to_thread(record, calls)
         if chat:
             message: dict[str, Any] = {"role": "assistant", "content": content}
             finish = outcome.finish_reason
@@ -404,7 +357,8 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
                       "logprobs": {"content": logprob_items} if params.logprobs else None}
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": content, "finish_reason": outcome.finish_reason,
+            choice = {"index": 0, "text": body.prompt + content if body.echo else content,
+                      "finish_reason": outcome.finish_reason,
                       "logprobs": _completion_logprobs(logprob_items) if params.logprobs
                       else None}
             obj = "text_completion"
@@ -417,7 +371,7 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
         await engine.pipeline.route()
     except NoRoute as exc:
         raise ApiError(503, str(exc), "service_unavailable", code="no_route") from None
-    include_usage = bool((body.stream_options or {}).get("include_usage"))
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
 
     def chunk(delta_or_text: str | None, finish: str | None, first: bool = False) -> str:
         if chat:
@@ -437,6 +391,8 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
         try:
             if chat:
                 yield chunk(None, None, first=True)
+            elif body.echo:
+                yield chunk(body.prompt, None)
             async with contextlib.aclosing(gen):
                 async for step in gen:
                     delta = text.push(step.token)
@@ -447,8 +403,8 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
             tail = text.flush()
             if tail:
                 yield chunk(tail, None)
-            trace_id = record(parse_tool_calls(text.text) if getattr(body, "tools", None)
-                              else [])
+            trace_id = await asyncio.to_thread(
+                record, parse_tool_calls(text.text) if getattr(body, "tools", None) else [])
             yield chunk(None, outcome.finish_reason)
             if include_usage or trace_id:
                 yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk",

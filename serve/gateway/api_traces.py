@@ -13,18 +13,23 @@ and maintainers' queries. Authorization is by role:
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from serve.exceptions import ApiError
 from traces.schemas import FeedbackIn
 
 
+MAX_LIMIT = 1000
+"""Most traces one query returns (page with `until`)."""
+Id = Annotated[str | None, Query(max_length=64)]
+
+
 class GrantIn(BaseModel):
-    scopes: list[str] = Field(min_length=1)
+    scopes: list[str] = Field(min_length=1, max_length=16)
     days: float = Field(30.0, gt=0, le=3650)
 
 
@@ -49,9 +54,15 @@ def router(state, caller_of) -> APIRouter:
         return {"object": "feedback", **store().add_feedback(caller, body)}
 
     @r.get("/v1/traces")
-    def list_traces(request: Request, contributor: str | None = None,
-                    since: datetime | None = None, until: datetime | None = None,
-                    model: str | None = None, min_rating: int | None = None, limit: int = 100):
+    def list_traces(request: Request, contributor: Id = None,
+                    since: Annotated[AwareDatetime | None, Query(
+                        description="ISO 8601 with a time zone, e.g. 2026-12-01T00:00:00Z")] = None,
+                    until: Annotated[AwareDatetime | None, Query(
+                        description="ISO 8601 with a time zone")] = None,
+                    model: Annotated[str | None, Query(max_length=128)] = None,
+                    min_rating: Annotated[int | None, Query(ge=-1, le=5)] = None,
+                    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100):
+        """Traces newest first; `since`/`until` need a time zone (a naive time is ambiguous)."""
         caller = need(request, "contributor", "maintainer")
         who = _whose(caller, contributor)
         rows = store().query(contributor_id=who, since=since, until=until, model_version=model,
@@ -59,7 +70,7 @@ def router(state, caller_of) -> APIRouter:
         return {"object": "list", "data": rows}
 
     @r.get("/v1/traces/export")
-    def export(request: Request, contributor: str | None = None):
+    def export(request: Request, contributor: Id = None):
         caller = need(request, "contributor", "maintainer")
         who = _whose(caller, contributor) or caller.account_id
         return PlainTextResponse(store().export_jsonl(who), media_type="application/x-ndjson")

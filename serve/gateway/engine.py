@@ -85,7 +85,9 @@ class Engine:
             generator = torch.Generator().manual_seed(
                 params.seed if params.seed is not None else torch.seed() % (2**63))
         name = self.default_drafter if drafter == "default" else drafter
-        name = None if name == "off" else name
+        # verification compares drafts with the unshaped distribution: shaped requests
+        # (bias, penalties, constraints) decode token by token
+        name = None if name == "off" or params.shapes else name
         draft_source = self.drafters[name].start(prompt, params.temperature, params.top_p,
                                                  generator) if name else None
         outcome.drafter = name or "none"
@@ -97,7 +99,7 @@ class Engine:
         budget = params.max_tokens
         try:
             hidden = await session.extend(prompt)
-            pending = [pick(self.head.logits(hidden[-1:])[0], params, generator)]
+            pending = [pick(self.head.logits(hidden[-1:])[0], params, generator, prompt)]
             outcome.first_token_s = time.perf_counter() - t0
             while True:
                 for step in pending:
@@ -119,7 +121,8 @@ class Engine:
                     else Draft([])
                 if not draft.tokens:
                     hidden = await session.extend([last])
-                    pending = [pick(self.head.logits(hidden)[0], params, generator)]
+                    pending = [pick(self.head.logits(hidden)[0], params, generator,
+                                    session.tokens, outcome.completion_tokens)]
                     continue
                 n = len(draft.tokens)
                 hidden = await session.extend([last] + draft.tokens)

@@ -1,0 +1,201 @@
+"""The gateway's front door: every HTTP request is authenticated and its body bounded before any
+route parses it.
+
+`Guard` is an ASGI middleware in front of the FastAPI app. For each request it
+
+1. refuses a declared body over `ApiLimits.max_body_bytes` with a 413, before reading it;
+2. authenticates the bearer key (from the header alone), so an unauthenticated caller never gets
+   a large body parsed and validated; the caller's account lands in `request.state.caller`;
+3. reads the body itself, up to the limit (413 beyond) and within `body_timeout_s` (408 after:
+   a client that trickles bytes holds no worker), and replays it to the route.
+
+Key lookups in the trace store run in a worker thread, at most `auth_lookups` at a time, and a key
+that failed is remembered (by hash) for `failed_key_ttl_s`, so a caller who repeats a bad key costs
+a dictionary lookup, and one who sprays random keys costs a bounded share of the threads.
+
+It knows nothing about OpenAI's request bodies; the routes do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
+
+from serve.exceptions import ApiError
+
+if TYPE_CHECKING:
+    from traces.schemas import Account
+
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/v1/rollout", "/openapi.json", "/docs",
+                          "/docs/oauth2-redirect", "/redoc"})
+"""Paths that answer without a key (a key, when given, must still be valid). `/metrics` and
+`/v1/rollout` show their operational detail only to maintainer keys."""
+
+
+class ApiLimits(BaseModel):
+    """Bounds on what one request may cost the gateway before a route looks at it."""
+
+    max_body_bytes: int = Field(2 * 2**20, gt=0)
+    """Largest request body accepted (413 beyond). 2 MiB holds any prompt that fits a context of
+    a few hundred thousand tokens."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Time allowed to receive the whole body (408 after)."""
+    max_key_chars: int = Field(256, gt=0)
+    """Longer bearer keys are refused without a lookup."""
+    auth_lookups: int = Field(4, gt=0)
+    """Trace-store key lookups running at once (the rest wait)."""
+    failed_key_ttl_s: float = Field(60.0, ge=0)
+    """How long a key that failed is refused from memory. Keys are random secrets created
+    before first use, so a key that failed does not become valid later."""
+    failed_keys_kept: int = Field(65536, gt=0)
+    """Most failed keys remembered (oldest forgotten first)."""
+
+
+def error_body(message: str, type_: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """An error in OpenAI's shape."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status)
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, "authentication_error", code="invalid_api_key")
+
+
+class Authenticator:
+    """Bearer key → caller: a trace-store account, a static-key app account, or None (open)."""
+
+    def __init__(self, state: Any, limits: ApiLimits) -> None:
+        self.state, self.limits = state, limits
+        self._failed: OrderedDict[str, float] = OrderedDict()
+        self._lookups: asyncio.Semaphore | None = None
+        self.lookups = 0
+        """Trace-store lookups made (failed keys answered from memory are not counted)."""
+
+    def _remember_failure(self, digest: str) -> None:
+        self._failed[digest] = time.monotonic() + self.limits.failed_key_ttl_s
+        self._failed.move_to_end(digest)
+        while len(self._failed) > self.limits.failed_keys_kept:
+            self._failed.popitem(last=False)
+
+    def _failed_recently(self, digest: str) -> bool:
+        until = self._failed.get(digest)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._failed[digest]
+            return False
+        return True
+
+    async def caller(self, authorization: str, required: bool) -> "Account | None":
+        """The caller of a request with this Authorization header. Raises `ApiError` 401 for a
+        bad key, and for a missing one when `required` and the gateway has keys."""
+        from traces.schemas import Account
+
+        secret = authorization[7:] if authorization[:7].lower() == "bearer " else ""
+        secret = secret.strip()
+        store = self.state.traces
+        if not secret:
+            if required and (store is not None or self.state.api_keys):
+                raise _unauthorized("missing API key (send 'Authorization: Bearer <key>')")
+            return None
+        if len(secret) > self.limits.max_key_chars or not secret.isascii():
+            raise _unauthorized("invalid or revoked API key")
+        if store is None:
+            if secret not in self.state.api_keys:
+                raise _unauthorized("invalid or missing API key")
+            return Account(account_id="static", role="app", name="static key",
+                           created_at=datetime.fromtimestamp(self.state.started, UTC))
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        if self._failed_recently(digest):
+            raise _unauthorized("invalid or revoked API key")
+        if self._lookups is None:
+            self._lookups = asyncio.Semaphore(self.limits.auth_lookups)
+        from traces.exceptions import AuthError
+
+        async with self._lookups:
+            self.lookups += 1
+            try:
+                return await asyncio.to_thread(store.authenticate, secret)
+            except AuthError as exc:
+                self._remember_failure(digest)
+                raise _unauthorized(str(exc)) from None
+
+
+class Guard:
+    """ASGI middleware: body bound, then authentication, then the bounded body read (see the
+    module docstring). Only HTTP requests are guarded."""
+
+    def __init__(self, app: Any, auth: Authenticator) -> None:
+        self.app, self.auth, self.limits = app, auth, auth.limits
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in scope.get("headers", [])}
+            self._check_declared_length(headers.get("content-length"))
+            caller = await self.auth.caller(headers.get("authorization", ""),
+                                            required=scope["path"] not in PUBLIC_PATHS)
+            body = await self._read_body(receive)
+        except ApiError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["caller"] = caller
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect
+
+        await self.app(scope, replay, send)
+
+    def _check_declared_length(self, declared: str | None) -> None:
+        if declared is None:
+            return
+        if not declared.isdigit():
+            raise ApiError(400, f"Content-Length {declared[:32]!r} is not a number",
+                           code="invalid_content_length")
+        if int(declared) > self.limits.max_body_bytes:
+            raise self._too_large()
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"request body is larger than {self.limits.max_body_bytes} bytes",
+                        code="request_too_large")
+
+    async def _read_body(self, receive: Any) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.limits.body_timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
+            except TimeoutError:
+                raise ApiError(408, f"request body not received within "
+                               f"{self.limits.body_timeout_s:g} s", code="request_timeout"
+                               ) from None
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "client disconnected while sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limits.max_body_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
