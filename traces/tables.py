@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import pyarrow as pa
 from lancedb.pydantic import LanceModel, Vector, pydantic_to_schema
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from traces.schemas import (EMBED_DIM, Account, ApiKey, DatasetMember, Feedback, Grant,
                             RebuildMark, Receipt, Trace)
 
 
 class TraceRow(Trace, LanceModel):
-    """A trace as the `traces` table stores it: the logged record plus its embedding, which the
-    background writer adds on ingestion."""
+    """A trace as the `traces` table stores it: the logged record plus its embedding.
 
-    vector: Vector(EMBED_DIM)  # type: ignore[valid-type]
+    Rows are ingested without one (`vector` and `embedder` null); the embedding pass fills both
+    later, in batches (traces/ingest.py)."""
+
+    vector: Vector(EMBED_DIM) | None = None  # type: ignore[valid-type]
+    embedder: str | None = Field(None, description="version of the embedder that made `vector`; "
+                                 "null until the embedding pass has reached the row")
 
 
 TABLES: dict[str, type[BaseModel]] = {

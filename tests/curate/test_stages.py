@@ -88,8 +88,9 @@ def test_minhash_is_stable_across_calls_and_sensitive_to_content(records):
 
 
 def test_semantic_dedup_uses_real_embeddings():
-    from traces.embed import embed
+    from traces.embedders import load
 
+    embed = load("minilm").embed
     texts = ["How do I reset my password on the website?",
              "How can I reset the password for my account on the website?",
              "What is the boiling point of water at sea level?"]

@@ -146,7 +146,8 @@ def test_traces_bench_runs_small(tmp_path):
 
 def test_tables_written_before_the_schemas_were_derived_still_open(tmp_path):
     """A store whose `traces` and `receipts` tables were created from the earlier hand-written
-    Arrow schemas opens them, ingests into them and rewrites them on erasure, columns unchanged."""
+    Arrow schemas opens them (adding the `embedder` column), ingests into them and rewrites them
+    on erasure, columns unchanged."""
     import lancedb
     import pyarrow as pa
 
@@ -170,7 +171,10 @@ def test_tables_written_before_the_schemas_were_derived_still_open(tmp_path):
         db.create_table(name, schema=schema)
     store = TraceStore(TraceStoreConfig(uri=str(tmp_path / "lancedb"), log_dir=tmp_path / "log",
                                         embed=False))
+    # the one column added since (which embedder made `vector`) is added to the old table
+    earlier["traces"] = earlier["traces"].append(pa.field("embedder", pa.string()))
     assert {n: store.schemas[n] for n in earlier} == earlier
+    assert {n: store.tables[n].schema for n in earlier} == earlier
     alice = store.create_account("contributor", "alice")
     t = make_trace(alice, store.create_grant(alice, ["sft"], 30))
     store.record(t)

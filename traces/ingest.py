@@ -1,0 +1,207 @@
+"""Ingestion: the durable log into LanceDB rows, and rows into embeddings, as two separate passes.
+
+Rows first: `flush` moves logged traces into the `traces` table in batches (`merge_insert` on the
+request id, so a replay never duplicates) with no embedding (`vector` and `embedder` null). It is
+cheap, so reads call it to see their own writes. Embeddings later: `embed_pending` picks rows whose
+`embedder` is not the current embedder's version, embeds them in CPU-sized batches outside any
+lock, and writes back only `vector` and `embedder` (an update of matched rows, so a row erased
+meanwhile is not brought back). Each pass runs in its own background thread in the process that
+owns the log (the gateway); a reader that needs embeddings (curation) calls `embed_pending` for
+just the rows it reads, waiting for a batch the background pass has in hand instead of redoing it.
+
+`backlog` says how far behind both passes are, from counters kept as they go (no I/O), for the
+gateway's `/metrics`; past the configured bound it says so and logs a warning. Nothing is ever
+dropped: the log keeps every record until LanceDB holds it.
+
+It knows the store's tables, log and lock, nothing of accounts, consent or erasure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from traces.schemas import Trace
+
+if TYPE_CHECKING:
+    from traces.store import TraceStore
+
+log = logging.getLogger("shoal.traces")
+EMBED_COLUMNS = ("request_id", "vector", "embedder")
+
+
+def embed_text(row: dict) -> str:
+    """What a trace is embedded as: its last user message and the completion, 2,000 characters."""
+    try:
+        messages = json.loads(row["messages_json"])
+        last = next((m.get("content") or "" for m in reversed(messages)
+                     if m.get("role") == "user"), "")
+    except (json.JSONDecodeError, TypeError, AttributeError):
+        last = ""
+    if not isinstance(last, str):  # OpenAI content parts
+        last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
+    return f"{last}\n{row['completion']}"[:2000]
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class Ingestion:
+    def __init__(self, store: TraceStore) -> None:
+        self.store = store
+        self.ingested = 0
+        """Rows this process added to LanceDB."""
+        self.embedded = 0
+        """Rows this process embedded."""
+        self._unembedded: int | None = None
+        self._embed_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._warned = False
+        self._embedder = None
+
+    # rows --------------------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Ingest the log into LanceDB rows (no embeddings); returns rows added.
+
+        The log's owner rotates, ingests closed segments and drops them. Any other process reads
+        every segment as it is, the one being written too, and changes none."""
+        store = self.store
+        with store.write_lock:
+            owner = store.log.owned
+            segments = store.log.rotate() if owner else store.log.segments()
+            added = 0
+            for segment in segments:
+                records = list(store.log.read(segment))
+                for i in range(0, len(records), store.config.batch_size):
+                    added += self._insert(records[i:i + store.config.batch_size])
+                if owner:
+                    store.log.drop(segment)
+            self.ingested += added
+            if added and self._unembedded is not None:
+                self._unembedded += added
+            return added
+
+    def _insert(self, records: list[dict]) -> int:
+        if not records:
+            return 0
+        rows = [Trace.model_validate(r).model_dump() for r in records]
+        table = self.store.tables["traces"]
+        before = table.count_rows()
+        (table.merge_insert("request_id").when_not_matched_insert_all()
+         .execute(pa.Table.from_pylist(rows, schema=self.store.schemas["traces"]),
+                  on_bad_vectors="null"))
+        return table.count_rows() - before
+
+    # embeddings --------------------------------------------------------------------------------
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from traces.embedders import load
+
+            self._embedder = load(self.store.config.embedder, self.store.config.embedder_cache)
+        return self._embedder
+
+    def _stale(self, where: str | None) -> str:
+        stale = f"(embedder IS NULL OR embedder != {_quote(self.embedder.version)})"
+        return f"{stale} AND ({where})" if where else stale
+
+    def embed_pending(self, where: str | None = None, limit: int | None = None) -> int:
+        """Embed rows that lack the current embedder's vector (only those `where` selects, at
+        most `limit`), batch by batch; returns how many were embedded."""
+        done = 0
+        while limit is None or done < limit:
+            batch = self.store.config.embed_batch if limit is None else min(
+                self.store.config.embed_batch, limit - done)
+            with self._embed_lock:  # a reader waits for the batch in hand, then takes its own
+                n = self._embed_batch(where, batch)
+            if n == 0:
+                break
+            done += n
+        return done
+
+    def _embed_batch(self, where: str | None, batch: int) -> int:
+        store = self.store
+        rows = (store.tables["traces"].search().where(self._stale(where))
+                .select(["request_id", "messages_json", "completion"]).limit(batch).to_list())
+        if not rows:
+            return 0
+        vectors = self.embedder.embed([embed_text(r) for r in rows])
+        update = pa.Table.from_pydict(
+            {"request_id": [r["request_id"] for r in rows], "vector": list(vectors),
+             "embedder": [self.embedder.version] * len(rows)},
+            schema=pa.schema([store.schemas["traces"].field(c) for c in EMBED_COLUMNS]))
+        with store.write_lock:  # short: the vectors are ready; erasure may have run meanwhile
+            store.tables["traces"].merge_insert("request_id").when_matched_update_all().execute(
+                update)
+        self.embedded += len(rows)
+        if self._unembedded is not None:
+            self._unembedded = max(0, self._unembedded - len(rows))
+        return len(rows)
+
+    def count_unembedded(self) -> int:
+        self._unembedded = self.store.tables["traces"].count_rows(self._stale(None))
+        return self._unembedded
+
+    # backlog -----------------------------------------------------------------------------------
+
+    def backlog(self) -> dict:
+        """How far ingestion is behind, without touching disk: log records not yet rows, rows
+        not yet embedded (as of the embedding pass's last count), and the configured bound."""
+        config = self.store.config
+        logged = self.store.log.backlog() if self.store.log.owned else None
+        behind = max(logged or 0, self._unembedded or 0)
+        over = behind > config.backlog_bound
+        if over and not self._warned:
+            log.warning("trace ingestion backlog %d is over its bound %d (log %s, unembedded %s); "
+                        "nothing is dropped, but traces reach curation late", behind,
+                        config.backlog_bound, logged, self._unembedded)
+        self._warned = over
+        return {"log_records": logged, "unembedded_rows": self._unembedded,
+                "bound": config.backlog_bound, "over_bound": over,
+                "ingested": self.ingested, "embedded": self.embedded,
+                "embedder": config.embedder if config.embed else None}
+
+    # background --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        loops = [("trace-writer", self._write_loop)]
+        if self.store.config.embed:
+            loops.append(("trace-embedder", self._embed_loop))
+        for name, target in loops:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+
+    def _write_loop(self) -> None:
+        while not self._stop.wait(self.store.config.flush_interval_s):
+            try:
+                self.flush()
+                self.backlog()  # warns once when the bound is crossed
+            except Exception:  # keep the log; the next round retries
+                log.exception("trace ingestion failed")
+
+    def _embed_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.count_unembedded()
+                if self.embed_pending(limit=self.store.config.embed_batch) == 0:
+                    self._stop.wait(self.store.config.flush_interval_s)
+            except Exception:  # rows stay unembedded; the next round retries
+                log.exception("trace embedding failed")
+                self._stop.wait(5 * self.store.config.flush_interval_s)
+            time.sleep(0)
