@@ -178,7 +178,8 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
                   "cancelled": state.engine.cancelled,
                   "speculation": {name: st.as_dict() for name, st in
                                   state.engine.spec_stats.items()},
-                  "traversals": p.traversals, "failovers": p.failovers}
+                  "traversals": p.traversals, "failovers": p.failovers,
+                  "trace_ingestion": state.traces.backlog() if state.traces is not None else None}
         if not is_maintainer(authorize(request)):
             return public
         return {**public, "excluded": sorted(p._excluded_now())}
