@@ -3,6 +3,10 @@ gateway, and optionally a latency relay in front of every hop.
 
 `LocalSwarm` is also what the tests and benchmarks use to start real processes. It writes the
 processes' pids and addresses to `<home>/run/swarm.json` and stops everything on `stop()`.
+`serve_until_stopped` is `shoal up`'s loop: SIGTERM or SIGINT (at any moment, starting included)
+stops every child; a crashed node is reported with the tail of its log and started again (its
+replicas, where the swarm has them, keep serving meanwhile); a crashed tracker, gateway or relay
+is reported and stops the swarm.
 
 The swarm's gateway signs with the key `gateway` in `<home>/keys` (created on first start), and
 the tracker accepts verdicts from that key only: the local gateway can evict a node for every
@@ -19,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -282,7 +287,19 @@ class LocalSwarm:
         if proc.poll() is None:
             self.kill(name)
         self._spawn(name, proc.args[3:], module=proc.args[2])
+        self._write_state()
         self.wait_ready(120, [None] * len(self.node_ports))
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        """The last `lines` lines of a process's log."""
+        path = self.log_dir / f"{name}.log"
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(max(0, path.stat().st_size - 16384))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
 
     def kill(self, name: str) -> None:
         """SIGKILL one process (a crashed machine, for failover tests)."""
@@ -310,3 +327,54 @@ class LocalSwarm:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT reached the process serving the swarm."""
+
+
+def serve_until_stopped(swarm: LocalSwarm, say: Callable[[str], None],
+                        on_ready: Callable[[], None] = lambda: None, *, poll_s: float = 0.5,
+                        max_restarts: int = 3) -> int:
+    """Start `swarm` and serve until SIGTERM or SIGINT; stop every child in any case. Returns
+    the exit status: 0 when stopped by a signal, 1 when the swarm could not go on.
+
+    A crashed node is reported (exit status and log tail) and restarted, up to `max_restarts`
+    times each; any other crashed process ends the swarm, reported the same way."""
+    stopping = False
+
+    def on_signal(signum: int, _frame) -> None:
+        nonlocal stopping
+        if not stopping:  # a second signal must not interrupt the stopping itself
+            stopping = True
+            raise Stopped(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    restarts: dict[str, int] = {}
+    try:
+        swarm.start()
+        on_ready()
+        while True:
+            time.sleep(poll_s)
+            for name, proc in list(swarm.procs.items()):
+                if proc.poll() is None:
+                    continue
+                say(f"{name} exited with status {proc.returncode}; the end of "
+                    f"{swarm.log_dir / (name + '.log')}:\n{swarm.log_tail(name)}")
+                if not name.startswith("node") or restarts.get(name, 0) >= max_restarts:
+                    say(f"stopping the swarm: {name} is not restarted")
+                    return 1
+                restarts[name] = restarts.get(name, 0) + 1
+                say(f"restarting {name} ({restarts[name]} of {max_restarts})")
+                swarm.restart(name)
+    except Stopped as why:
+        say(f"{why}: stopping the swarm")
+        return 0
+    except ServeError as exc:  # the swarm did not become ready
+        say(str(exc))
+        return 1
+    finally:
+        stopping = True
+        swarm.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

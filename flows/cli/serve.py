@@ -210,10 +210,9 @@ def up(nodes: int = 3, model: str = DEFAULT_MODEL, port: int = GATEWAY["port"],
        traces: Annotated[bool, typer.Option(
            help="trace store in $SHOAL_HOME/traces (its API keys replace --api-key)")] = False
        ) -> None:
-    """Start a local swarm (tracker, NODES nodes, gateway) and serve until Ctrl-C."""
-    import time
-
-    from serve.up import LocalSwarm, SwarmSpec
+    """Start a local swarm (tracker, NODES nodes, gateway) and serve until Ctrl-C or SIGTERM,
+    which stop every process it started; a crashed node is reported and restarted."""
+    from serve.up import LocalSwarm, SwarmSpec, serve_until_stopped
 
     cfg = config()
     client = cfg.client()
@@ -222,17 +221,11 @@ def up(nodes: int = 3, model: str = DEFAULT_MODEL, port: int = GATEWAY["port"],
                                  api_keys=list(api_key or []), traces=traces,
                                  key_passphrase=cfg.key_passphrase), cfg.home, layers)
     typer.echo(f"starting tracker, {nodes} nodes and the gateway (logs: {swarm.log_dir})…")
-    swarm.start()
-    typer.echo(f"swarm ready: OPENAI_BASE_URL={swarm.base_url}/v1  (Ctrl-C stops it)")
-    try:
-        while all(p.poll() is None for p in swarm.procs.values()):
-            time.sleep(1)
-        typer.echo("a swarm process exited; stopping", err=True)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        swarm.stop()
-        typer.echo("stopped")
+    status = serve_until_stopped(
+        swarm, lambda line: typer.echo(line, err=True), on_ready=lambda: typer.echo(
+            f"swarm ready: OPENAI_BASE_URL={swarm.base_url}/v1  (Ctrl-C stops it)"))
+    typer.echo("stopped")
+    raise typer.Exit(status)
 
 
 # inspection -------------------------------------------------------------------------------------

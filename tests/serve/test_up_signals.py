@@ -1,0 +1,100 @@
+"""`shoal up` as a real process: SIGTERM and SIGINT stop every child it started (a restarted one
+included), and a crashed node is reported with its log tail and started again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve.up import free_port
+from tests.serve.conftest import tiny_home
+
+pytestmark = pytest.mark.slow
+
+
+def start_up(home: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "SHOAL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "up", "--nodes", "2", "--model", "tiny@production",
+         "--port", str(port), "--api-key", "sk-test"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def children(home: Path, timeout_s: float = 60) -> dict[str, int]:
+    """The pids `shoal up` wrote, once it has spawned everything."""
+    state = home / "run" / "swarm.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pids = json.loads(state.read_text())["pids"]
+        except (OSError, ValueError, KeyError):
+            pids = {}
+        if {"tracker", "gateway", "node0", "node1"} <= set(pids):
+            return pids
+        time.sleep(0.1)
+    raise AssertionError(f"shoal up wrote no state in {timeout_s} s")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def stop(up: subprocess.Popen, sig: int, pids: dict[str, int]) -> str:
+    up.send_signal(sig)
+    out, _ = up.communicate(timeout=60)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
+        time.sleep(0.1)
+    assert not [n for n, p in pids.items() if alive(p)], out
+    return out
+
+
+def test_sigint_while_starting_leaves_no_child(tmp_path_factory, tiny_model_dir):
+    home = tiny_home(tmp_path_factory, tiny_model_dir)
+    up = start_up(home, free_port())
+    pids = children(home)  # spawned; the nodes are still loading
+    out = stop(up, signal.SIGINT, pids)
+    assert up.returncode == 0 and "SIGINT: stopping the swarm" in out, out
+
+
+def test_crashed_node_is_restarted_and_sigterm_stops_all(tmp_path_factory, tiny_model_dir):
+    home = tiny_home(tmp_path_factory, tiny_model_dir)
+    port = free_port()
+    up = start_up(home, port)
+    pids = children(home)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    os.killpg(pids["node1"], signal.SIGKILL)
+    restarted = pids["node1"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and restarted == pids["node1"]:
+        restarted = children(home)["node1"]
+        time.sleep(0.3)
+    assert restarted != pids["node1"], "node1 was not restarted"
+    assert alive(restarted)
+    out = stop(up, signal.SIGTERM, {**pids, "node1-again": restarted})
+    assert up.returncode == 0, out
+    assert "node1 exited with status -9" in out and "restarting node1" in out, out
+    assert "SIGTERM: stopping the swarm" in out, out
