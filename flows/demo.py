@@ -41,8 +41,9 @@ class DemoConfig(BaseModel):
     train: dict = Field(default_factory=lambda: {"max_steps": 16, "epochs": 3, "lr": 5e-5,
                                                  "micro_batch": 4, "max_len": 160})
     procs: int = Field(2, ge=1)
-    gate: dict = Field(default_factory=lambda: {"improve": {"tools_heldout.accuracy": 0.10},
-                                                "hold": {"regression.accuracy": 0.20}})
+    gate: dict | None = None
+    """The eval gate's tables (`train.gate.GateConfig`); None: the same default gate as
+    `shoal flow train` (docs/training.md)."""
     concurrency: int = Field(8, ge=1)
     max_tokens: int = Field(40, ge=1)
     nodes: int = Field(3, ge=1)

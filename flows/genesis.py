@@ -1,6 +1,9 @@
 """First-run setup: maintainer keys, a registry, and the default model as the signed genesis version.
 
 Every step checks what is already there and skips finished work, so running it again takes seconds.
+Keys are created only while the registry itself is being created (`flows.signers` says which key
+signs what); once a registry exists, a missing key is an error, never a new key its root does not
+list. `make demo` uses this; the README's walkthrough does the same steps by hand with the CLI.
 """
 
 from __future__ import annotations
@@ -10,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.config import ShoalConfig
+from flows.signers import DEFAULT_KEYS, genesis_policy, load
 
-MAINTAINER_KEYS = {"root": "maintainer-root", "release": "maintainer-release",
-                   "promote": "maintainer-promote"}
 DEFAULT_NAME = "smollm2-135m-instruct"
 
 
@@ -24,27 +26,28 @@ class Genesis:
 
 
 def ensure_keys(cfg: ShoalConfig) -> dict:
-    """Load the maintainer's role keys, creating any that are missing."""
-    from registry.signing import SigningKey, list_keys, load_key, save_key
+    """The maintainer's default keys by role (`signers.DEFAULT_KEYS`). Missing ones are created
+    only when there is no registry yet; otherwise the roles whose key is absent are left out."""
+    from registry.publish import has_registry
+    from registry.signing import SigningKey, list_keys, save_key
 
     have = {k.name for k in list_keys(cfg.keys_dir)}
-    keys = {}
-    for role, name in MAINTAINER_KEYS.items():
-        if name not in have:
-            save_key(SigningKey.generate(name), cfg.keys_dir, cfg.key_passphrase)
-        keys[role] = load_key(cfg.keys_dir, name, cfg.key_passphrase)
-    return keys
+    if not has_registry(cfg.store()):
+        for name in DEFAULT_KEYS.values():
+            if name not in have:
+                save_key(SigningKey.generate(name), cfg.keys_dir, cfg.key_passphrase)
+        have = set(DEFAULT_KEYS.values())
+    return {role: load(cfg, [name])[0] for role, name in DEFAULT_KEYS.items() if name in have}
 
 
 def ensure_registry(cfg: ShoalConfig, keys: dict) -> None:
-    from registry.publish import has_registry, init_registry, make_policy, new_registry_id
+    from registry.publish import has_registry, init_registry, new_registry_id
 
     store = cfg.store()
     if has_registry(store):
         return
-    policy = make_policy(version=1, registry=new_registry_id(), roles={
-        role: ([keys[role]], 1) for role in ("root", "release", "promote")})
-    init_registry(store, policy, [keys["root"]], [keys["promote"]])
+    init_registry(store, genesis_policy(keys, new_registry_id()), [keys["root"]],
+                  [keys["promote"]])
 
 
 def ensure_genesis(cfg: ShoalConfig, say: Callable[[str], None] = print, *,
@@ -61,11 +64,13 @@ def ensure_genesis(cfg: ShoalConfig, say: Callable[[str], None] = print, *,
     store = cfg.store()
     source = source or default_gguf()
     say(f"importing {source.name} (skipped when already imported)")
-    result = import_default_if_missing(store, source, name, [keys["release"]])
+    result = import_default_if_missing(store, source, name,
+                                       load(cfg, [DEFAULT_KEYS["release"]]))
     imported = not isinstance(result, str)
     version_id = result.version_id if imported else result
     head = channel_head(store, "production")
     promoted = head is None or head.signed["version"] != version_id
     if promoted:
-        promote(store, version_id, "production", [keys["promote"]], note="genesis")
+        promote(store, version_id, "production", load(cfg, [DEFAULT_KEYS["promote"]]),
+                note="genesis")
     return Genesis(version_id, imported, promoted)

@@ -116,24 +116,41 @@ def evaluate(home: str, run_dir: str, production: str = "production", gate: dict
 
 
 @flow(name="register", persist_result=False)
-def register(home: str, run_dir: str, name: str | None = None) -> dict:
-    """Import the run's weights as a signed candidate; promote to staging if the gate accepted."""
-    from flows.genesis import ensure_keys
-    from registry.publish import import_model, promote
+def register(home: str, run_dir: str, name: str | None = None,
+             keys: list[str] | None = None) -> dict:
+    """Import the run's weights as a signed candidate; promote to staging if the gate accepted.
+
+    `keys` names the signing keys (default: `maintainer-release`, and the staging key when the gate
+    accepted); each signs what the registry's policy lets it: manifests for `release` keys, the
+    staging record for keys of the staging channel's role. A named key that is missing is an error.
+    """
+    from flows import signers
+    from registry.exceptions import VerificationError
+    from registry.publish import current_root, import_model, promote
     from train.records import EvalReport, Registered, RunRecord
 
     shoal = ShoalConfig.at(home)
     record = RunRecord.load(run_dir)
     report = EvalReport.load_if_present(run_dir)
-    keys = ensure_keys(shoal)
+    accepted = bool(report and report.gate.accepted)
+    channel = record.staging_channel if accepted else None
+    policy = current_root(shoal.store())
+    names = keys or [signers.DEFAULT_KEYS["release"],
+                     *([signers.default_for(policy, channel)] if channel else [])]
+    loaded = signers.load(shoal, names)
+    release = signers.in_role(loaded, policy, "release")
+    if not release:
+        raise VerificationError("wrong-role", f"none of the keys {names} is a release key of "
+                                "this registry")
     parent = shoal.client().manifest(record.parent)  # verified: the lineage names it
     name = name or record.candidate_name(parent.name)
-    imported = import_model(shoal.store(), record.model_dir, name=name,
-                            release_keys=[keys["release"]], lineage=record.lineage(report))
-    channel = None
-    if report and report.gate.accepted:
-        channel = record.staging_channel
-        promote(shoal.store(), imported.version_id, channel, [keys["promote"]],
+    imported = import_model(shoal.store(), record.model_dir, name=name, release_keys=release,
+                            lineage=record.lineage(report))
+    if channel:
+        from registry.policy import channel_role
+
+        promote(shoal.store(), imported.version_id, channel,
+                signers.in_role(loaded, policy, channel_role(policy, channel)),
                 note=f"gate accepted run {record.run_id}")
     registered = Registered(version=imported.version_id, name=name, promoted_to=channel,
                             gate=report.gate if report else None)
@@ -144,9 +161,10 @@ def register(home: str, run_dir: str, name: str | None = None) -> dict:
 @flow(name="improve", persist_result=False)
 def improve(home: str, kind: str = "sft", parent: str = "production",
             datasets: list[str] | None = None, settings: dict | None = None, procs: int = 2,
-            gate: dict | None = None, limit: int | None = None) -> dict:
+            gate: dict | None = None, limit: int | None = None,
+            keys: list[str] | None = None) -> dict:
     """train → evaluate → register: one candidate from curated data, gated into staging."""
     meta = train(home, kind, parent, datasets, settings, procs)
     report = evaluate(home, meta["run_dir"], parent, gate, limit)
-    registered = register(home, meta["run_dir"])
+    registered = register(home, meta["run_dir"], keys=keys)
     return {"run": meta, "eval": report, "registered": registered}

@@ -123,7 +123,9 @@ class RegistryClient:
             prefix = what.removeprefix("sha256:")
             matches = [v for v in self.versions() if v.removeprefix("sha256:").startswith(prefix)]
             if len(prefix) < 6 or not matches:
-                raise NotFoundError(f"{ref!r}: no channel or version matches")
+                hint = "" if self.store.exists(layout.root(1)) else (
+                    f" (no registry at {self.store.url}: create one with `shoal registry init`)")
+                raise NotFoundError(f"{ref!r}: no channel or version matches{hint}")
             if len(matches) > 1:
                 raise NotFoundError(f"{ref!r}: ambiguous version prefix ({len(matches)} match)")
             version_id = matches[0]

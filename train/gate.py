@@ -27,6 +27,15 @@ class GateConfig(BaseModel):
             return cls(improve={"acceptance.rate": 0.02}, hold={})
         return cls()
 
+    @classmethod
+    def for_run(cls, kind: str, improve: dict[str, float] | None = None,
+                hold: dict[str, float] | None = None) -> "GateConfig":
+        """The default gate for `kind` with the `improve` and `hold` tables replaced where given
+        (`shoal flow train|evaluate --improve METRIC=DELTA --hold METRIC=DELTA`)."""
+        base = cls.for_kind(kind)
+        return cls(improve=base.improve if improve is None else improve,
+                   hold=base.hold if hold is None else hold)
+
 
 def _absent(value: object) -> bool:
     return value is None

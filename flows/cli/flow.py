@@ -36,6 +36,44 @@ def _settings(values: list[str]) -> dict[str, Any]:
     return out
 
 
+def _bounds(values: list[str] | None, option: str) -> dict[str, float] | None:
+    """`--improve`/`--hold METRIC=DELTA` values as a gate table (None when none was given)."""
+    if not values:
+        return None
+    out = {}
+    for item in values:
+        metric, sep, raw = item.partition("=")
+        try:
+            delta = float(raw) if sep and metric else -1.0
+        except ValueError:
+            delta = -1.0
+        if delta < 0:
+            raise ValueError(f"{option} {item!r}: expected METRIC=DELTA with DELTA ≥ 0")
+        out[metric] = delta
+    return out
+
+
+def _gate(kind: str, improve: list[str] | None, hold: list[str] | None) -> dict | None:
+    """The gate table the options ask for, or None for the kind's default gate."""
+    if not improve and not hold:
+        return None
+    from train.gate import GateConfig
+
+    return GateConfig.for_run(kind, _bounds(improve, "--improve"),
+                              _bounds(hold, "--hold")).model_dump()
+
+
+Improve = Annotated[Optional[list[str]], typer.Option(
+    help="gate: METRIC=DELTA the candidate must gain (repeatable; replaces the default "
+         "tools_heldout.accuracy=0.05)")]
+Hold = Annotated[Optional[list[str]], typer.Option(
+    help="gate: METRIC=DELTA the candidate may lose at most (repeatable; replaces the default "
+         "regression.accuracy=0.1)")]
+Keys = Annotated[Optional[list[str]], typer.Option(
+    "--key", help="signing key (repeatable; default: maintainer-release, and maintainer-staging "
+                  "for the staging record)")]
+
+
 def _print_outcome(report: dict, registered: dict) -> None:
     for check in report["gate"]["checks"]:
         if "delta" in check:
@@ -98,10 +136,12 @@ def train_run(
     evaluate: Annotated[bool, typer.Option(help="then evaluate, gate and register")] = True,
     limit: Annotated[Optional[int], typer.Option(help="evaluate on the first N items per set")]
     = None,
+    improve: Improve = None, hold: Hold = None, key: Keys = None,
 ) -> None:
     """Train a candidate with DeepSpeed; by default evaluate it, gate it and register it."""
     home, settings = str(config().home), _settings(set_ or [])
-    from flows.training import improve
+    gate = _gate(kind, improve, hold)
+    from flows.training import improve as improve_flow
     from flows.training import train as train_flow
 
     if not evaluate:
@@ -109,24 +149,27 @@ def train_run(
         typer.echo(f"run {meta['run_dir']}  loss {meta['summary']['loss_first']:.4f} → "
                    f"{meta['summary']['loss_last']:.4f}")
         return
-    result = improve(home, kind, parent, dataset, settings, procs, None, limit)
+    result = improve_flow(home, kind, parent, dataset, settings, procs, gate, limit, key)
     _print_outcome(result["eval"], result["registered"])
 
 
 @command(flow_app, "evaluate")
 def evaluate_run(run_dir: Path, production: str = DEFAULT_MODEL,
-                 limit: Annotated[Optional[int], typer.Option()] = None) -> None:
+                 limit: Annotated[Optional[int], typer.Option()] = None,
+                 improve: Improve = None, hold: Hold = None) -> None:
     """Score a run's candidate and production with the same harness; ask the gate."""
     from flows.training import evaluate as evaluate_flow
+    from train.records import RunRecord
 
-    report = evaluate_flow(str(config().home), str(run_dir), production, None, limit)
+    gate = _gate(RunRecord.load(run_dir).kind, improve, hold) if improve or hold else None
+    report = evaluate_flow(str(config().home), str(run_dir), production, gate, limit)
     typer.echo(json.dumps(report["gate"], indent=2))
 
 
 @command(flow_app, "register")
-def register_run(run_dir: Path) -> None:
+def register_run(run_dir: Path, key: Keys = None) -> None:
     """Import a run's weights as a signed candidate; promote to staging if its gate accepted."""
     from flows.training import register as register_flow
 
-    result = register_flow(str(config().home), str(run_dir))
+    result = register_flow(str(config().home), str(run_dir), keys=key)
     typer.echo(json.dumps(result, indent=2))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from flows.cli.base import DEFAULT_MODEL, command, config
+from flows.cli.base import DEFAULT_MODEL, command, config, fail
 from serve.config import (ChannelWatch, GatewayConfig, NodeConfig, TrackerConfig, VerifierConfig,
                           defaults)
 
@@ -208,8 +208,13 @@ def up(nodes: int = 3, model: str = DEFAULT_MODEL, port: int = GATEWAY["port"],
        delay_ms: float = 0.0,
        api_key: Annotated[Optional[list[str]], typer.Option("--api-key")] = None,
        traces: Annotated[bool, typer.Option(
-           help="trace store in $SHOAL_HOME/traces (its API keys replace --api-key)")] = False
-       ) -> None:
+           help="trace store in $SHOAL_HOME/traces (its API keys replace --api-key)")] = False,
+       watch: Annotated[Optional[str], typer.Option(
+           help="channel to follow, rolling out each version it is promoted to (default: the "
+                "channel --model names, e.g. production)")] = None,
+       pin: Annotated[bool, typer.Option(
+           "--pin", help="serve --model's version as it is now and follow no channel")] = False,
+       watch_poll: float = WATCH["poll_s"]) -> None:
     """Start a local swarm (tracker, NODES nodes, gateway) and serve until Ctrl-C or SIGTERM,
     which stop every process it started; a crashed node is reported and restarted."""
     from serve.up import LocalSwarm, SwarmSpec, serve_until_stopped
@@ -217,10 +222,17 @@ def up(nodes: int = 3, model: str = DEFAULT_MODEL, port: int = GATEWAY["port"],
     cfg = config()
     client = cfg.client()
     layers = client.manifest(client.resolve(model)).num_layers
+    if pin and watch:
+        fail("give --watch CHANNEL or --pin, not both")
+    named = model.rpartition("@")[2]
+    follow = None if pin else (watch or (named if client.has_channel(named) else None))
     swarm = LocalSwarm(SwarmSpec(model=model, nodes=nodes, port=port, delay_ms=delay_ms,
                                  api_keys=list(api_key or []), traces=traces,
-                                 key_passphrase=cfg.key_passphrase), cfg.home, layers)
-    typer.echo(f"starting tracker, {nodes} nodes and the gateway (logs: {swarm.log_dir})…")
+                                 key_passphrase=cfg.key_passphrase, watch=follow,
+                                 watch_poll_s=watch_poll), cfg.home, layers)
+    following = f"following {follow!r}" if follow else "pinned to its version"
+    typer.echo(f"starting tracker, {nodes} nodes and the gateway, {following} "
+               f"(logs: {swarm.log_dir})…")
     status = serve_until_stopped(
         swarm, lambda line: typer.echo(line, err=True), on_ready=lambda: typer.echo(
             f"swarm ready: OPENAI_BASE_URL={swarm.base_url}/v1  (Ctrl-C stops it)"))

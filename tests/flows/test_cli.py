@@ -71,7 +71,15 @@ def test_encrypted_key_needs_its_passphrase(env, monkeypatch):
         load_key(env / "keys", "bob", None)
 
 
+def _registry() -> None:
+    from flows.genesis import ensure_keys, ensure_registry
+
+    cfg = ShoalConfig.from_env()
+    ensure_registry(cfg, ensure_keys(cfg))
+
+
 def test_import_errors_are_one_clear_line(env, tmp_path):
+    _registry()
     result = run("model", "import", str(tmp_path / "missing"))
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -82,6 +90,7 @@ def test_import_errors_are_one_clear_line(env, tmp_path):
 
 
 def test_import_exit_code_from_the_real_entry_point(env, tmp_path):
+    _registry()
     shoal = os.path.join(os.path.dirname(sys.executable), "shoal")
     out = subprocess.run([shoal, "model", "import", str(tmp_path)], capture_output=True,
                          text=True, env={**os.environ, "SHOAL_HOME": str(env)})
@@ -176,10 +185,15 @@ class _NoAccounts:
         raise AssertionError("a grant for an unknown account")
 
 
+NO_REGISTRY = " (no registry at {home}/registry: create one with `shoal registry init`)"
+
+
 @pytest.mark.parametrize("args, message", [
-    (["model", "show", "nosuchversion"], "'nosuchversion': no channel or version matches"),
-    (["up", "--model", "nosuch"], "'nosuch': no channel or version matches"),
-    (["bench", "registry", "--model", "nosuch"], "'nosuch': no channel or version matches"),
+    (["model", "show", "nosuchversion"], "'nosuchversion': no channel or version matches"
+     + NO_REGISTRY),
+    (["up", "--model", "nosuch"], "'nosuch': no channel or version matches" + NO_REGISTRY),
+    (["bench", "registry", "--model", "nosuch"], "'nosuch': no channel or version matches"
+     + NO_REGISTRY),
     (["bench", "swarm", "--delays", "5,x"], "--delays '5,x': expected comma-separated floats"),
     (["grants", "create", "--contributor", "nosuch", "--scope", "sft"], "no account nosuch"),
     (["flow", "train", "--set", "lr"], "--set 'lr': expected KEY=VALUE"),
@@ -188,4 +202,5 @@ def test_errors_are_one_line_and_exit_1_in_every_command_module(env, monkeypatch
     monkeypatch.setattr(ShoalConfig, "trace_store", lambda self: _NoAccounts())
     result = run(*args)
     assert result.exit_code == 1, result.output
-    assert [line for line in result.output.splitlines() if line.strip()] == [f"error: {message}"]
+    expected = f"error: {message.format(home=env)}"
+    assert [line for line in result.output.splitlines() if line.strip()] == [expected]
