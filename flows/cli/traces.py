@@ -64,3 +64,24 @@ def list_grants(contributor: Annotated[str, typer.Option()]) -> None:
     for g in _store().grants(contributor):
         state = "revoked" if g.revoked else "active"
         typer.echo(f"{g.grant_id}  {','.join(g.scopes):16} until {g.expires_at:%Y-%m-%d}  {state}")
+
+
+@command(traces_app, "delete")
+def delete_trace(request_id: Annotated[str, typer.Argument(
+        help="the request id (`shoal.request_id` of the response, or `traces list`)")]) -> None:
+    """Erase one trace and everything derived from it; prints the receipt."""
+    import json
+
+    store = _store()
+    owner = store.account(store.get(request_id)["contributor_id"])
+    typer.echo(json.dumps(store.delete_trace(owner, request_id), indent=2))
+
+
+@command(grants_app, "revoke")
+def revoke_grant(grant_id: str, contributor: Annotated[str, typer.Option(help="account id")]
+                 ) -> None:
+    """Revoke a contributor's grant (as they would with DELETE /v1/grants/{id}): no new traces
+    are kept under it; those already kept stay until erased."""
+    store = _store()
+    store.revoke_grant(store.account(contributor), grant_id)
+    typer.echo(f"revoked grant {grant_id}")
