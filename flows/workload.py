@@ -40,8 +40,8 @@ class Stats:
         self.traversals += ext.get("traversals", 0)
         self.drafted += ext.get("drafted", 0)
         self.accepted += ext.get("accepted", 0)
-        if ext.get("trace_id"):
-            self.traces.append(ext["trace_id"])
+        if ext.get("request_id"):
+            self.traces.append(ext["request_id"])
         return ext
 
     def as_dict(self) -> dict:
@@ -66,8 +66,8 @@ def chat(base_url: str, key: str, model: str, messages: list[dict], max_tokens: 
     return r
 
 
-def feedback(base_url: str, key: str, trace_id: str, **body) -> None:
-    r = httpx.post(f"{base_url}/v1/feedback", json={"trace_id": trace_id, **body},
+def feedback(base_url: str, key: str, request_id: str, **body) -> None:
+    r = httpx.post(f"{base_url}/v1/feedback", json={"request_id": request_id, **body},
                    headers={"Authorization": f"Bearer {key}"}, timeout=30)
     r.raise_for_status()
 
@@ -104,7 +104,7 @@ def run_workload(base_url: str, model: str, keys: dict[str, str], tasks: list[di
     def one(job):
         person, task = job
         r = chat(base_url, keys[person], model, task["messages"], max_tokens, stats)
-        trace = r.model_extra["shoal"].get("trace_id")
+        trace = r.model_extra["shoal"].get("request_id")
         ok = score(task, r.choices[0].message.content or "")
         if trace:
             if ok:

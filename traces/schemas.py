@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
 ROLES = ("app", "contributor", "maintainer")
 SCOPES = ("sft", "dpo", "eval", "distill")
@@ -128,7 +128,9 @@ class Receipt(BaseModel):
 class FeedbackIn(BaseModel):
     """Body of POST /v1/feedback: at least one of rating, chosen/rejected, correction."""
 
-    trace_id: str = Field(description="the request id returned with the completion")
+    request_id: str = Field(validation_alias=AliasChoices("request_id", "trace_id"),
+                            description="`shoal.request_id` of the completion (`trace_id`, its "
+                                        "older name, is accepted too)")
     rating: int | None = Field(None, ge=-1, le=5)
     chosen: str | None = None
     rejected: str | None = None

@@ -287,12 +287,12 @@ class TraceStore:
     # feedback ----------------------------------------------------------------------------------
 
     def add_feedback(self, caller: Account, body: FeedbackIn) -> dict:
-        trace = self.get(body.trace_id)
+        trace = self.get(body.request_id)
         if trace["contributor_id"] != caller.account_id:
             raise Forbidden("feedback only on your own traces")
         if body.rating is None and not body.correction and not (body.chosen and body.rejected):
             raise InvalidInput("give a rating, a chosen/rejected pair, or a correction")
-        row = Feedback(feedback_id=uuid.uuid4().hex[:16], request_id=body.trace_id,
+        row = Feedback(feedback_id=uuid.uuid4().hex[:16], request_id=body.request_id,
                        contributor_id=caller.account_id, rating=body.rating,
                        chosen=body.chosen or "", rejected=body.rejected or "",
                        correction=body.correction or "", created_at=now()).model_dump()

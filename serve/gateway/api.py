@@ -365,7 +365,7 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
             obj = "text_completion"
         return {"id": rid, "object": obj, "created": created, "model": state.model_name,
                 "choices": [choice], "usage": usage(),
-                "shoal": {**extension(), "trace_id": trace_id}}
+                "shoal": {**extension(), "request_id": trace_id, "trace_id": trace_id}}
 
     # streaming: check the route before sending headers, so "no route" is still a 503
     try:
@@ -412,6 +412,7 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
                                              "created": created, "model": state.model_name,
                                              "choices": [], "usage": usage(),
                                              "shoal": {**extension(),
+                                                       "request_id": trace_id,
                                                        "trace_id": trace_id}}) + "\n\n"
         except (NoRoute, HopFailed) as exc:
             yield "data: " + json.dumps(error_body(str(exc), "service_unavailable")) + "\n\n"

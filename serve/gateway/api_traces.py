@@ -75,18 +75,18 @@ def router(state, caller_of) -> APIRouter:
         who = _whose(caller, contributor) or caller.account_id
         return PlainTextResponse(store().export_jsonl(who), media_type="application/x-ndjson")
 
-    @r.get("/v1/traces/{trace_id}")
-    def get_trace(trace_id: str, request: Request):
+    @r.get("/v1/traces/{request_id}")
+    def get_trace(request_id: str, request: Request):
         caller = need(request, "contributor", "maintainer")
-        row = store().get(trace_id)
+        row = store().get(request_id)
         if caller.role != "maintainer" and row["contributor_id"] != caller.account_id:
             raise ApiError(403, "not your trace", "permission_error")
         return {k: v for k, v in row.items() if k != "vector"}
 
-    @r.delete("/v1/traces/{trace_id}")
-    def delete_trace(trace_id: str, request: Request):
+    @r.delete("/v1/traces/{request_id}")
+    def delete_trace(request_id: str, request: Request):
         caller = need(request, "contributor", "maintainer")
-        return {"object": "erasure_receipt", **store().delete_trace(caller, trace_id)}
+        return {"object": "erasure_receipt", **store().delete_trace(caller, request_id)}
 
     @r.post("/v1/grants")
     def create_grant(body: GrantIn, request: Request):
