@@ -1,12 +1,14 @@
 """`shoal bench traces`: what consented capture costs a request, and how fast ingestion runs.
 
 - the trace path: deciding consent (cached grant lookup) and appending the trace to the fsync'd
-  log, timed per request (p50 / p99 in ms), exactly what the gateway does before answering
-  (`traces.capture.capture`, called with a request and outcome as the gateway passes them);
-- ingestion: how many traces per second the background writer moves from the log into LanceDB,
-  with and without embedding them.
+  log, timed per call (p50 / p99 in ms), exactly what the gateway does before answering
+  (`traces.capture.capture`), at 1, 4 and 16 concurrent writers;
+- end to end, at each writer count: traces/s from the first append until every trace is a
+  LanceDB row with its embedding, with the store's background writer and embedder running;
+- each ingestion pass alone, on the same traces: log → rows (traces/s) and rows → embeddings;
+- the embedders: speed and semantic-dedup agreement with MiniLM (`traces.bench_embedders`).
 
-Writes `traces.json` in the output directory.
+The traces are the curation benchmark's (~500 words). Writes `traces.json` in the output directory.
 """
 
 from __future__ import annotations
@@ -14,50 +16,110 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+GOALS = {"rows_traces_per_s": 5000, "embeddings_traces_per_s": 500, "trace_path_p99_ms": 2.0}
+SAMPLING = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 1024, "seed": None}
+OUTCOME = SimpleNamespace(prompt_tokens=120, completion_tokens=64, route=["a", "b", "c"],
+                          drafter="prompt_lookup", drafted=40, accepted=30, total_s=1.2,
+                          first_token_s=0.2)
 
-def run_traces_bench(out_dir: Path, requests: int = 1000, ingest: int = 2000) -> dict[str, Any]:
-    from traces.capture import capture
+
+def _store(tmp: str, embedder: str, embed: bool = True):
     from traces.store import TraceStore, TraceStoreConfig
 
-    with tempfile.TemporaryDirectory() as tmp:
-        store = TraceStore(TraceStoreConfig(uri=f"{tmp}/lancedb", log_dir=Path(tmp) / "log"))
-        caller = store.create_account("contributor", "bench")
-        store.create_grant(caller, ["sft"], 30)
-        body = SimpleNamespace(store=None, metadata=None)  # a request that did not opt out
-        messages = [{"role": "user", "content": "Summarise the attached log in three lines. " * 8}]
-        sampling = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 1024, "seed": None}
-        outcome = SimpleNamespace(prompt_tokens=120, completion_tokens=64, route=["a", "b", "c"],
-                                  drafter="prompt_lookup", drafted=40, accepted=30, total_s=1.2,
-                                  first_token_s=0.2)
-        completion = "The service restarted twice; both times the cache was cold. " * 4
-        timings = []
-        for _ in range(requests):
+    return TraceStore(TraceStoreConfig(uri=f"{tmp}/lancedb", log_dir=Path(tmp) / "log",
+                                       embedder=embedder, embed=embed))
+
+
+def _write(store, rows: list[dict], writers: int) -> list[float]:
+    """Capture `rows` from `writers` threads; returns each call's milliseconds."""
+    from traces.capture import capture
+
+    caller = store.create_account("contributor", "bench")
+    store.create_grant(caller, ["sft"], 30)
+    body = SimpleNamespace(store=None, metadata=None)  # a request that did not opt out
+    timings: list[float] = []
+
+    def one(part: list[dict]) -> None:
+        mine = []
+        for row in part:
+            messages = json.loads(row["messages_json"])
             t0 = time.perf_counter()
-            capture(store, caller, body, messages=messages, completion=completion, tool_calls=[],
-                    sampling=sampling, outcome=outcome, version="sha256:" + "0" * 64,
-                    proof_status="verified")
-            timings.append(1000 * (time.perf_counter() - t0))
-        timings.sort()
-        report = {"trace_path_ms": {"p50": statistics.median(timings),
-                                    "p99": timings[int(0.99 * len(timings)) - 1],
-                                    "requests": requests}}
+            capture(store, caller, body, messages=messages, completion=row["completion"],
+                    tool_calls=[], sampling=SAMPLING, outcome=OUTCOME,
+                    version="sha256:" + "0" * 64, proof_status="verified")
+            mine.append(1000 * (time.perf_counter() - t0))
+        timings.extend(mine)
+
+    threads = [threading.Thread(target=one, args=(rows[i::writers],)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return timings
+
+
+def _percentiles(timings: list[float]) -> dict:
+    timings = sorted(timings)
+    return {"p50": round(statistics.median(timings), 3),
+            "p99": round(timings[max(0, int(0.99 * len(timings)) - 1)], 3),
+            "calls": len(timings)}
+
+
+def end_to_end(rows: list[dict], writers: int, embedder: str) -> dict:
+    """Writers capture while the background passes run; traces/s until all are embedded."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = _store(tmp, embedder)
+        store.ingestion.embedder.embed(["warm"])  # load the embedder before the clock starts
+        store.start()
         t0 = time.perf_counter()
-        store.flush()
-        report["ingest_embedded_traces_per_s"] = requests / (time.perf_counter() - t0)
-        store.config.embed = False
-        for _ in range(ingest):
-            capture(store, caller, body, messages=messages, completion=completion, tool_calls=[],
-                    sampling=sampling, outcome=outcome, version="sha256:" + "0" * 64,
-                    proof_status="verified")
+        timings = _write(store, rows, writers)
+        appended = time.perf_counter() - t0
+        while store.ingestion.ingested < len(rows) or store.ingestion.count_unembedded():
+            time.sleep(0.05)
+        total = time.perf_counter() - t0
+        store.stop()
+        assert store.tables["traces"].count_rows() == len(rows)
+    return {"writers": writers, "trace_path_ms": _percentiles(timings),
+            "append_traces_per_s": round(len(rows) / appended),
+            "end_to_end_traces_per_s": round(len(rows) / total, 1)}
+
+
+def passes(rows: list[dict], embedder: str) -> dict:
+    """Each pass alone over the same traces: log → rows, then rows → embeddings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = _store(tmp, embedder)
+        _write(store, rows, 1)
         t0 = time.perf_counter()
-        store.flush()
-        report["ingest_plain_traces_per_s"] = ingest / (time.perf_counter() - t0)
-        assert store.tables["traces"].count_rows() == requests + ingest
+        assert store.flush() == len(rows)
+        t1 = time.perf_counter()
+        store.ingestion.embedder.embed(["warm"])
+        t2 = time.perf_counter()
+        assert store.embed_pending() == len(rows)
+        t3 = time.perf_counter()
+    return {"rows_traces_per_s": round(len(rows) / (t1 - t0)),
+            "embeddings_traces_per_s": round(len(rows) / (t3 - t2), 1)}
+
+
+def run_traces_bench(out_dir: Path, traces: int = 5000, writers: tuple[int, ...] = (1, 4, 16),
+                     embedder: str = "static", compare: tuple[str, ...] = ("minilm-int8",
+                                                                           "static"),
+                     dedup_traces: int = 300) -> dict[str, Any]:
+    from curate import synthetic
+
+    rows = synthetic.bench_traces(traces, tokens=500, seed=7)
+    report: dict[str, Any] = {"traces": traces, "embedder": embedder, "goals": GOALS,
+                              "passes": passes(rows, embedder),
+                              "concurrent": [end_to_end(rows, w, embedder) for w in writers]}
+    if dedup_traces:
+        from traces.bench_embedders import compare_embedders
+
+        report["embedders"] = compare_embedders(compare, dedup_traces)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "traces.json").write_text(json.dumps(report, indent=2))
     return report

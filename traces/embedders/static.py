@@ -26,7 +26,8 @@ from traces.embedders.minilm import load_transformer, model_dir
 
 SETTINGS = {"pca_dims": "auto", "sif_coefficient": 1e-4}
 """Passed to `model2vec.distill.distill_from_model`; part of the cache key."""
-MAX_TOKENS = 512
+MAX_TOKENS = 256
+"""As MiniLM: the static embedder reads the same part of a long text."""
 
 
 def _source_key() -> str:
