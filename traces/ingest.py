@@ -205,3 +205,12 @@ class Ingestion:
                 log.exception("trace embedding failed")
                 self._stop.wait(5 * self.store.config.flush_interval_s)
             time.sleep(0)
+
+
+def describe(backlog: dict) -> str:
+    """One line for `shoal status`: the backlog of a gateway's `/metrics` (`Ingestion.backlog`)."""
+    state = "OVER its bound" if backlog["over_bound"] else "within its bound"
+    return (f"trace ingestion: {backlog['log_records']} logged, not yet rows; "
+            f"{backlog['unembedded_rows']} rows not yet embedded ({backlog['embedder']}); "
+            f"{state} of {backlog['bound']}; {backlog['ingested']} ingested, "
+            f"{backlog['embedded']} embedded since start")

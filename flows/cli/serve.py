@@ -334,6 +334,11 @@ def status(tracker: Annotated[str, typer.Option()] = TRACKER_URL,
                                for v, d in r["versions"].items())
             console.print(f"gateway {gateway}: new requests → {short_id(r['current'])}; "
                           f"loaded: {loaded}")
+            ingestion = httpx.get(f"{gateway}/metrics", timeout=5).json().get("trace_ingestion")
+            if ingestion:
+                from traces.ingest import describe
+
+                console.print(describe(ingestion))
         except httpx.HTTPError as exc:
             console.print(f"[red]gateway unreachable: {exc}[/red]")
     cfg = config()
