@@ -1,0 +1,80 @@
+"""schemathesis against the gateway's own OpenAPI schema: every operation, bodies and parameters
+generated from the schema (valid and not). No response may be a server error, none may take
+longer than the deadline (a hang), and every refusal has OpenAI's error shape.
+
+Two runs: over HTTP on a real swarm with an app key (generated bodies name the served model, so
+valid ones really generate; a wrong model name is covered by test_api_errors), and in process
+against a gateway with a real trace store, as a contributor and as a maintainer, so the trace,
+grant and erasure routes get past authorization. Each is bounded (examples per operation).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+
+pytestmark = pytest.mark.slow
+DEADLINE_S = 20.0
+"""Longer than any bounded generation on the tiny model takes; longer means a hang."""
+
+
+def fuzz(schema, headers: dict, examples: int, skip: tuple[str, ...] = (),
+         **call) -> dict[str, set[int]]:
+    """Run every operation of `schema` with `examples` generated cases; the status codes seen."""
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 15, operations  # every route is in the schema
+    seen: dict[str, set[int]] = {}
+    for operation in operations:
+        if operation.label in skip:
+            continue
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                  phases=[Phase.explicit, Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        def check(case):
+            if isinstance(case.body, dict) and "model" in case.body:
+                case.body["model"] = "tiny"
+            start = time.monotonic()
+            response = case.call(headers=headers, **call)
+            took = time.monotonic() - start
+            seen.setdefault(operation.label, set()).add(response.status_code)
+            assert response.status_code < 500, (case.method, case.path, case.body,
+                                                response.text)
+            assert took < DEADLINE_S, (case.method, case.path, took)
+            if response.status_code >= 400:
+                assert set(response.json()["error"]) == {"message", "type", "param", "code"}, \
+                    response.text
+
+        check()
+    return seen
+
+
+def test_swarm_gateway_has_no_server_error_and_no_hang(tiny_swarm):
+    schema = schemathesis.openapi.from_url(f"{tiny_swarm.base_url}/openapi.json")
+    seen = fuzz(schema, {"Authorization": "Bearer sk-test"}, 8, timeout=DEADLINE_S)
+    generated = {label for label, codes in seen.items() if 200 in codes}
+    assert {"POST /v1/chat/completions", "POST /v1/completions"} <= generated, seen
+
+
+def test_trace_routes_have_no_server_error(tiny_model_dir, tmp_path):
+    from serve.gateway.api import create_app
+    from tests.serve.test_api_limits import make_state
+    from traces.store import TraceStore, TraceStoreConfig
+
+    state = make_state(tiny_model_dir)
+    state.traces = TraceStore(TraceStoreConfig(uri=str(tmp_path / "lancedb"),
+                                               log_dir=tmp_path / "log", embed=False))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(state))
+    no_swarm = ("POST /v1/chat/completions", "POST /v1/completions", "GET /health")
+    reached = set()
+    for role in ("contributor", "maintainer"):
+        account = state.traces.create_account(role, role)
+        key = state.traces.create_key(account.account_id)[1]
+        seen = fuzz(schema, {"Authorization": f"Bearer {key}"}, 4, skip=no_swarm)
+        reached |= {label for label, codes in seen.items() if codes - {401, 403}}
+    assert {"GET /v1/traces", "POST /v1/grants", "GET /v1/grants",
+            "POST /v1/feedback"} <= reached, reached
