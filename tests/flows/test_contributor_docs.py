@@ -88,3 +88,32 @@ def test_the_maintainer_example_reads_and_erases_a_contributor(gateway):
               SHOAL_MAINTAINER_KEY=keys["admin"][1], CONTRIBUTOR=who)
     assert out.count(request_id) >= 2  # listed (rating 5 ≥ 4) and exported
     assert store.query(contributor_id=who) == []
+
+
+def test_traces_delete_and_grants_revoke_from_the_cli(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.config import ShoalConfig
+    from tests.traces.test_store import make_trace
+    from traces.exceptions import NotFound
+
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+    store = ShoalConfig.from_env().trace_store()
+    account = store.create_account("contributor", "cli")
+    grant = store.create_grant(account, ["sft"], days=1)
+    trace = make_trace(account, grant)
+    store.record(trace)
+    store.flush()
+    cli = CliRunner()
+    deleted = cli.invoke(app, ["traces", "delete", trace.request_id], catch_exceptions=False)
+    assert deleted.exit_code == 0 and '"traces": 1' in deleted.output, deleted.output
+    with pytest.raises(NotFound):
+        store.get(trace.request_id)
+    revoked = cli.invoke(app, ["grants", "revoke", grant.grant_id, "--contributor",
+                               account.account_id], catch_exceptions=False)
+    assert revoked.exit_code == 0, revoked.output
+    listed = cli.invoke(app, ["grants", "list", "--contributor", account.account_id])
+    assert grant.grant_id in listed.output and "revoked" in listed.output
+    missing = cli.invoke(app, ["traces", "delete", trace.request_id])
+    assert missing.exit_code == 1 and missing.output.startswith("error: no trace")
