@@ -12,6 +12,10 @@ it out: a process pool on one machine (`--workers N`), or Dask / Ray across mach
 ADDRESS` with `prefect-dask` installed). Chunk results are cached by input hash (the chunk's
 records and the config, nothing else) under `$SHOAL_HOME/cache`, so an unchanged chunk is not
 scrubbed twice; the cache is wiped whenever erasure forces a rebuild.
+
+When an erasure marked datasets, the run that rebuilds them also flags, in the registry, every
+version trained on them (`registry.notices`, signed with the release key): the new datasets leave
+the erased rows out, the old weights are not retracted but say what they learnt from.
 """
 
 from __future__ import annotations
@@ -94,6 +98,24 @@ def write_task(shoal: ShoalConfig, built: dict, card_fields: dict) -> dict:
     return {kind: catalog.entry(shoal.datasets_dir, card) for kind, card in cards.items()}
 
 
+@task(name="flag versions trained on erased rows", persist_result=False, cache_policy=NO_CACHE)
+def flag_lineage(shoal: ShoalConfig, marked: list[str]) -> list[str]:
+    """Sign an erasure notice for every registry version trained (directly or through its
+    parents) on a dataset an erasure marked; weights are not retracted, they are flagged. Runs
+    before the marks are consumed, so a failure (e.g. no release key here) loses no mark."""
+    from registry.publish import has_registry
+
+    registry = shoal.store()
+    if not marked or not has_registry(registry):
+        return []
+    from flows import signers
+    from registry.notices import flag
+    from registry.publish import current_root
+
+    keys = signers.load(shoal, [signers.DEFAULT_KEYS["release"]])
+    return [n.version for n in flag(registry, current_root(registry), marked, keys)]
+
+
 @task(name="drop datasets marked for rebuild", persist_result=False, cache_policy=NO_CACHE)
 def drop_marked(shoal: ShoalConfig, keep: list[str]) -> list[str]:
     """Delete every dataset an erasure marked (the fresh build above replaces it)."""
@@ -150,10 +172,12 @@ def curate(home: str, config: dict | None = None, eval_texts: list[str] | None =
         "decontamination": select_stats["decontamination"],
     }
     written = write_task(shoal, built, card_fields)
+    flagged = flag_lineage(shoal, shoal.trace_store().datasets_marked_for_rebuild())
     dropped = drop_marked(shoal, [w["dataset_id"] for w in written.values()])
     for kind, w in written.items():
         log.info(f"{kind}: {w['dataset_id']} train={w['splits']['train']} eval={w['splits']['eval']}")
-    return {"datasets": written, "rebuilt_from": dropped, "counts": card_fields["counts"],
+    return {"datasets": written, "rebuilt_from": dropped, "flagged_versions": flagged,
+            "counts": card_fields["counts"],
             "chunks": len(chunks), "chunks_cached": cached,
             "flow_run_id": card_fields["flow_run_id"]}
 

@@ -10,6 +10,7 @@ paths are spelt, so readers, writers and tests agree and nothing outside registr
     channels/<name>/head.json        the newest record
     snapshot.json, snapshots/<n>.json
     proposals/<name>.json            a channel record awaiting more signatures (k-of-n)
+    notices/<hex>.json               erasure notice: version sha256:<hex> trained on erased rows
 
 A checkout is a local directory holding the verified files one role of process needs of a version:
 `<models_dir>/<hex16>-<role>` (`full`, `head`, or `L<start>-<end>` for a span).
@@ -57,6 +58,10 @@ def channel_head(channel: str) -> str:
 
 def channel_record(channel: str, sequence: int) -> str:
     return f"{CHANNELS}/{channel}/{sequence:010d}.json"
+
+
+def notice(version_id: str) -> str:
+    return f"notices/{hex_of(version_id)}.json"
 
 
 def proposal(channel: str) -> str:

@@ -121,6 +121,8 @@ def curate_traces(
                    f"eval={d['splits']['eval']:<5} {d['path']}")
     if result["rebuilt_from"]:
         typer.echo(f"replaced after erasure: {', '.join(result['rebuilt_from'])}")
+    for version in result["flagged_versions"]:
+        typer.echo(f"flagged {version[:19]}…: trained on rows erased since (`shoal model show`)")
 
 
 @command(flow_app, "train")

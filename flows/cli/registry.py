@@ -355,6 +355,7 @@ def model_list() -> None:
     """List versions with their verification status."""
     from registry.exceptions import VerificationError
     from registry.manifest import short_id
+    from registry.notices import notice
 
     cfg = config()
     _require_registry(cfg)
@@ -365,6 +366,8 @@ def model_list() -> None:
         try:
             m = client.manifest(version_id)
             status, label = "verified", f"{m.name:28} {m.architecture:20} {m.num_layers:3} layers"
+            if notice(cfg.store(), client.policy(), version_id):
+                status += ", FLAGGED: trained on erased rows"
         except VerificationError as exc:
             status, label = f"REFUSED [{exc.check}]", ""
         typer.echo(f"{short_id(version_id)}  {label}  {status}")
@@ -375,15 +378,25 @@ def model_show(version: str) -> None:
     """Print a verified version's manifest summary and lineage."""
     import json
 
-    client = config().client()
+    from registry.notices import notice
+
+    cfg = config()
+    client = cfg.client()
     m = client.manifest(client.resolve(version))
     size = sum(f.size for f in m.files.values())
+    erased = notice(cfg.store(), client.policy(), m.version_id)
+    if erased:
+        typer.echo(f"FLAGGED: trained on rows erased since (datasets {', '.join(erased.datasets)}"
+                   + (f"; through {', '.join(v[:19] for v in erased.inherited_from)}"
+                      if erased.inherited_from else "")
+                   + "); these weights were not retracted", err=True)
     typer.echo(json.dumps({
         "version": m.version_id, "name": m.name, "architecture": m.architecture,
         "layers": m.num_layers, "dtype": m.dtype, "files": len(m.files), "bytes": size,
         "tensors": len(m.tensors), "chunk_size": m.chunk_size,
         "tokenizer_sha256": m.tokenizer_sha256, "chat_template_sha256": m.chat_template_sha256,
-        "lineage": m.lineage.model_dump(mode="json")}, indent=2))
+        "lineage": m.lineage.model_dump(mode="json"),
+        "trained_on_erased_rows": erased.model_dump(mode="json") if erased else None}, indent=2))
 
 
 @command(model_app, "verify")

@@ -61,12 +61,31 @@ def _fill(store: TraceStore, corpus) -> dict[str, Account]:
     for f in corpus.feedback:
         who = rename[f["request_id"]]
         store.add_feedback(people[who], FeedbackIn(
-            trace_id=f["request_id"], rating=f["rating"], correction=f["correction"] or None))
+            request_id=f["request_id"], rating=f["rating"], correction=f["correction"] or None))
     return people
 
 
+def _versions_trained_on(shoal: ShoalConfig, model_dir, dataset_id: str) -> tuple[str, str]:
+    """A registry holding the genesis version and one whose lineage says it was trained on
+    `dataset_id`; returns (trained, genesis)."""
+    from flows.genesis import ensure_keys, ensure_registry
+    from registry.manifest import Lineage
+    from registry.publish import import_model
+    from tests.helpers import make_tiny_llama
+
+    keys = ensure_keys(shoal)
+    ensure_registry(shoal, keys)
+    genesis = import_model(shoal.store(), model_dir, name="tiny",
+                           release_keys=[keys["release"]]).version_id
+    make_tiny_llama(shoal.home / "trained", seed=8)
+    lineage = Lineage(parent=genesis, training={"dataset_ids": [dataset_id]})
+    trained = import_model(shoal.store(), shoal.home / "trained", name="tiny", lineage=lineage,
+                           release_keys=[keys["release"]]).version_id
+    return trained, genesis
+
+
 @pytest.mark.slow
-def test_curate_flow_cleans_documents_and_honours_erasure(home, prefect_harness):
+def test_curate_flow_cleans_documents_and_honours_erasure(home, prefect_harness, tiny_model_dir):
     from flows.curation import run_curate
 
     shoal = ShoalConfig.from_env()
@@ -109,10 +128,21 @@ def test_curate_flow_cleans_documents_and_honours_erasure(home, prefect_harness)
     alice_text = [r["completion"] for r in corpus.traces
                   if r["contributor_id"] == "alice" and len(r["completion"]) > 40]
     assert any(t.encode() in files for t in alice_text)
+    trained, untouched = _versions_trained_on(shoal, tiny_model_dir, ids["sft"])
     receipt = store.erase_contributor(people["alice"].account_id)
     assert set(receipt["datasets_marked_for_rebuild"]) == set(ids.values())
     again = run_curate(shoal, eval_texts=EVAL)
     assert set(again["rebuilt_from"]) == set(ids.values())
+    # the version trained on the erased rows is flagged in the registry, not retracted
+    assert again["flagged_versions"] == [trained]
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    shown = CliRunner().invoke(app, ["model", "show", trained[:19]])
+    assert shown.exit_code == 0 and "FLAGGED: trained on rows erased since" in shown.output
+    assert ids["sft"] in shown.output
+    assert "FLAGGED" not in CliRunner().invoke(app, ["model", "show", untouched[:19]]).output
     files = _all_bytes(shoal.datasets_dir) + _all_bytes(shoal.cache_dir)
     assert not [t for t in alice_text if t.encode() in files]
     assert store.datasets_marked_for_rebuild() == []
