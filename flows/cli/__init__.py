@@ -39,7 +39,9 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "node": ("serve", "Serve layers START:END of a verified registry version."),
     "gateway": ("serve", "Run the OpenAI-compatible gateway in front of the swarm."),
     "relay": ("serve", "Relay loopback ports with a one-way delay each way (latency emulation)."),
-    "up": ("serve", "Start a local swarm (tracker, NODES nodes, gateway) and serve until Ctrl-C."),
+    "up": ("serve", "Start a local swarm (tracker, NODES nodes, gateway) and serve until Ctrl-C "
+                    "or SIGTERM,\nwhich stop every process it started; a crashed node is "
+                    "reported and restarted."),
     "verify": ("serve", "Challenge one node: live-weight proofs (and a canary fingerprint) "
                         "against the registry."),
     "status": ("serve", "Nodes (span, versions, trust, channel watch, load), the gateway's "

@@ -15,14 +15,6 @@ from flows.cli import app
 from flows.config import ShoalConfig
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("SHOAL_REGISTRY", raising=False)
-    monkeypatch.delenv("SHOAL_KEY_PASSPHRASE", raising=False)
-    return tmp_path / "home"
-
-
 def run(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
