@@ -90,3 +90,17 @@ def test_k_of_n_promotion_rotation_and_revocation(env, tiny_model_dir, tmp_path)
     record = cfg.client().channel("production")
     assert (record.version, record.sequence) == (v1, 3)
     assert f"rollback to {v1}" in record.note
+
+
+def test_keys_list_names_accounts_and_shows_ids_that_revoke_accepts(env):
+    created = ok("keys", "create", "--role", "contributor", "alice")
+    account, key_id = created.split()[1], created.split()[3]
+    listed = ok("keys", "list").splitlines()
+    header = next(i for i, line in enumerate(listed) if line.startswith("API KEY ID"))
+    row = listed[header + 1].split()
+    assert row == [key_id, account, "alice", "contributor", "active"]
+    assert f"revoked {key_id}" in ok("keys", "revoke", row[0])
+    assert ok("keys", "list").splitlines()[header + 1].split()[-1] == "revoked"
+    ok("keys", "create", "maintainer-root")
+    assert "`shoal registry revoke-key maintainer-root`" in error("keys", "revoke",
+                                                                  "maintainer-root")
