@@ -1,23 +1,45 @@
-"""Signing and checking the authenticated parts of protocol 2 (docs/threat-model.md).
+"""Signing and checking the authenticated parts of the swarm protocol (docs/threat-model.md).
 
-The gateway signs tickets (a session's route), orders (one traversal), closes, challenges and
-audits; each hop signs a receipt of what it computed and nodes sign their errors. Both sides use the
-functions here, so a frame is checked the same way wherever it arrives. Every check fails closed:
-anything malformed, unsigned or mis-signed raises `FrameRejected` naming the check, and callers
-answer with a typed error instead of crashing.
+The gateway signs tickets (a session's route), closes, challenges and audits; each hop signs a
+receipt of what it computed and nodes sign their errors. Both sides use the functions here, so a
+frame is checked the same way wherever it arrives. Every check fails closed: anything malformed,
+unsigned or mis-signed raises `FrameRejected` naming the check, and callers answer with a typed
+error instead of crashing.
+
+The per-token hot path uses no public-key operation. A ticket, verified once per session, fixes
+the route; from it every pair that talks on the hot path derives a session key by X25519 between
+its two Ed25519 identities (converted with libsodium, as `crypto_sign_ed25519_*_to_curve25519`
+documents) and HKDF over the ticket digest:
+
+- gateway <-> hop i: the gateway tags each order for every hop, and hop i tags its receipt (and,
+  from the last hop, the result) for the gateway;
+- hop i-1 -> hop i: the link tag on hop i-1's receipt, so hop i computes only on what its
+  predecessor sent.
+
+Only the two ends of a pair know its key, so no other hop or outsider can forge a tag. Tags prove
+nothing to a third party, so receipts stay signed as well: a signature is what makes a receipt
+evidence in a spot check (`check_receipt_signature`), and nobody verifies it per token.
 
 It knows nothing about sessions, caches or sockets.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
 from functools import lru_cache
 
 import msgspec
+import nacl.bindings
+import nacl.exceptions
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from registry.signing import SigningKey
 from serve import wire
@@ -46,6 +68,88 @@ def verify(public_hex: str, signature: bytes, data: bytes) -> bool:
 
 def sign(key: SigningKey, data: bytes) -> bytes:
     return key.private.sign(data)
+
+
+# session keys (the hot path's tags) ------------------------------------------------------------
+
+TAG_BYTES = 16
+
+
+def tag(key: bytes, data: bytes) -> bytes:
+    """A 128-bit keyed BLAKE2b tag (RFC 7693's MAC mode) of `data`."""
+    return hashlib.blake2b(data, key=key, digest_size=TAG_BYTES).digest()
+
+
+def tag_ok(key: bytes | None, data: bytes, got: bytes) -> bool:
+    return key is not None and hmac.compare_digest(tag(key, data), got)
+
+
+@lru_cache(maxsize=4096)
+def _curve_public(public_hex: str) -> bytes:
+    return nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(bytes.fromhex(public_hex))
+
+
+_SHARED: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+
+
+def _shared(key: SigningKey, peer_hex: str) -> bytes:
+    """X25519 between `key` and the peer's identity (cached: one per pair of keys)."""
+    pair = (key.public_hex, peer_hex)
+    secret = _SHARED.get(pair)
+    if secret is None:
+        try:
+            seed = key.private.private_bytes(serialization.Encoding.Raw,
+                                             serialization.PrivateFormat.Raw,
+                                             serialization.NoEncryption())
+            mine = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(
+                seed + bytes.fromhex(key.public_hex))
+            secret = nacl.bindings.crypto_scalarmult(mine, _curve_public(peer_hex))
+        except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
+            raise FrameRejected("session-key", f"no session key with {peer_hex[:16]}: "
+                                f"{type(exc).__name__}") from None
+        _SHARED[pair] = secret
+        while len(_SHARED) > 8192:
+            _SHARED.popitem(last=False)
+    return secret
+
+
+def _session_key(key: SigningKey, peer_hex: str, ticket_data: bytes, label: bytes,
+                 hop: int) -> bytes:
+    return HKDF(hashes.SHA256(), 32, wire.digest(ticket_data),
+                b"shoal-session\0" + label + hop.to_bytes(2, "big")).derive(_shared(key, peer_hex))
+
+
+def gateway_keys(key: SigningKey, ticket_data: bytes, route: list[wire.Hop]) -> list[bytes]:
+    """The gateway's session key with each hop of a ticket's route (`FrameRejected.hop` names a
+    hop whose key admits no key exchange)."""
+    keys = []
+    for i, hop in enumerate(route):
+        try:
+            keys.append(_session_key(key, hop.public_key, ticket_data, b"gateway", i))
+        except FrameRejected as exc:
+            exc.hop = i
+            raise
+    return keys
+
+
+@dataclass(frozen=True)
+class HopKeys:
+    """A hop's session keys: with the gateway, and with its neighbours on the route."""
+
+    gateway: bytes
+    previous: bytes | None
+    """Shared with hop i-1 (None at the first hop: its input is bound by the order)."""
+    next: bytes | None
+    """Shared with hop i+1 (None at the last hop)."""
+
+
+def hop_keys(key: SigningKey, ticket_data: bytes, ticket: wire.Ticket, hop: int) -> HopKeys:
+    route = ticket.route
+    return HopKeys(
+        _session_key(key, ticket.gateway_key, ticket_data, b"gateway", hop),
+        _session_key(key, route[hop - 1].public_key, ticket_data, b"link", hop) if hop else None,
+        _session_key(key, route[hop + 1].public_key, ticket_data, b"link", hop + 1)
+        if hop + 1 < len(route) else None)
 
 
 # tickets and orders (gateway -> every hop) ----------------------------------------------------
@@ -80,21 +184,22 @@ def open_ticket(data: bytes, signature: bytes) -> wire.Ticket:
     return ticket
 
 
-def make_order(key: SigningKey, ticket_data: bytes, request_id: str, keep: int, count: int,
-               input_digest: bytes) -> tuple[bytes, bytes]:
+def make_order(keys: list[bytes], ticket_data: bytes, request_id: str, keep: int, count: int,
+               input_digest: bytes) -> tuple[bytes, list[bytes]]:
+    """An order and its tags, one per hop (`gateway_keys`)."""
     data = wire.pack(wire.Order(request_id, wire.digest(ticket_data), keep, count, input_digest,
                                 time.time()))
-    return data, sign(key, wire.order_bytes(data))
+    return data, [tag(k, wire.order_bytes(data)) for k in keys]
 
 
-def open_order(data: bytes, signature: bytes, ticket_data: bytes, gateway_key: str,
+def open_order(data: bytes, order_tag: bytes, key: bytes, ticket_data: bytes,
                now: float | None = None) -> wire.Order:
-    """Decode and check an order: signed by the ticket's gateway, for this ticket, fresh. Every
-    hop checks the signature: a previous hop must not be able to make a later one truncate or
-    overwrite its cache with an order of its own."""
+    """Decode and check an order: tagged for this hop by the ticket's gateway, for this ticket,
+    fresh. Every hop checks its own tag: a previous hop must not be able to make a later one
+    truncate or overwrite its cache with an order of its own."""
     order = wire.unpack_order(data)
-    if not verify(gateway_key, signature, wire.order_bytes(data)):
-        raise FrameRejected("order-signature", "the order is not signed by the ticket's gateway")
+    if not tag_ok(key, wire.order_bytes(data), order_tag):
+        raise FrameRejected("order-tag", "the order is not tagged by the ticket's gateway")
     if order.ticket_digest != wire.digest(ticket_data):
         raise FrameRejected("order", "the order is for another ticket")
     now = time.time() if now is None else now
@@ -108,29 +213,42 @@ def open_order(data: bytes, signature: bytes, ticket_data: bytes, gateway_key: s
 
 # receipts (each hop) ---------------------------------------------------------------------------
 
-def make_receipt(key: SigningKey, node_id: str, order: wire.Order, order_data: bytes, hop: int,
-                 input_digest: bytes, output_digest: bytes, version: str) -> wire.Receipt:
+def make_receipt(key: SigningKey, keys: HopKeys, node_id: str, order: wire.Order,
+                 order_data: bytes, hop: int, input_digest: bytes, output_digest: bytes,
+                 version: str) -> wire.Receipt:
+    """Signed (evidence), tagged for the gateway and for the next hop (the hot path)."""
     unsigned = wire.Receipt(node_id, order.request_id, wire.digest(order_data), hop, order.keep,
                             order.count, input_digest, output_digest, version)
-    return msgspec.structs.replace(unsigned, signature=sign(key, wire.receipt_bytes(unsigned)))
+    data = wire.receipt_bytes(unsigned)
+    return msgspec.structs.replace(unsigned, signature=sign(key, data), mac=tag(keys.gateway, data),
+                                   link=tag(keys.next, data) if keys.next else b"")
 
 
-def check_receipt(receipt: wire.Receipt, hop: wire.Hop, index: int, order: wire.Order,
-                  order_digest: bytes) -> None:
-    """One hop's receipt for `order`: signed by that hop's key, about this order and hop."""
+def _receipt_fields(receipt: wire.Receipt, hop: wire.Hop, index: int, order: wire.Order,
+                    order_digest: bytes) -> None:
     if receipt.node_id != hop.node_id or receipt.hop != index:
         raise FrameRejected("receipt", f"receipt {index} is by {receipt.node_id} for hop "
                             f"{receipt.hop}, not by {hop.node_id} for hop {index}")
     if (receipt.request_id, receipt.order_digest, receipt.keep, receipt.count) != (
             order.request_id, order_digest, order.keep, order.count):
         raise FrameRejected("receipt", f"receipt {index} is for another order")
-    if not verify(hop.public_key, receipt.signature, wire.receipt_bytes(receipt)):
-        raise FrameRejected("receipt-signature", f"receipt {index} is not signed by "
-                            f"{hop.node_id}")
 
 
-def check_chain(receipts: list[wire.Receipt], route: list[wire.Hop], order: wire.Order,
-                order_digest: bytes, output_digest: bytes) -> None:
+def check_link(receipt: wire.Receipt, hop: wire.Hop, index: int, order: wire.Order,
+               order_digest: bytes, key: bytes | None) -> None:
+    """At hop index+1: the previous hop's receipt for `order`, tagged with our link key."""
+    _receipt_fields(receipt, hop, index, order, order_digest)
+    if not tag_ok(key, wire.receipt_bytes(receipt), receipt.link):
+        raise FrameRejected("receipt-tag", f"receipt {index} is not from {hop.node_id}")
+
+
+def check_receipt_signature(receipt: wire.Receipt, hop: wire.Hop) -> bool:
+    """Whether `receipt` is signed by `hop` (what makes it evidence to anyone)."""
+    return verify(hop.public_key, receipt.signature, wire.receipt_bytes(receipt))
+
+
+def check_chain(receipts: list[wire.Receipt], route: list[wire.Hop], keys: list[bytes],
+                order: wire.Order, order_digest: bytes, output_digest: bytes) -> None:
     """The full chain at the gateway: one valid receipt per hop, each hop's input digest equal
     to the previous output digest (the first to the order's), the last output the tensor
     received. `FrameRejected.hop` names the first hop whose receipt breaks the chain."""
@@ -140,10 +258,13 @@ def check_chain(receipts: list[wire.Receipt], route: list[wire.Hop], order: wire
     expected = order.input_digest
     for i, (receipt, hop) in enumerate(zip(receipts, route)):
         try:
-            check_receipt(receipt, hop, i, order, order_digest)
+            _receipt_fields(receipt, hop, i, order, order_digest)
         except FrameRejected as exc:
             exc.hop = i
             raise
+        if not tag_ok(keys[i], wire.receipt_bytes(receipt), receipt.mac):
+            raise FrameRejected("receipt-tag", f"receipt {i} is not from {hop.node_id}",
+                                hop=i)
         if receipt.input_digest != expected:
             raise FrameRejected("receipt-chain", f"hop {i} computed on an input that hop "
                                 f"{i - 1} did not output" if i else
@@ -154,21 +275,21 @@ def check_chain(receipts: list[wire.Receipt], route: list[wire.Hop], order: wire
                             hop=len(route) - 1)
 
 
-def sign_result(key: SigningKey, request_id: str, receipts: list[wire.Receipt],
-                order_digest: bytes, wire_dtype: str) -> wire.Result:
-    signed = wire.result_bytes(request_id, receipts, order_digest, key.public_hex)
-    return wire.Result(request_id, receipts, order_digest, key.public_hex, sign(key, signed),
-                       wire_dtype)
+def make_result(key: SigningKey, gateway_key: bytes, request_id: str,
+                receipts: list[wire.Receipt], order_digest: bytes, wire_dtype: str) -> wire.Result:
+    """A result tagged for the gateway with the sender's session key."""
+    data = wire.result_bytes(request_id, receipts, order_digest, key.public_hex)
+    return wire.Result(request_id, receipts, order_digest, key.public_hex,
+                       tag(gateway_key, data), wire_dtype)
 
 
-def result_sender(result: wire.Result, route: list[wire.Hop]) -> int | None:
-    """The index in `route` of the node that signed `result`, or None (signed by no one there)."""
+def result_sender(result: wire.Result, route: list[wire.Hop], keys: list[bytes]) -> int | None:
+    """The index in `route` of the node that tagged `result`, or None (tagged by no one there)."""
+    data = wire.result_bytes(result.request_id, result.receipts, result.order_digest,
+                             result.sender)
     for i, hop in enumerate(route):
         if hop.public_key == result.sender:
-            ok = verify(result.sender, result.signature,
-                        wire.result_bytes(result.request_id, result.receipts,
-                                          result.order_digest, result.sender))
-            return i if ok else None
+            return i if tag_ok(keys[i], data, result.tag) else None
     return None
 
 

@@ -10,9 +10,10 @@ Measured on the same node processes as the rest of the benchmark:
   that of bf16- and int8-rounded copies of the same span computed locally;
 - the detection probability per challenge for a one-layer swap and for one changed chunk, and the
   number of challenges needed to reach 99 %;
-- the cost of protocol 2's authentication per traversal (the gateway's ticket, order and chain
-  check, every hop's order check, receipt check and receipt), as CPU time and as a share of the
-  decode time per traversal measured in the same run;
+- the cost of the protocol's authentication per traversal (the gateway's order tags and chain
+  check, every hop's order tag, link check, signed and tagged receipt, the result tag), as CPU
+  time (the report sets it against the decode time per traversal measured in the same run), and
+  once per session (ticket signature and key exchanges);
 - the cost of a spot check (mirroring one forward on the trusted copy) and what the default rate
   of mirrored sessions costs, and the expected number of requests before a rational cheater that
   cheats on a fraction p of its forwards is evicted.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import statistics
 import time
 
@@ -45,8 +47,9 @@ def detection(manifest, start: int, end: int, chunks: int = DEFAULT_CHUNKS) -> d
 
 
 def protocol_cost(route_len: int, hidden: int, repeats: int = 200) -> dict:
-    """CPU microseconds protocol 2 adds to one traversal of `route_len` hops (decode, T=1, and a
-    128-position prefill), summed over the gateway and every hop, measured with real keys."""
+    """CPU microseconds the protocol adds to one traversal of `route_len` hops (decode, T=1, and
+    a 128-position prefill), summed over the gateway and every hop, measured with real keys; and
+    what a session's ticket costs once (signature, check and key exchanges at every hop)."""
     from registry.signing import SigningKey
     from serve import auth, wire
     from serve.records import node_id_of
@@ -55,27 +58,56 @@ def protocol_cost(route_len: int, hidden: int, repeats: int = 200) -> dict:
     keys = [SigningKey.generate(f"n{i}") for i in range(route_len)]
     route = [wire.Hop(node_id_of(k.public_hex), f"ws://n{i}", i, i + 1, k.public_hex)
              for i, k in enumerate(keys)]
+
+    def session() -> tuple:
+        ticket, signature = auth.make_ticket(gateway, os.urandom(8).hex(), route, "ws://g", "",
+                                             "float32")
+        opened = [auth.open_ticket(ticket, signature) for _ in keys]
+        return (ticket, auth.gateway_keys(gateway, ticket, route),
+                [auth.hop_keys(k, ticket, t, i) for i, (k, t) in enumerate(zip(keys, opened))])
+
     out = {}
+    ticket, gateway_side, hop_side = session()
     for label, t in (("decode", 1), ("prefill_128", 128)):
         x = torch.randn(t, hidden)
-        ticket, ticket_sig = auth.make_ticket(gateway, "s", route, "ws://g", "", "float32")
         t0 = time.perf_counter()
         for _ in range(repeats):
-            order, order_sig = auth.make_order(gateway, ticket, "r", 0, t, wire.tensor_digest(x))
-            parsed, receipts = wire.unpack_order(order), []
+            order, tags = auth.make_order(gateway_side, ticket, os.urandom(8).hex(), 0, t,
+                                          wire.tensor_digest(x))
+            parsed, receipts, digest = wire.unpack_order(order), [], wire.digest(order)
             for i, key in enumerate(keys):  # what each hop does
-                got = auth.open_order(order, order_sig, ticket, gateway.public_hex)
+                got = auth.open_order(order, tags[i], hop_side[i].gateway, ticket)
                 if receipts:
-                    auth.check_receipt(receipts[-1], route[i - 1], i - 1, got, wire.digest(order))
+                    auth.check_link(receipts[-1], route[i - 1], i - 1, got, digest,
+                                    hop_side[i].previous)
                 d_in = wire.tensor_digest(x)
-                receipts.append(auth.make_receipt(key, route[i].node_id, got, order, i, d_in,
-                                                  wire.tensor_digest(x), ""))
-            auth.check_chain(receipts, route, parsed, wire.digest(order), wire.tensor_digest(x))
+                receipts.append(auth.make_receipt(key, hop_side[i], route[i].node_id, got, order,
+                                                  i, d_in, wire.tensor_digest(x), ""))
+            result = auth.make_result(keys[-1], hop_side[-1].gateway, parsed.request_id,
+                                      receipts, digest, "float32")
+            assert auth.result_sender(result, route, gateway_side) == route_len - 1
+            auth.check_chain(receipts, route, gateway_side, parsed, digest, wire.tensor_digest(x))
         out[f"{label}_us_per_traversal"] = 1e6 * (time.perf_counter() - t0) / repeats
     t0 = time.perf_counter()
+    for _ in range(max(1, repeats // 10)):
+        auth._SHARED.clear()  # a new peer every time: the worst case
+        session()
+    out["session_setup_us_all_hops"] = 1e6 * (time.perf_counter() - t0) / max(1, repeats // 10)
+    signer = SigningKey.generate("s")
+    data = os.urandom(200)
+    sig = auth.sign(signer, data)
+    t0 = time.perf_counter()
     for _ in range(repeats):
-        auth.open_ticket(ticket, ticket_sig)
-    out["ticket_check_us_per_session_and_hop"] = 1e6 * (time.perf_counter() - t0) / repeats
+        auth.verify(signer.public_hex, sig, data)
+    out["ed25519_verify_us"] = 1e6 * (time.perf_counter() - t0) / repeats
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        auth.sign(signer, data)
+    out["ed25519_sign_us"] = 1e6 * (time.perf_counter() - t0) / repeats
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        auth.tag(data[:32], data)
+    out["tag_us"] = 1e6 * (time.perf_counter() - t0) / repeats
     out["route_hops"] = route_len
     return out
 

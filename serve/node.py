@@ -115,7 +115,7 @@ class Node:
         self.stats = NodeStats()
         self.ms_per_token_layer = 1.0
         span = self.span
-        self.admission = Admission(self.node_id, self.key.public_hex, config.start, config.end,
+        self.admission = Admission(self.node_id, self.key, config.start, config.end,
                                    span.hidden_size, span.context_length, config.gateway_keys)
         self.audits: OrderedDict[str, AuditStore] = OrderedDict()
         """Per gateway key: its recent forwards, kept for its spot checks (one gateway's traffic
@@ -380,17 +380,18 @@ class Node:
         self.ms_per_token_layer = 0.8 * self.ms_per_token_layer + 0.2 * sample
 
     async def _pass_on(self, job: Job, out: torch.Tensor, version: str) -> None:
-        """Sign the receipt of this hop and send the output on: to the next hop of the ticket's
-        route, or, from the last hop, to the gateway."""
+        """Sign and tag the receipt of this hop and send the output on: to the next hop of the
+        ticket's route, or, from the last hop, to the gateway."""
         fwd, route = job.forward, job.ticket.route
         dtype = job.ticket.wire_dtype
-        receipt = auth.make_receipt(self.key, self.node_id, job.order, fwd.order, fwd.hop,
-                                    job.input_digest, wire.tensor_digest(out, dtype), version)
+        receipt = auth.make_receipt(self.key, job.keys, self.node_id, job.order, fwd.order,
+                                    fwd.hop, job.input_digest, wire.tensor_digest(out, dtype),
+                                    version)
         self._keep_for_audit(job, receipt, out)
         receipts = [*fwd.receipts, receipt]
         if fwd.hop + 1 < len(route):
             nxt = route[fwd.hop + 1]
-            frame = wire.encode(wire.Forward(fwd.ticket, fwd.ticket_sig, fwd.order, fwd.order_sig,
+            frame = wire.encode(wire.Forward(fwd.ticket, fwd.ticket_sig, fwd.order, fwd.order_tags,
                                              fwd.hop + 1, receipts, dtype), out, dtype)
             try:
                 await self._send(nxt.url, frame)
@@ -399,7 +400,7 @@ class Node:
                 await self._reply_error(job, "next-hop-failed", "the next hop is unreachable",
                                         nxt.node_id)
             return
-        frame = wire.encode(auth.sign_result(self.key, job.request_id, receipts,
+        frame = wire.encode(auth.make_result(self.key, job.keys.gateway, job.request_id, receipts,
                                              job.order_digest, dtype), out, dtype)
         try:
             await self._send(job.ticket.reply_to, frame)

@@ -9,9 +9,11 @@ tensor's raw little-endian bytes. Activations may travel as bf16/fp16 (`wire_dty
 widened to float32 on arrival. `PROTOCOL` is bumped on any incompatible change; a frame of another
 version is refused, never misparsed.
 
-Protocol 2 authenticates every frame that matters (docs/threat-model.md): the gateway signs a
-`Ticket` (a session's route) once and an `Order` per traversal; each hop signs a `Receipt` binding
-its input and output digests; errors, closes, challenges and audits are signed by their senders.
+The protocol authenticates every frame that matters (docs/threat-model.md): the gateway signs a
+`Ticket` (a session's route) once and tags an `Order` per traversal for every hop; each hop signs
+a `Receipt` binding its input and output digests and tags it for the gateway and the next hop
+(session keys, `serve/auth.py`); errors, closes, challenges and audits are signed by their
+senders.
 This module only defines the shapes and the bytes that get signed; who checks what lives in
 `serve/node.py` and `serve/gateway/pipeline.py`.
 
@@ -30,7 +32,7 @@ import torch
 
 from serve.exceptions import WireError
 
-PROTOCOL = 2
+PROTOCOL = 3
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_ROUTE = 64
 """Most hops a route may have."""
@@ -94,6 +96,11 @@ class Receipt(msgspec.Struct, frozen=True):
     output_digest: bytes
     version: str
     signature: bytes = b""
+    """Ed25519 by the hop over `receipt_bytes`: evidence anyone can check."""
+    mac: bytes = b""
+    """Tag with the hop's session key with the gateway (checked on every traversal)."""
+    link: bytes = b""
+    """Tag with the session key shared with the next hop ("" from the last hop)."""
 
 
 class Forward(msgspec.Struct, tag="forward", frozen=True):
@@ -103,7 +110,8 @@ class Forward(msgspec.Struct, tag="forward", frozen=True):
     ticket: bytes
     ticket_sig: bytes
     order: bytes
-    order_sig: bytes
+    order_tags: list[bytes]
+    """One tag per hop of the route, each with that hop's session key with the gateway."""
     hop: int
     receipts: list[Receipt] = []
     """One per hop before this one, in order."""
@@ -113,8 +121,8 @@ class Forward(msgspec.Struct, tag="forward", frozen=True):
 
 
 class Result(msgspec.Struct, tag="result", frozen=True):
-    """The last hop's answer. `sender` signs that it answers as the last hop (`result_bytes`):
-    a hop that answers for the rest of the chain signs its own eviction."""
+    """The last hop's answer. `sender` tags that it answers as the last hop (`result_bytes`):
+    a hop that answers for the rest of the chain tags its own eviction."""
 
     request_id: str
     receipts: list[Receipt]
@@ -123,7 +131,8 @@ class Result(msgspec.Struct, tag="result", frozen=True):
     """Digest of the order the sender computed for (a result for another order is dropped)."""
     sender: str = ""
     """Public key of the node that sends this result."""
-    signature: bytes = b""
+    tag: bytes = b""
+    """Tag with the sender's session key with the gateway."""
     wire_dtype: str = "float32"
     v: int = PROTOCOL
 
@@ -269,7 +278,7 @@ def receipt_bytes(r: Receipt) -> bytes:
 
 def result_bytes(request_id: str, receipts: list[Receipt], order_digest: bytes,
                  sender: str) -> bytes:
-    return b"shoal-result\0" + _encoder.encode([request_id, [r.signature for r in receipts],
+    return b"shoal-result\0" + _encoder.encode([request_id, [r.mac for r in receipts],
                                                  order_digest, sender])
 
 

@@ -131,6 +131,9 @@ class Shadow:
             return Finding(hop.node_id, False, "audit-unanswered", str(exc)[:300])
         try:
             reply, tensors = answer
+            if not auth.check_receipt_signature(signed, hop):  # tagged, never signed: no evidence
+                return Finding(hop.node_id, False, "receipt-signature",
+                               "the receipt of the audited forward is not signed by the node")
             if reply.receipt != signed:
                 return Finding(hop.node_id, False, "audit-receipt",
                                "the audit answer carries another receipt than the one signed")

@@ -10,10 +10,11 @@ The naive mode (what a Petals-style client does) calls each node in turn and wai
 a hop fails or times out it excludes the node, picks a new route, and re-prefills the history on
 it, so greedy output is unchanged by failures.
 
-Protocol 2 (docs/threat-model.md): the pipeline signs a ticket per session route and an order per
-traversal with the gateway's key, and accepts a `Result` only when it carries an unbroken chain of
-receipts signed by the route's hops ending in the tensor received; an `Error` counts only when a
-node of that request's route signed it. Anything else arriving on the return port is dropped: a
+The swarm protocol (docs/threat-model.md): the pipeline signs a ticket per session route with the
+gateway's key and tags an order per traversal for every hop with their session keys, and accepts a
+`Result` only when the last hop tagged it and it carries an unbroken chain of receipts tagged by
+the route's hops ending in the tensor received; an `Error` counts only when a node of that
+request's route signed it. Anything else arriving on the return port is dropped: a
 forged result never reaches the sampler, and the genuine one still does.
 """
 
@@ -51,6 +52,8 @@ class Expect:
     """A traversal's order (its result must carry a receipt chain for it)."""
     width: int = 0
     """Hidden size a traversal's output must have."""
+    keys: list[bytes] | None = None
+    """A traversal's session keys with each hop (its result and receipts carry their tags)."""
 
 
 class Pipeline:
@@ -132,19 +135,19 @@ class Pipeline:
             route, order, order_digest = expected.route, expected.order, expected.about
             if message.order_digest != order_digest:  # computed for another order: not ours
                 return self._refuse("result-order")
-            sender = auth.result_sender(message, route)
-            if sender is None:  # signed by no hop of this route: a forgery; the real one follows
-                return self._refuse("result-signature")
-            if sender != len(route) - 1:  # a hop signed that it answers for the rest of the chain
+            sender = auth.result_sender(message, route, expected.keys)
+            if sender is None:  # tagged by no hop of this route: a forgery; the real one follows
+                return self._refuse("result-tag")
+            if sender != len(route) - 1:  # a hop tagged that it answers for the rest of the chain
                 hop = route[sender]
-                self._evidence(hop.node_id, "shortcut", f"hop {sender} of {len(route)} signed a "
+                self._evidence(hop.node_id, "shortcut", f"hop {sender} of {len(route)} tagged a "
                                "final result", {"request_id": message.request_id,
-                                                "signature": message.signature.hex()})
+                                                "tag": message.tag.hex()})
                 future.set_exception(HopFailed(hop.node_id, "answered for the whole chain",
                                                "shortcut"))
                 return
             try:
-                auth.check_chain(message.receipts, route, order, order_digest,
+                auth.check_chain(message.receipts, route, expected.keys, order, order_digest,
                                  wire.tensor_digest(tensor, message.wire_dtype))
             except FrameRejected as exc:
                 hop = route[exc.hop if exc.hop is not None else -1]
@@ -234,13 +237,19 @@ class Pipeline:
             self._pending.pop(request_id, None)
             self._expect.pop(request_id, None)
 
-    def ticket(self, session: str, route: list[wire.Hop]) -> tuple[bytes, bytes]:
-        """The signed ticket of `session` on `route` (made once per session and route)."""
+    def ticket(self, session: str, route: list[wire.Hop]) -> tuple[bytes, bytes, list[bytes]]:
+        """The signed ticket of `session` on `route` and the session keys with its hops (made
+        once per session and route)."""
         key = (session, tuple(route))
         cached = self._tickets.get(key)
         if cached is None:
-            cached = self._tickets[key] = auth.make_ticket(
+            ticket, signature = auth.make_ticket(
                 self.key, session, route, self.reply_to, self.version or "", self.wire_dtype)
+            try:
+                keys = auth.gateway_keys(self.key, ticket, route)
+            except FrameRejected as exc:  # a hop whose key admits no key exchange
+                raise HopFailed(route[exc.hop].node_id, str(exc), "session-key") from None
+            cached = self._tickets[key] = (ticket, signature, keys)
             while len(self._tickets) > 8192:
                 self._tickets.pop(next(iter(self._tickets)))
         return cached
@@ -253,13 +262,13 @@ class Pipeline:
         self.traversals += count
         hops = [route] if self.chain else [[h] for h in route]
         for part in hops:
-            ticket, ticket_sig = self.ticket(session, part)
+            ticket, ticket_sig, keys = self.ticket(session, part)
             request_id = uuid.uuid4().hex
-            order, order_sig = auth.make_order(self.key, ticket, request_id, keep,
-                                               hidden.shape[0],
-                                               wire.tensor_digest(hidden, self.wire_dtype))
-            msg = wire.Forward(ticket, ticket_sig, order, order_sig, 0, [], self.wire_dtype)
-            expect = Expect(part, wire.digest(order), wire.unpack_order(order), hidden.shape[1])
+            order, order_tags = auth.make_order(keys, ticket, request_id, keep, hidden.shape[0],
+                                                wire.tensor_digest(hidden, self.wire_dtype))
+            msg = wire.Forward(ticket, ticket_sig, order, order_tags, 0, [], self.wire_dtype)
+            expect = Expect(part, wire.digest(order), wire.unpack_order(order), hidden.shape[1],
+                            keys)
             t0 = time.perf_counter()
             try:
                 hidden = await self.request(part[0].url, msg, hidden, node_id=part[0].node_id,

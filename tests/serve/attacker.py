@@ -60,12 +60,14 @@ async def node_identity(url: str) -> tuple[str, str, int, int]:
 
 def forward(key: SigningKey, route: list[wire.Hop], hidden: torch.Tensor, *, hop: int = 0,
             keep: int = 0, reply_to: str = "ws://127.0.0.1:9", count: int | None = None,
-            ticket_sig: bytes | None = None) -> bytes:
+            ticket_sig: bytes | None = None, order_tags: list[bytes] | None = None) -> bytes:
     ticket, sig = auth.make_ticket(key, os.urandom(8).hex(), route, reply_to, "", "float32")
-    order, order_sig = auth.make_order(key, ticket, os.urandom(8).hex(), keep,
-                                       hidden.shape[0] if count is None else count,
-                                       wire.tensor_digest(hidden))
-    msg = wire.Forward(ticket, ticket_sig or sig, order, order_sig, hop, [], "float32")
+    order, tags = auth.make_order(auth.gateway_keys(key, ticket, route), ticket,
+                                  os.urandom(8).hex(), keep,
+                                  hidden.shape[0] if count is None else count,
+                                  wire.tensor_digest(hidden))
+    msg = wire.Forward(ticket, ticket_sig or sig, order, tags if order_tags is None else order_tags,
+                       hop, [], "float32")
     return wire.encode(msg, hidden)
 
 
@@ -86,6 +88,8 @@ async def attack(url: str, reply_port: int | None) -> dict[str, str]:
         "hop-out-of-range": [forward(me, [hop], h, hop=5)],
         "negative-hop": [forward(me, [hop], h, hop=-1)],
         "nan-activations": [forward(me, [hop], nan)],
+        "untagged-order": [forward(me, [hop], h, order_tags=[os.urandom(16)])],
+        "no-order-tags": [forward(me, [hop], h, order_tags=[])],
         "past-the-context": [forward(me, [hop], h, keep=10**9)],
         "count-mismatch": [forward(me, [hop], h, count=10**6)],
         "huge-challenge": [wire.encode(auth.sign_challenge(me, "c", os.urandom(32), node_id,

@@ -100,11 +100,11 @@ class Cheater(Node):
             from serve import auth
 
             dtype = job.ticket.wire_dtype
-            receipt = auth.make_receipt(self.key, self.node_id, job.order, job.forward.order,
-                                        job.forward.hop, job.input_digest,
+            receipt = auth.make_receipt(self.key, job.keys, self.node_id, job.order,
+                                        job.forward.order, job.forward.hop, job.input_digest,
                                         wire.tensor_digest(out, dtype), version)
-            result = auth.sign_result(self.key, job.request_id, [receipt], job.order_digest,
-                                      dtype)
+            result = auth.make_result(self.key, job.keys.gateway, job.request_id, [receipt],
+                                      job.order_digest, dtype)
             await self._send(job.ticket.reply_to, wire.encode(result, out, dtype))
             return
         if self.mode in RATIONAL:

@@ -1,4 +1,4 @@
-"""A node without the network: what it admits (protocol 2), memory budget, idle eviction, wire
+"""A node without the network: what it admits (the swarm protocol), memory budget, idle eviction, wire
 format. Frames are built the way a gateway or an attacker would build them, with real keys."""
 
 from __future__ import annotations
@@ -32,23 +32,29 @@ class Frame:
     ticket: bytes
     ticket_sig: bytes
     order: bytes
-    order_sig: bytes
+    order_tags: list
     hidden: torch.Tensor
     hop: int = 0
     receipts: tuple = ()
 
     def forward(self, **changes) -> wire.Forward:
         fields = dict(ticket=self.ticket, ticket_sig=self.ticket_sig, order=self.order,
-                      order_sig=self.order_sig, hop=self.hop, receipts=list(self.receipts))
+                      order_tags=self.order_tags, hop=self.hop, receipts=list(self.receipts))
         return wire.Forward(**{**fields, **changes})
 
 
 def frame(route: list[wire.Hop], hidden: torch.Tensor, *, key: SigningKey = GATEWAY,
           session: str = "s", keep: int = 0, request_id: str = "r1") -> Frame:
     ticket, ticket_sig = auth.make_ticket(key, session, route, "ws://gateway", "", "float32")
-    order, order_sig = auth.make_order(key, ticket, request_id, keep, hidden.shape[0],
-                                       wire.tensor_digest(hidden))
-    return Frame(ticket, ticket_sig, order, order_sig, hidden)
+    order, order_tags = auth.make_order(auth.gateway_keys(key, ticket, route), ticket,
+                                        request_id, keep, hidden.shape[0],
+                                        wire.tensor_digest(hidden))
+    return Frame(ticket, ticket_sig, order, order_tags, hidden)
+
+
+def keys_of(key: SigningKey, f: Frame, hop: int) -> auth.HopKeys:
+    """The session keys a hop of `f`'s route derives (what an honest predecessor holds)."""
+    return auth.hop_keys(key, f.ticket, auth.open_ticket(f.ticket, f.ticket_sig), hop)
 
 
 def refused(node: Node, fwd: wire.Forward, tensor: torch.Tensor) -> str:
@@ -76,7 +82,7 @@ def test_forged_or_mismatched_frames_are_refused(tiny_model_dir):
     # an order whose `keep` was changed on the way
     order = wire.unpack_order(f.order)
     tampered = wire.pack(msgspec.structs.replace(order, keep=5))
-    assert refused(node, f.forward(order=tampered), h) == "order-signature"
+    assert refused(node, f.forward(order=tampered), h) == "order-tag"
     # a tensor other than the one ordered
     assert refused(node, f.forward(), h + 1) == "input-digest"
     # NaN activations, the wrong width, more positions than ordered
@@ -107,13 +113,16 @@ def test_a_later_hop_needs_the_previous_hops_receipt(tiny_model_dir):
     x, y = torch.randn(2, 64), torch.randn(2, 64)
     f = frame(route, x)
     order = wire.unpack_order(f.order)
-    receipt = auth.make_receipt(first, first_hop.node_id, order, f.order, 0,
-                                wire.tensor_digest(x), wire.tensor_digest(y), "v")
+    receipt = auth.make_receipt(first, keys_of(first, f, 0), first_hop.node_id, order, f.order,
+                                0, wire.tensor_digest(x), wire.tensor_digest(y), "v")
     assert refused(node, f.forward(hop=1), y) == "receipt"  # no receipt at all
-    mallory = SigningKey.generate("mallory")
-    forged = auth.make_receipt(mallory, first_hop.node_id, order, f.order, 0,
-                               wire.tensor_digest(x), wire.tensor_digest(y), "v")
-    assert refused(node, f.forward(hop=1, receipts=[forged]), y) == "receipt-signature"
+    mallory = SigningKey.generate("mallory")  # not hop 0: it cannot know the link key
+    forged = auth.make_receipt(mallory, keys_of(mallory, f, 0), first_hop.node_id, order,
+                               f.order, 0, wire.tensor_digest(x), wire.tensor_digest(y), "v")
+    assert refused(node, f.forward(hop=1, receipts=[forged]), y) == "receipt-tag"
+    # hop 0's own receipt with the tag it made for the gateway in place of the link tag
+    swapped = msgspec.structs.replace(receipt, link=receipt.mac)
+    assert refused(node, f.forward(hop=1, receipts=[swapped]), y) == "receipt-tag"
     assert refused(node, f.forward(hop=1, receipts=[receipt]), y + 1) == "input-digest"
     job = node.admission.forward(f.forward(hop=1, receipts=[receipt]), y)
     assert job.hop.start == 2
@@ -166,7 +175,8 @@ def test_a_later_hop_refuses_an_order_its_predecessor_wrote(tiny_model_dir):
     f = frame([first_hop, hop_of(node, 2, 4)], x)
     order = wire.unpack_order(f.order)
     mine = wire.pack(msgspec.structs.replace(order, keep=4))
-    receipt = auth.make_receipt(first, first_hop.node_id, wire.unpack_order(mine), mine, 0,
-                                wire.tensor_digest(x), wire.tensor_digest(y), "v")
+    receipt = auth.make_receipt(first, keys_of(first, f, 0), first_hop.node_id,
+                                wire.unpack_order(mine), mine, 0, wire.tensor_digest(x),
+                                wire.tensor_digest(y), "v")
     assert refused(node, f.forward(hop=1, order=mine, receipts=[receipt]), y) == \
-        "order-signature"
+        "order-tag"

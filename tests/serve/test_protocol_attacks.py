@@ -1,5 +1,5 @@
 """Attacks on the hop protocol, by a separate attacker process and by cheating nodes that know the
-checks (protocol 2, docs/threat-model.md).
+checks (the swarm protocol, docs/threat-model.md).
 
 - anyone who reaches a node's port: hostile frames get typed errors, nothing crashes, the node
   dials nobody it is not told to by a listed gateway, and the swarm keeps serving the right text;
@@ -119,12 +119,13 @@ def test_hostile_frames_from_anyone_are_refused_and_nothing_crashes(guarded_swar
         assert answers["oversized-frame"].startswith("closed 1009"), answers
     # a node that works for its own gateway only refuses every other signer
     for case in ("dial-anywhere", "hop-out-of-range", "negative-hop", "nan-activations",
-                 "past-the-context", "count-mismatch"):
+                 "past-the-context", "count-mismatch", "untagged-order", "no-order-tags"):
         assert guarded[case] == "gateway-key", (case, guarded)
     # an open node checks everything else
     assert open_["hop-out-of-range"] == open_["negative-hop"] == "route", open_
     assert open_["nan-activations"] == open_["count-mismatch"] == "bad-tensor", open_
     assert open_["past-the-context"] == "context", open_
+    assert open_["untagged-order"] == open_["no-order-tags"] == "order-tag", open_
     # every node still runs, and the swarm still answers right
     assert all(p.poll() is None for p in guarded_swarm.procs.values())
     for prompt in PROMPTS[:2]:
