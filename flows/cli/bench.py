@@ -1,5 +1,5 @@
 """`shoal bench …`: the benchmarks, programs that write JSON (and a PNG plot) to an output
-directory: swarm, registry, traces, curate, train.
+directory: swarm, api, registry, traces, curate, train.
 
 Each benchmark lives next to the code it measures (`serve.bench`, `registry.bench`,
 `traces.bench`, `curate.bench`, `train.bench`); these commands parse the options, run it and print
@@ -103,3 +103,19 @@ def bench_train(model: str = DEFAULT_MODEL, steps: int = 4, micro_batch: int = 4
                              procs=procs, max_len=max_len, zero=zero, grad_accum=grad_accum)
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "torch"} |
                           {"torch_tokens_per_s": report["torch"]["tokens_per_s"]}, indent=2))
+
+
+@command(bench_app, "api")
+def bench_api(model: str = DEFAULT_MODEL, clients: int = 64,
+              duration: Annotated[float, typer.Option(help="seconds of load")] = 60.0,
+              out: Annotated[str, typer.Option()] = "bench-out") -> None:
+    """The gateway's HTTP layer alone (key check, validation, template; stub engine):
+    requests/s, latency p50/p99, errors and server memory under CLIENTS concurrent clients."""
+    _, directory = config().checkout(model)
+    from serve.bench_api import ApiBenchConfig, run_api_bench
+
+    report = run_api_bench(ApiBenchConfig(model_dir=directory, out_dir=Path(out),
+                                          clients=clients, duration_s=duration))
+    typer.echo(json.dumps({k: report[k] for k in ("requests_per_s", "latency_ms", "errors",
+                                                  "server_rss_mb")}, indent=2))
+    typer.echo(f"wrote {Path(out) / 'api.json'}")
