@@ -26,8 +26,10 @@ class DedupConfig(BaseModel):
     """MinHash permutations (accuracy of the Jaccard estimate)."""
     shingle: int = Field(5, ge=1, le=16)
     """Words per shingle."""
-    semantic_threshold: float = Field(0.98, gt=0.0, le=1.0)
-    """Cosine similarity of embeddings above which two records say the same thing."""
+    semantic_threshold: float = Field(0.995, gt=0.0, le=1.0)
+    """Cosine similarity of embeddings above which two records say the same thing. Calibrated for
+    the trace store's default (static) embedder to drop what MiniLM at 0.98 drops on the curation
+    benchmark's corpus (`shoal bench traces`, docs/traces.md); with `minilm` vectors use 0.98."""
     semantic: bool = True
     """Run semantic dedup over the embeddings the trace store keeps (records without one are kept)."""
 

@@ -91,10 +91,11 @@ def end_to_end(rows: list[dict], writers: int, embedder: str) -> dict:
 
 
 def passes(rows: list[dict], embedder: str) -> dict:
-    """Each pass alone over the same traces: log → rows, then rows → embeddings."""
+    """Each pass alone over the same traces: log → rows, then rows → embeddings; and the trace
+    path while no pass runs (the capture cost alone, for comparison with the runs above)."""
     with tempfile.TemporaryDirectory() as tmp:
         store = _store(tmp, embedder)
-        _write(store, rows, 1)
+        idle = _write(store, rows, 1)
         t0 = time.perf_counter()
         assert store.flush() == len(rows)
         t1 = time.perf_counter()
@@ -103,7 +104,8 @@ def passes(rows: list[dict], embedder: str) -> dict:
         assert store.embed_pending() == len(rows)
         t3 = time.perf_counter()
     return {"rows_traces_per_s": round(len(rows) / (t1 - t0)),
-            "embeddings_traces_per_s": round(len(rows) / (t3 - t2), 1)}
+            "embeddings_traces_per_s": round(len(rows) / (t3 - t2), 1),
+            "trace_path_ms_no_pass_running": _percentiles(idle)}
 
 
 def run_traces_bench(out_dir: Path, traces: int = 5000, writers: tuple[int, ...] = (1, 4, 16),

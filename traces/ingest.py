@@ -8,6 +8,8 @@ lock, and writes back only `vector` and `embedder` (an update of matched rows, s
 meanwhile is not brought back). Each pass runs in its own background thread in the process that
 owns the log (the gateway); a reader that needs embeddings (curation) calls `embed_pending` for
 just the rows it reads, waiting for a batch the background pass has in hand instead of redoing it.
+Only the log's owner writes to the traces table (another process borrows ownership while no
+writer is alive, or waits for the owner), so two processes never insert the same rows at once.
 
 `backlog` says how far behind both passes are, from counters kept as they go (no I/O), for the
 gateway's `/metrics`; past the configured bound it says so and logs a warning. Nothing is ever
@@ -24,7 +26,11 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from pathlib import Path
+
 import pyarrow as pa
+import pyarrow.json as pa_json
+from pydantic import ValidationError
 
 from traces.schemas import Trace
 
@@ -69,35 +75,82 @@ class Ingestion:
     # rows --------------------------------------------------------------------------------------
 
     def flush(self) -> int:
-        """Ingest the log into LanceDB rows (no embeddings); returns rows added.
+        """Ingest the log into LanceDB rows (no embeddings); returns rows added here.
 
-        The log's owner rotates, ingests closed segments and drops them. Any other process reads
-        every segment as it is, the one being written too, and changes none."""
+        Only the log's owner writes rows: it rotates, ingests and drops segments. A process that
+        does not own the log borrows ownership when no writer is alive, and otherwise waits
+        (up to `read_wait_s`) until the owner has ingested every segment there was, so that it
+        reads what was logged before it asked without ever writing beside the owner."""
+        log_ = self.store.log
+        borrowed = not log_.owned and log_.acquire()
+        if not log_.owned:
+            self._wait_for_owner(log_.segments())
+            return 0
+        try:
+            return self._flush_owned()
+        finally:
+            if borrowed:
+                log_.release()
+
+    def _wait_for_owner(self, segments: list[Path]) -> None:
+        deadline = time.monotonic() + self.store.config.read_wait_s
+        while any(s.exists() for s in segments) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _flush_owned(self) -> int:
         store = self.store
         with store.write_lock:
-            owner = store.log.owned
-            segments = store.log.rotate() if owner else store.log.segments()
             added = 0
-            for segment in segments:
-                records = list(store.log.read(segment))
-                for i in range(0, len(records), store.config.batch_size):
-                    added += self._insert(records[i:i + store.config.batch_size])
-                if owner:
-                    store.log.drop(segment)
+            for segment in store.log.rotate():
+                rows = self._read(segment)
+                for i in range(0, rows.num_rows, store.config.batch_size):
+                    added += self._insert(rows.slice(i, store.config.batch_size))
+                store.log.drop(segment)
             self.ingested += added
             if added and self._unembedded is not None:
                 self._unembedded += added
             return added
 
-    def _insert(self, records: list[dict]) -> int:
-        if not records:
+    def _read(self, segment: Path) -> pa.Table:
+        """A segment as Arrow rows of the traces table. Arrow's JSON reader parses it in C++; a
+        segment it refuses (a torn last line after a crash, a malformed record) is read line by
+        line and each record validated, and records that fail are set aside in `rejected.jsonl`
+        next to the log, never lost and never ingested."""
+        schema = self.store.schemas["traces"]
+        logged = pa.schema([f for f in schema if f.name not in EMBED_COLUMNS[1:]])
+        try:
+            table = pa_json.read_json(segment, parse_options=pa_json.ParseOptions(
+                explicit_schema=logged, unexpected_field_behavior="ignore"))
+            required = [n for n, f in Trace.model_fields.items() if f.is_required()]
+            if all(table.column(n).null_count == 0 for n in required):
+                for name in EMBED_COLUMNS[1:]:
+                    table = table.append_column(schema.field(name),
+                                                pa.nulls(table.num_rows, schema.field(name).type))
+                return table
+        except FileNotFoundError:  # the owner ingested and dropped it meanwhile
+            return schema.empty_table()
+        except pa.ArrowInvalid:
+            pass
+        rows, rejected = [], []
+        for record in self.store.log.read(segment):
+            try:
+                rows.append(Trace.model_validate(record).model_dump())
+            except ValidationError as exc:
+                rejected.append({"record": record, "error": str(exc)[:500]})
+        if rejected and self.store.log.owned:
+            log.error("%d malformed trace records in %s set aside in rejected.jsonl",
+                      len(rejected), segment.name)
+            with open(segment.parent / "rejected.jsonl", "a") as out:
+                out.writelines(json.dumps(r, default=str) + "\n" for r in rejected)
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    def _insert(self, rows: pa.Table) -> int:
+        if rows.num_rows == 0:
             return 0
-        rows = [Trace.model_validate(r).model_dump() for r in records]
         table = self.store.tables["traces"]
         before = table.count_rows()
-        (table.merge_insert("request_id").when_not_matched_insert_all()
-         .execute(pa.Table.from_pylist(rows, schema=self.store.schemas["traces"]),
-                  on_bad_vectors="null"))
+        table.merge_insert("request_id").when_not_matched_insert_all().execute(
+            rows, on_bad_vectors="null")
         return table.count_rows() - before
 
     # embeddings --------------------------------------------------------------------------------
@@ -116,17 +169,33 @@ class Ingestion:
 
     def embed_pending(self, where: str | None = None, limit: int | None = None) -> int:
         """Embed rows that lack the current embedder's vector (only those `where` selects, at
-        most `limit`), batch by batch; returns how many were embedded."""
-        done = 0
-        while limit is None or done < limit:
-            batch = self.store.config.embed_batch if limit is None else min(
-                self.store.config.embed_batch, limit - done)
-            with self._embed_lock:  # a reader waits for the batch in hand, then takes its own
-                n = self._embed_batch(where, batch)
-            if n == 0:
-                break
-            done += n
-        return done
+        most `limit`), batch by batch; returns how many were embedded here.
+
+        Like rows, vectors are written only by the log's owner: another process borrows
+        ownership when no writer is alive, and otherwise waits (up to `embed_wait_s`) for the
+        owner's embedding pass to reach the rows `where` selects."""
+        log_ = self.store.log
+        borrowed = not log_.owned and log_.acquire()
+        if not log_.owned:
+            deadline = time.monotonic() + self.store.config.embed_wait_s
+            while (self.store.tables["traces"].count_rows(self._stale(where))
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)
+            return 0
+        try:
+            done = 0
+            while limit is None or done < limit:
+                batch = self.store.config.embed_batch if limit is None else min(
+                    self.store.config.embed_batch, limit - done)
+                with self._embed_lock:  # a reader waits for the batch in hand, then its own
+                    n = self._embed_batch(where, batch)
+                if n == 0:
+                    break
+                done += n
+            return done
+        finally:
+            if borrowed:
+                log_.release()
 
     def _embed_batch(self, where: str | None, batch: int) -> int:
         store = self.store
@@ -135,10 +204,11 @@ class Ingestion:
         if not rows:
             return 0
         vectors = self.embedder.embed([embed_text(r) for r in rows])
-        update = pa.Table.from_pydict(
-            {"request_id": [r["request_id"] for r in rows], "vector": list(vectors),
-             "embedder": [self.embedder.version] * len(rows)},
-            schema=pa.schema([store.schemas["traces"].field(c) for c in EMBED_COLUMNS]))
+        schema = pa.schema([store.schemas["traces"].field(c) for c in EMBED_COLUMNS])
+        flat = pa.array(vectors.astype("float32", copy=False).ravel())
+        update = pa.table([pa.array([r["request_id"] for r in rows]),
+                           pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+                           pa.array([self.embedder.version] * len(rows))], schema=schema)
         with store.write_lock:  # short: the vectors are ready; erasure may have run meanwhile
             store.tables["traces"].merge_insert("request_id").when_matched_update_all().execute(
                 update)

@@ -8,10 +8,11 @@ idempotent on the request id). `erase` rewrites segments without the records a p
 so erasure reaches data that has not been ingested yet.
 
 One process owns a log directory (an exclusive `flock` on `.owner`, released when the process
-dies, `kill -9` included): only the owner appends, rotates, drops and erases. Any other process
-(the CLI, a curation flow next to a running gateway) may read every segment, the one being
-written included, but never changes one, so it cannot unlink or rewrite a file the owner is still
-appending to. Within a process there is one `DurableLog` per directory (`DurableLog.open`).
+dies, `kill -9` included): only the owner appends, rotates, drops and erases, and only the owner
+writes its records into LanceDB (traces/ingest.py). Any other process (the CLI, a curation flow
+next to a running gateway) may read every segment but never changes one, so it cannot unlink or
+rewrite a file the owner is still appending to. Within a process there is one `DurableLog` per
+directory (`DurableLog.open`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ class DurableLog:
             self._seq = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 1
             self._counts = {s: sum(1 for _ in self.read(s)) for s in existing}
             return True
+
+    def release(self) -> None:
+        """Give ownership back (a reader that borrowed it to ingest while no writer was alive)."""
+        with self._lock:
+            if self._owner_fd is None:
+                return
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+                self._seq += 1
+            os.close(self._owner_fd)  # closing the descriptor releases the flock
+            self._owner_fd = None
 
     def _require_owner(self, what: str) -> None:
         if not self.acquire():

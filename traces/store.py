@@ -57,8 +57,8 @@ class TraceStoreConfig:
     """LanceDB URI (a local directory by default)."""
     log_dir: Path
     """Where the durable log lives (always a local disk)."""
-    batch_size: int = 1024
-    """Log records per LanceDB insert."""
+    batch_size: int = 4096
+    """Log records per LanceDB insert (one commit, one fragment each: fewer, larger is faster)."""
     flush_interval_s: float = 0.5
     """How often the background writer moves the log into LanceDB."""
     embed: bool = True
@@ -69,9 +69,24 @@ class TraceStoreConfig:
     """Where built embedders are kept (None: ~/.cache/shoal/embedders)."""
     embed_batch: int = 512
     """Rows per embedding batch: large enough to amortise a pass, small enough to write often."""
+    read_wait_s: float = 5.0
+    """How long a read in a process that does not own the log waits for the owner to ingest
+    what was logged before it (the owner flushes every `flush_interval_s`)."""
+    embed_wait_s: float = 120.0
+    """How long curation in such a process waits for the owner to embed the rows it reads;
+    rows still without a vector then reach semantic dedup without one (and are kept)."""
     backlog_bound: int = 50_000
     """Log records or unembedded rows beyond which `/metrics` reports the backlog over its bound
     (and a warning is logged). Nothing is dropped; the bound only makes the lag visible."""
+
+    def __post_init__(self) -> None:
+        from traces.embedders import NAMES
+
+        if self.embedder not in NAMES:
+            raise InvalidInput(f"embedder {self.embedder!r} is not one of {', '.join(NAMES)}")
+        for name in ("batch_size", "embed_batch", "backlog_bound"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name} must be at least 1, not {getattr(self, name)}")
     auth_cache_s: float = 2.0
     """How long a key lookup is trusted before revocation is re-checked."""
 

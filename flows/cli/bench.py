@@ -71,12 +71,23 @@ def bench_registry(model: str = DEFAULT_MODEL, span: int = 10, import_default: b
 
 
 @command(bench_app, "traces")
-def bench_traces(requests: int = 1000, ingest: int = 2000,
+def bench_traces(traces: int = 5000,
+                 writers: Annotated[str, typer.Option(help="concurrent writer counts")] = "1,4,16",
+                 embedder: Annotated[str, typer.Option(help="the store's embedder")] = "static",
+                 compare: Annotated[str, typer.Option(
+                     help="embedders to compare with MiniLM; '' skips it")] = "minilm-int8,static",
+                 dedup_traces: Annotated[int, typer.Option(
+                     help="corpus size for the dedup agreement")] = 300,
                  out: Annotated[str, typer.Option()] = "bench-out") -> None:
-    """Trace-path latency (p50/p99) and LanceDB ingest rate."""
+    """Trace-path latency, end-to-end ingestion (rows + embeddings) by writer count, and the
+    embedders' speed and semantic-dedup agreement with MiniLM."""
+    levels = tuple(_split("--writers", writers, int))
     from traces.bench import run_traces_bench
 
-    typer.echo(json.dumps(run_traces_bench(Path(out), requests, ingest), indent=2))
+    report = run_traces_bench(Path(out), traces, levels, embedder,
+                              tuple(c for c in compare.split(",") if c),
+                              dedup_traces if compare else 0)
+    typer.echo(json.dumps(report, indent=2))
 
 
 @command(bench_app, "curate")

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 cli = typer.Typer()
 """What this module adds to `shoal`: the `traces` and `grants` groups."""
-traces_app = group(cli, "traces", "Consented traces: list, export, delete, erase.")
+traces_app = group(cli, "traces", "Consented traces: list, export, erase; the embedder.")
 grants_app = group(cli, "grants", "Consent grants of contributors.")
 
 
@@ -85,3 +85,13 @@ def revoke_grant(grant_id: str, contributor: Annotated[str, typer.Option(help="a
     store = _store()
     store.revoke_grant(store.account(contributor), grant_id)
     typer.echo(f"revoked grant {grant_id}")
+
+
+@command(traces_app, "embedder")
+def embedder(name: Annotated[str, typer.Argument(help="static, minilm or minilm-int8")] = "static"
+             ) -> None:
+    """Build an embedder if it is not built yet (the static one is distilled from the packaged
+    MiniLM once per machine, about a minute on 2 cores) and print its version."""
+    from traces.embedders import load
+
+    typer.echo(load(name).version)

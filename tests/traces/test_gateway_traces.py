@@ -30,7 +30,7 @@ def trace_swarm(tmp_path_factory, tiny_model_dir):
         account = store.create_account(role, name)
         keys[name] = (account.account_id, store.create_key(account.account_id)[1])
     swarm.start()
-    swarm.keys = keys
+    swarm.keys, swarm.store = keys, store
     yield swarm
     swarm.stop()
 
@@ -166,3 +166,21 @@ def test_erasure_through_the_api_leaves_no_bytes(trace_swarm):
     leftovers = [p for p in root.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
     assert leftovers == []
     assert stored(s, "alice") == []
+
+
+def test_metrics_report_the_backlog_until_every_trace_is_embedded(trace_swarm):
+    s = trace_swarm
+    call(s, "bob", "POST", "/v1/grants", json={"scopes": ["sft"]})
+    ids = [chat(s, "bob", f"backlog {i}")["shoal"]["trace_id"] for i in range(3)]
+    deadline = time.monotonic() + 180
+    while True:
+        backlog = httpx.get(f"{s.base_url}/metrics", timeout=10).json()["trace_ingestion"]
+        if backlog["log_records"] == 0 and backlog["unembedded_rows"] == 0:
+            break
+        assert time.monotonic() < deadline, backlog
+        time.sleep(0.2)
+    assert backlog["bound"] == 50_000 and not backlog["over_bound"]
+    assert backlog["embedded"] >= 3 and backlog["embedder"] == "static"
+    rows = s.store.tables["traces"].search().where(
+        f"request_id IN ({', '.join(repr(i) for i in ids)})").limit(None).to_list()
+    assert len(rows) == 3 and all(r["embedder"] and r["vector"] is not None for r in rows)

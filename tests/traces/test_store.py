@@ -138,10 +138,17 @@ def test_erasure_leaves_no_bytes_anywhere(store, tmp_path):
 def test_traces_bench_runs_small(tmp_path):
     from traces.bench import run_traces_bench
 
-    report = run_traces_bench(tmp_path, requests=20, ingest=20)
-    assert 0 < report["trace_path_ms"]["p50"] <= report["trace_path_ms"]["p99"]
-    assert report["ingest_plain_traces_per_s"] > 0
-    assert (tmp_path / "traces.json").exists()
+    report = run_traces_bench(tmp_path, traces=16, writers=(1, 4), embedder="static",
+                              compare=(), dedup_traces=10)
+    assert [c["writers"] for c in report["concurrent"]] == [1, 4]
+    for level in report["concurrent"]:
+        path = level["trace_path_ms"]
+        assert 0 < path["p50"] <= path["p99"] and path["calls"] == 16
+        assert level["end_to_end_traces_per_s"] > 0
+    assert report["passes"]["rows_traces_per_s"] > 0
+    reference = report["embedders"]["embedders"]["minilm"]
+    assert reference["agreement"]["jaccard"] == 1.0 and reference["threshold"] == 0.98
+    assert json.loads((tmp_path / "traces.json").read_text()) == report
 
 
 def test_tables_written_before_the_schemas_were_derived_still_open(tmp_path):

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from traces.exceptions import EmbeddingModelMissing
+from traces.exceptions import InvalidInput
 
 DEFAULT = "static"
 NAMES = ("static", "minilm", "minilm-int8")
@@ -51,4 +51,4 @@ def load(name: str = DEFAULT, cache_dir: Path | None = None) -> Embedder:
         from traces.embedders.static import StaticEmbedder
 
         return StaticEmbedder.shared(cache_dir or default_cache())
-    raise EmbeddingModelMissing(f"unknown embedder {name!r}: expected one of {', '.join(NAMES)}")
+    raise InvalidInput(f"unknown embedder {name!r}: expected one of {', '.join(NAMES)}")
