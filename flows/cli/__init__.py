@@ -51,7 +51,7 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "channel": ("registry", "Channels and their promotion history."),
     "registry": ("registry", "The registry itself: create it, rotate its root."),
     "bench": ("bench", "Benchmarks: programs that write JSON and a PNG plot."),
-    "traces": ("traces", "Consented traces: list, export, delete, erase."),
+    "traces": ("traces", "Consented traces: list, export, delete, erase; the embedder."),
     "grants": ("traces", "Consent grants of contributors."),
     "flow": ("flow", "Prefect flows: curate, train, evaluate, register."),
 }

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 cli = typer.Typer()
 """What this module adds to `shoal`: the `traces` and `grants` groups."""
-traces_app = group(cli, "traces", "Consented traces: list, export, erase; the embedder.")
+traces_app = group(cli, "traces", "Consented traces: list, export, delete, erase; the embedder.")
 grants_app = group(cli, "grants", "Consent grants of contributors.")
 
 
