@@ -41,7 +41,7 @@ def test_the_readme_walkthrough_serves_and_follows_production(tmp_path, tiny_mod
     env.pop("SHOAL_KEY_PASSPHRASE", None)
     setup = "\n".join(lines[:-1]).replace("--default", f"{tiny_model_dir} --name tiny")
     subprocess.run(["bash", "-euo", "pipefail", "-c", setup], env=env, check=True, timeout=300)
-    up = lines[-1].replace("--port 8000", f"--port {port}")
+    up = lines[-1].replace("--port 8000", f"--port {port}").replace("--nodes 3", "--nodes 2")
     proc = subprocess.Popen(["bash", "-c", f"export SHOAL_HOME=$HOME/.shoal; exec {up}"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
