@@ -159,3 +159,19 @@ def list_keys(directory: Path) -> list[KeyInfo]:
         encrypted = pem.exists() and b"ENCRYPTED" in pem.read_bytes()
         out.append(KeyInfo(pub.stem, public_key_id(public_hex), public_hex, encrypted))
     return out
+
+
+def save_public_key(directory: Path, name: str, public_hex: str) -> KeyInfo:
+    """Store another maintainer's public key as `NAME.pub` (no private half), so policies can
+    name it; refuses a malformed key or an existing name."""
+    public_hex = public_hex.strip().lower()
+    path = _key_path(directory, name).with_suffix(".pub")
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
+    except ValueError:
+        raise KeyError_(f"{public_hex!r}: not an Ed25519 public key (64 hex digits)") from None
+    if path.exists():
+        raise KeyError_(f"{path}: a key with this name already exists")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(public_hex + "\n")
+    return KeyInfo(name, public_key_id(public_hex), public_hex, encrypted=False)

@@ -91,20 +91,10 @@ def keys_add(name: str, public_hex: Annotated[str, typer.Argument(
         help="64 hex digits: the public key another maintainer's `shoal keys list --public` "
              "shows")]) -> None:
     """Add another maintainer's public key as NAME, so policies can name it."""
-    from registry.exceptions import KeyError_
-    from registry.policy import KeyEntry
-    from registry.signing import _key_path, public_key_id
+    from registry.signing import save_public_key
 
-    try:
-        KeyEntry(public=public_hex)
-    except ValueError:
-        raise KeyError_(f"{public_hex!r}: not an Ed25519 public key (64 hex digits)") from None
-    pub = _key_path(config().keys_dir, name).with_suffix(".pub")
-    if pub.exists():
-        raise KeyError_(f"{pub}: a key with this name already exists")
-    pub.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    pub.write_text(public_hex + "\n")
-    typer.echo(f"{name}  {public_key_id(public_hex)[:16]}  public only")
+    key = save_public_key(config().keys_dir, name, public_hex)
+    typer.echo(f"{name}  {key.keyid[:16]}  public only")
 
 
 @command(keys_app, "revoke")

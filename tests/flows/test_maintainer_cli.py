@@ -104,3 +104,17 @@ def test_keys_list_names_accounts_and_shows_ids_that_revoke_accepts(env):
     ok("keys", "create", "maintainer-root")
     assert "`shoal registry revoke-key maintainer-root`" in error("keys", "revoke",
                                                                   "maintainer-root")
+
+
+def test_another_maintainers_public_key_joins_a_role(env):
+    from registry.signing import SigningKey
+
+    ok("keys", "create", "maintainer-root", "maintainer-release", "maintainer-staging",
+       "maintainer-promote")
+    ok("registry", "init")
+    carol = SigningKey.generate("carol")  # made on carol's machine; only the public half travels
+    assert "public only" in ok("keys", "add", "carol", carol.public_hex)
+    assert "not an Ed25519 public key" in error("keys", "add", "dave", "xyz")
+    ok("registry", "rotate-root", "--promote-key", "maintainer-promote", "--promote-key", "carol")
+    assert "promote   1 of 2: carol, maintainer-promote" in ok("registry", "show")
+    assert "carol.pem" not in {p.name for p in (env / "keys").iterdir()}
