@@ -189,10 +189,25 @@ NO_REGISTRY = " (no registry at {home}/registry: create one with `shoal registry
     (["bench", "swarm", "--delays", "5,x"], "--delays '5,x': expected comma-separated floats"),
     (["grants", "create", "--contributor", "nosuch", "--scope", "sft"], "no account nosuch"),
     (["flow", "train", "--set", "lr"], "--set 'lr': expected KEY=VALUE"),
-], ids=["registry", "serve", "bench", "bench-input", "traces", "flow"])
+    (["flow", "train", "--hold", "regression.accuracy=-1"],
+     "--hold 'regression.accuracy=-1': expected METRIC=DELTA with DELTA ≥ 0"),
+], ids=["registry", "serve", "bench", "bench-input", "traces", "flow", "flow-gate"])
 def test_errors_are_one_line_and_exit_1_in_every_command_module(env, monkeypatch, args, message):
     monkeypatch.setattr(ShoalConfig, "trace_store", lambda self: _NoAccounts())
     result = run(*args)
     assert result.exit_code == 1, result.output
     expected = f"error: {message.format(home=env)}"
     assert [line for line in result.output.splitlines() if line.strip()] == [expected]
+
+
+def test_gate_options_replace_only_the_tables_they_name():
+    from flows.cli.flow import _gate
+    from train.gate import GateConfig
+
+    assert _gate("sft", None, None) is None  # the kind's default gate
+    default = GateConfig()
+    assert _gate("sft", ["loglik.mean=0.5"], None) == {
+        "improve": {"loglik.mean": 0.5}, "hold": default.hold}
+    assert _gate("sft", None, ["regression.accuracy=0.2", "json.accuracy=0"]) == {
+        "improve": default.improve, "hold": {"regression.accuracy": 0.2, "json.accuracy": 0.0}}
+    assert _gate("distill", None, ["acceptance.rate=0.1"])["improve"] == {"acceptance.rate": 0.02}
