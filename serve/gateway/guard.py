@@ -9,9 +9,11 @@ route parses it.
 3. reads the body itself, up to the limit (413 beyond) and within `body_timeout_s` (408 after:
    a client that trickles bytes holds no worker), and replays it to the route.
 
-Key lookups in the trace store run in a worker thread, at most `auth_lookups` at a time, and a key
-that failed is remembered (by hash) for `failed_key_ttl_s`, so a caller who repeats a bad key costs
-a dictionary lookup, and one who sprays random keys costs a bounded share of the threads.
+Key lookups in the trace store run in a worker thread, at most `auth_lookups` at a time; requests
+that carry the same key while its lookup runs share it (when the store's cache of a busy key
+expires, one lookup runs, not one per request); and a key that failed is remembered (by hash) for
+`failed_key_ttl_s`, so a caller who repeats a bad key costs a dictionary lookup, and one who sprays
+random keys costs a bounded share of the threads.
 
 It knows nothing about OpenAI's request bodies; the routes do.
 """
@@ -79,6 +81,8 @@ class Authenticator:
         self.state, self.limits = state, limits
         self._failed: OrderedDict[str, float] = OrderedDict()
         self._lookups: asyncio.Semaphore | None = None
+        self._inflight: dict[str, asyncio.Future] = {}
+        """Key digest → the lookup running for it (concurrent requests share it)."""
         self.lookups = 0
         """Trace-store lookups made (failed keys answered from memory are not counted)."""
 
@@ -121,17 +125,24 @@ class Authenticator:
         digest = hashlib.sha256(secret.encode()).hexdigest()
         if self._failed_recently(digest):
             raise _unauthorized("invalid or revoked API key")
-        if self._lookups is None:
-            self._lookups = asyncio.Semaphore(self.limits.auth_lookups)
+        lookup = self._inflight.get(digest)
+        if lookup is None:  # one lookup per key at a time, however many requests carry it
+            lookup = self._inflight[digest] = asyncio.ensure_future(self._lookup(store, secret))
+            lookup.add_done_callback(lambda _: self._inflight.pop(digest, None))
         from traces.exceptions import AuthError
 
+        try:
+            return await asyncio.shield(lookup)
+        except AuthError as exc:
+            self._remember_failure(digest)
+            raise _unauthorized(str(exc)) from None
+
+    async def _lookup(self, store: Any, secret: str) -> "Account":
+        if self._lookups is None:
+            self._lookups = asyncio.Semaphore(self.limits.auth_lookups)
         async with self._lookups:
             self.lookups += 1
-            try:
-                return await asyncio.to_thread(store.authenticate, secret)
-            except AuthError as exc:
-                self._remember_failure(digest)
-                raise _unauthorized(str(exc)) from None
+            return await asyncio.to_thread(store.authenticate, secret)
 
 
 class Guard:
