@@ -4,9 +4,11 @@ OpenAI response — with the swarm replaced by a stub engine that answers one to
 
 The gateway runs as its own process (uvicorn, as `shoal gateway` runs it); `clients` concurrent
 clients in this process send valid chat requests with a contributor-less app key for
-`duration_s`. Reported: requests/s (whole run and per 5 s window), latency p50/p90/p99/max,
-responses other than 200 and transport errors, and the server's resident memory at start, peak
-and end, sampled every second (a leak shows as growth between windows). Writes `api.json`.
+`duration_s`, then `GET /v1/models` (the guard and key check alone) for `baseline_s` on the
+same server, side by side. Reported for each: requests/s (whole run and per 5 s window),
+latency p50/p90/p99/max, the server's CPU time per request (what the layer costs, whatever else
+shares the machine), responses other than 200 and transport errors, and the server's resident
+memory at start, peak and end, sampled every second (a leak shows as growth). Writes `api.json`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class ApiBenchConfig:
     clients: int = 64
     duration_s: float = 60.0
     warmup_s: float = 3.0
+    baseline_s: float = 15.0
+    """Then `GET /v1/models` (guard and key check alone) for this long, side by side on the
+    same server (0: skip)."""
 
 
 class StubEngine:
@@ -92,13 +97,23 @@ def _rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def _cpu_s(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-async def _load(base: str, key: str, cfg: ApiBenchConfig, pid: int) -> dict:
+async def _load(base: str, key: str, cfg: ApiBenchConfig, pid: int, duration_s: float,
+                chat: bool = True) -> dict:
+    """`cfg.clients` clients sending chat requests (or, `chat=False`, `GET /v1/models`: the
+    guard and key check alone) for `duration_s`."""
     import httpx
 
     latencies: list[float] = []
@@ -110,17 +125,23 @@ async def _load(base: str, key: str, cfg: ApiBenchConfig, pid: int) -> dict:
     limits = httpx.Limits(max_connections=cfg.clients, max_keepalive_connections=cfg.clients)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits,
                                  timeout=30) as http:
+        async def call() -> httpx.Response:
+            if chat:
+                return await http.post("/v1/chat/completions", json=BODY)
+            return await http.get("/v1/models")
+
         warm_until = time.perf_counter() + cfg.warmup_s
         while time.perf_counter() < warm_until:  # first requests build caches (template, key)
-            await http.post("/v1/chat/completions", json=BODY)
+            await call()
+        cpu_start = _cpu_s(pid)
         start = time.perf_counter()
-        stop = start + cfg.duration_s
+        stop = start + duration_s
 
         async def client() -> None:
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 try:
-                    r = await http.post("/v1/chat/completions", json=BODY)
+                    r = await call()
                     statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
                 except httpx.HTTPError as exc:
                     errors.append(repr(exc))
@@ -136,10 +157,11 @@ async def _load(base: str, key: str, cfg: ApiBenchConfig, pid: int) -> dict:
 
         await asyncio.gather(sample_memory(), *(client() for _ in range(cfg.clients)))
         elapsed = time.perf_counter() - start
+        server_cpu = _cpu_s(pid) - cpu_start
     ordered = sorted(latencies)
     window = 5.0
     windows = [sum(1 for f in finished if i * window <= f < (i + 1) * window) / window
-               for i in range(int(cfg.duration_s // window))]
+               for i in range(int(duration_s // window))]
     ok = statuses.get(200, 0)
     return {
         "requests": len(latencies), "ok": ok, "elapsed_s": round(elapsed, 2),
@@ -150,6 +172,7 @@ async def _load(base: str, key: str, cfg: ApiBenchConfig, pid: int) -> dict:
         "latency_ms": {name: round(_percentile(ordered, q) * 1000, 2)
                        for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99),
                                        ("max", 1.0))},
+        "server_cpu_ms_per_request": round(server_cpu * 1000 / max(1, len(latencies)), 3),
         "errors": len(errors) + sum(n for s, n in statuses.items() if s != 200),
         "statuses": {str(s): n for s, n in sorted(statuses.items())},
         "transport_errors": errors[:5],
@@ -190,7 +213,10 @@ def run_api_bench(cfg: ApiBenchConfig) -> dict:
             if time.monotonic() > deadline or not server.is_alive():
                 raise RuntimeError("the bench gateway did not start")
             time.sleep(0.2)
-        result = asyncio.run(_load(base, key, cfg, server.pid))
+        result = asyncio.run(_load(base, key, cfg, server.pid, cfg.duration_s))
+        if cfg.baseline_s > 0:
+            result["auth_only"] = asyncio.run(_load(base, key, cfg, server.pid, cfg.baseline_s,
+                                                    chat=False))
     finally:
         server.terminate()
         server.join(10)

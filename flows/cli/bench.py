@@ -127,6 +127,7 @@ def bench_api(model: str = DEFAULT_MODEL, clients: int = 64,
 
     report = run_api_bench(ApiBenchConfig(model_dir=directory, out_dir=Path(out),
                                           clients=clients, duration_s=duration))
-    typer.echo(json.dumps({k: report[k] for k in ("requests_per_s", "latency_ms", "errors",
-                                                  "server_rss_mb")}, indent=2))
+    typer.echo(json.dumps({k: report[k] for k in (
+        "requests_per_s", "latency_ms", "server_cpu_ms_per_request", "errors", "server_rss_mb")},
+        indent=2))
     typer.echo(f"wrote {Path(out) / 'api.json'}")

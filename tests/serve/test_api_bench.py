@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_api_bench_tiny(tiny_model_dir, tmp_path):
-    cfg = ApiBenchConfig(model_dir=tiny_model_dir, out_dir=tmp_path, clients=8, duration_s=2.0,
+    cfg = ApiBenchConfig(model_dir=tiny_model_dir, out_dir=tmp_path, clients=8, duration_s=2.0, baseline_s=1.0,
                          warmup_s=0.5)
     report = run_api_bench(cfg)
     saved = json.loads((tmp_path / "api.json").read_text())
@@ -22,3 +22,4 @@ def test_api_bench_tiny(tiny_model_dir, tmp_path):
     latency = saved["latency_ms"]
     assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
     assert saved["server_rss_mb"]["peak"] > 0
+    assert saved["auth_only"]["errors"] == 0 and saved["auth_only"]["requests"] > 0
