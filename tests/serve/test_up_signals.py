@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def start_up(home: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "SHOAL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "up", "--nodes", "2", "--model", "tiny@production",
+        [sys.executable, "-m", "flows.cli", "up", "--nodes", "1", "--model", "tiny@production",
          "--port", str(port), "--api-key", "sk-test"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -37,7 +37,7 @@ def children(home: Path, timeout_s: float = 60) -> dict[str, int]:
             pids = json.loads(state.read_text())["pids"]
         except (OSError, ValueError, KeyError):
             pids = {}
-        if {"tracker", "gateway", "node0", "node1"} <= set(pids):
+        if {"tracker", "gateway", "node0"} <= set(pids):
             return pids
         time.sleep(0.1)
     raise AssertionError(f"shoal up wrote no state in {timeout_s} s")
@@ -86,15 +86,15 @@ def test_crashed_node_is_restarted_and_sigterm_stops_all(tmp_path_factory, tiny_
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    os.killpg(pids["node1"], signal.SIGKILL)
-    restarted = pids["node1"]
+    os.killpg(pids["node0"], signal.SIGKILL)
+    restarted = pids["node0"]
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and restarted == pids["node1"]:
-        restarted = children(home)["node1"]
+    while time.monotonic() < deadline and restarted == pids["node0"]:
+        restarted = children(home)["node0"]
         time.sleep(0.3)
-    assert restarted != pids["node1"], "node1 was not restarted"
+    assert restarted != pids["node0"], "node0 was not restarted"
     assert alive(restarted)
-    out = stop(up, signal.SIGTERM, {**pids, "node1-again": restarted})
+    out = stop(up, signal.SIGTERM, {**pids, "node0-again": restarted})
     assert up.returncode == 0, out
-    assert "node1 exited with status -9" in out and "restarting node1" in out, out
+    assert "node0 exited with status -9" in out and "restarting node0" in out, out
     assert "SIGTERM: stopping the swarm" in out, out
