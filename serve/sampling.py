@@ -19,6 +19,11 @@ from typing import Protocol
 import torch
 
 
+GREEDY_BELOW = 1e-4
+"""Temperatures below this sample greedily: the distribution is the argmax to float precision,
+and logits divided by a temperature near 1e-38 overflow to infinities."""
+
+
 class Constraint(Protocol):
     """Which tokens may come next (constrained decoding, e.g. a JSON schema)."""
 
@@ -49,7 +54,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Temperatures this close to 0 are the argmax (dividing logits by them overflows)."""
+        return self.temperature < GREEDY_BELOW
 
     @property
     def shapes(self) -> bool:

@@ -237,6 +237,9 @@ class ResponseFormat(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"model": "default", "messages": [{"role": "user", "content": "Hello"}],
+         "max_tokens": 8}]})
     messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     logprobs: bool = False
@@ -253,6 +256,8 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"model": "default", "prompt": "Hello", "max_tokens": 8}]})
     prompt: str | list[str] = Field(max_length=MAX_TEXT)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False

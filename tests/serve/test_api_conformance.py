@@ -164,3 +164,12 @@ def test_stop_list_cuts_at_the_first_stop(tiny_swarm):
                                     temperature=0, stop=stops)
     assert r.choices[0].message.content == full[:full.find(stops[0])]
     assert r.choices[0].finish_reason == "stop"
+
+
+def test_a_temperature_next_to_zero_is_greedy(tiny_swarm):
+    """Logits divided by 1e-300 overflow; such temperatures sample the argmax, as 0 does."""
+    api = client(tiny_swarm)
+    texts = {t: api.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8,
+                                            temperature=t, seed=1).choices[0].message.content
+             for t in (0.0, 1e-300, 5e-324)}
+    assert len(set(texts.values())) == 1, texts

@@ -15,10 +15,18 @@ import time
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.slow
 DEADLINE_S = 20.0
 """Longer than any bounded generation on the tiny model takes; longer means a hang."""
+
+
+def strategies(operation) -> list:
+    """Cases generated from the operation's schema, then its documented examples (so valid
+    requests are always among them)."""
+    examples = operation.get_strategies_from_examples()
+    return [operation.as_strategy()] + ([st.one_of(*examples)] if examples else [])
 
 
 def fuzz(schema, headers: dict, examples: int, skip: tuple[str, ...] = (),
@@ -27,11 +35,9 @@ def fuzz(schema, headers: dict, examples: int, skip: tuple[str, ...] = (),
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15, operations  # every route is in the schema
     seen: dict[str, set[int]] = {}
-    for operation in operations:
-        if operation.label in skip:
-            continue
-
-        @given(case=operation.as_strategy())
+    for operation, strategy in ((op, way) for op in operations if op.label not in skip
+                                for way in strategies(op)):
+        @given(case=strategy)
         @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                   phases=[Phase.explicit, Phase.generate],
                   suppress_health_check=list(HealthCheck))
