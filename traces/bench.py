@@ -103,6 +103,7 @@ def passes(rows: list[dict], embedder: str) -> dict:
         t2 = time.perf_counter()
         assert store.embed_pending() == len(rows)
         t3 = time.perf_counter()
+        store.stop()
     return {"rows_traces_per_s": round(len(rows) / (t1 - t0)),
             "embeddings_traces_per_s": round(len(rows) / (t3 - t2), 1),
             "trace_path_ms_no_pass_running": _percentiles(idle)}
