@@ -216,11 +216,15 @@ def open_order(data: bytes, order_tag: bytes, key: bytes, ticket_data: bytes,
 def make_receipt(key: SigningKey, keys: HopKeys, node_id: str, order: wire.Order,
                  order_data: bytes, hop: int, input_digest: bytes, output_digest: bytes,
                  version: str) -> wire.Receipt:
-    """Signed (evidence), tagged for the gateway and for the next hop (the hot path)."""
+    """Signed (evidence), tagged for the gateway and for the next hop (the hot path). The
+    gateway's tag covers the signature too, so a later hop that relays the receipt cannot spoil
+    the signature unseen and have this hop fail its spot check."""
     unsigned = wire.Receipt(node_id, order.request_id, wire.digest(order_data), hop, order.keep,
                             order.count, input_digest, output_digest, version)
     data = wire.receipt_bytes(unsigned)
-    return msgspec.structs.replace(unsigned, signature=sign(key, data), mac=tag(keys.gateway, data),
+    signature = sign(key, data)
+    return msgspec.structs.replace(unsigned, signature=signature,
+                                   mac=tag(keys.gateway, data + signature),
                                    link=tag(keys.next, data) if keys.next else b"")
 
 
@@ -247,6 +251,13 @@ def check_receipt_signature(receipt: wire.Receipt, hop: wire.Hop) -> bool:
     return verify(hop.public_key, receipt.signature, wire.receipt_bytes(receipt))
 
 
+def same_receipt(a: wire.Receipt, b: wire.Receipt) -> bool:
+    """Whether two copies are one receipt: same content, signature and gateway tag. The link tag
+    is left out: it was for the next hop only, and any later hop could have changed it."""
+    return (wire.receipt_bytes(a), a.signature, a.mac) == (wire.receipt_bytes(b), b.signature,
+                                                           b.mac)
+
+
 def check_chain(receipts: list[wire.Receipt], route: list[wire.Hop], keys: list[bytes],
                 order: wire.Order, order_digest: bytes, output_digest: bytes) -> None:
     """The full chain at the gateway: one valid receipt per hop, each hop's input digest equal
@@ -262,7 +273,7 @@ def check_chain(receipts: list[wire.Receipt], route: list[wire.Hop], keys: list[
         except FrameRejected as exc:
             exc.hop = i
             raise
-        if not tag_ok(keys[i], wire.receipt_bytes(receipt), receipt.mac):
+        if not tag_ok(keys[i], wire.receipt_bytes(receipt) + receipt.signature, receipt.mac):
             raise FrameRejected("receipt-tag", f"receipt {i} is not from {hop.node_id}",
                                 hop=i)
         if receipt.input_digest != expected:

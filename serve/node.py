@@ -384,6 +384,12 @@ class Node:
         ticket's route, or, from the last hop, to the gateway."""
         fwd, route = job.forward, job.ticket.route
         dtype = job.ticket.wire_dtype
+        if not bool(torch.isfinite(out.to(wire.WIRE_DTYPES[dtype])).all()):
+            # (e.g. huge but finite inputs from upstream overflowing float16): never sign an
+            # output the gateway must reject as this hop's fault; report it, a failover
+            await self._reply_error(job, "non-finite-output", "the output does not fit "
+                                    f"{dtype} (non-finite values)")
+            return
         receipt = auth.make_receipt(self.key, job.keys, self.node_id, job.order, fwd.order,
                                     fwd.hop, job.input_digest, wire.tensor_digest(out, dtype),
                                     version)

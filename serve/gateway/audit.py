@@ -131,12 +131,12 @@ class Shadow:
             return Finding(hop.node_id, False, "audit-unanswered", str(exc)[:300])
         try:
             reply, tensors = answer
-            if not auth.check_receipt_signature(signed, hop):  # tagged, never signed: no evidence
-                return Finding(hop.node_id, False, "receipt-signature",
-                               "the receipt of the audited forward is not signed by the node")
-            if reply.receipt != signed:
+            if not auth.same_receipt(reply.receipt, signed):
                 return Finding(hop.node_id, False, "audit-receipt",
                                "the audit answer carries another receipt than the one signed")
+            if not auth.check_receipt_signature(reply.receipt, hop):  # tagged, not signed
+                return Finding(hop.node_id, False, "receipt-signature",
+                               "the receipt of the audited forward is not signed by the node")
             if tensors is None or tensors.dim() != 3 or tensors.shape[0] != 2:
                 return Finding(hop.node_id, False, "audit-malformed", "not a [2, T, H] tensor")
             dtype = pipeline.wire_dtype

@@ -44,11 +44,12 @@ class Frame:
 
 
 def frame(route: list[wire.Hop], hidden: torch.Tensor, *, key: SigningKey = GATEWAY,
-          session: str = "s", keep: int = 0, request_id: str = "r1") -> Frame:
-    ticket, ticket_sig = auth.make_ticket(key, session, route, "ws://gateway", "", "float32")
+          session: str = "s", keep: int = 0, request_id: str = "r1",
+          wire_dtype: str = "float32") -> Frame:
+    ticket, ticket_sig = auth.make_ticket(key, session, route, "ws://gateway", "", wire_dtype)
     order, order_tags = auth.make_order(auth.gateway_keys(key, ticket, route), ticket,
                                         request_id, keep, hidden.shape[0],
-                                        wire.tensor_digest(hidden))
+                                        wire.tensor_digest(hidden, wire_dtype))
     return Frame(ticket, ticket_sig, order, order_tags, hidden)
 
 
@@ -180,3 +181,25 @@ def test_a_later_hop_refuses_an_order_its_predecessor_wrote(tiny_model_dir):
                                 wire.tensor_digest(y), "v")
     assert refused(node, f.forward(hop=1, order=mine, receipts=[receipt]), y) == \
         "order-tag"
+
+
+def test_a_node_never_signs_an_output_the_wire_cannot_carry(tiny_model_dir):
+    """Finite but huge activations from upstream overflow float16: the node reports it (a
+    failover) instead of signing an output the gateway would reject as this hop's fault."""
+    import asyncio
+
+    node = make_node(tiny_model_dir)
+    h = torch.randn(1, 64)
+    f = frame([hop_of(node)], h, wire_dtype="float16")
+    job = node.admission.forward(f.forward(wire_dtype="float16"), h)
+    sent = []
+
+    async def capture(url, data):
+        sent.append((url, data))
+
+    node._send = capture
+    asyncio.run(node._pass_on(job, torch.full((1, 64), 1e6), "v"))
+    [(url, data)] = sent
+    message, tensor = wire.decode(data)
+    assert url == "ws://gateway" and tensor is None
+    assert isinstance(message, wire.Error) and message.code == "non-finite-output"

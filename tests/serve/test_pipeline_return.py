@@ -150,3 +150,24 @@ def test_errors_count_only_about_what_the_gateway_sent():
             future.result()
         assert not p.evicted  # an error is a failover, not evidence
     run(main())
+
+
+def test_a_later_hop_cannot_spoil_an_earlier_receipts_signature_unseen():
+    """The last hop relays hop 0's receipt with its signature replaced: the gateway's tag covers
+    the signature, so the chain breaks at hop 0 (a failover), and no spoiled receipt is kept as
+    evidence that hop 0's spot check would then fail on."""
+    async def main():
+        p = Pipeline(StaticDiscovery([]), 3, None)
+        x, out = torch.randn(2, 8), torch.randn(2, 8)
+        order, data, future, hop_keys = setup(p, x)
+        receipts = chain(order, data, x, out, hop_keys)
+        spoiled = [msgspec.structs.replace(receipts[0], signature=bytes(64)), *receipts[1:]]
+        p._on_return(result(2, hop_keys, spoiled, data), out)
+        with pytest.raises(HopFailed) as caught:
+            future.result()
+        assert caught.value.code == "receipt-tag" and not p.evicted and "r" not in p.receipts
+        # the link tag is for the next hop only: a copy with another one is the same receipt
+        relinked = msgspec.structs.replace(receipts[0], link=bytes(16))
+        assert auth.same_receipt(relinked, receipts[0])
+        assert not auth.same_receipt(spoiled[0], receipts[0])
+    run(main())
