@@ -135,16 +135,22 @@ def test_hostile_frames_from_anyone_are_refused_and_nothing_crashes(guarded_swar
 
 
 def test_a_first_hop_that_answers_for_the_chain_is_evicted(guarded_swarm, reference):
+    """Requests arrive together, so the gateway's load-aware routing sends some through the
+    cheater whichever replica of layers 0:1 it measured faster."""
+    from concurrent.futures import ThreadPoolExecutor
+
     cheater = node_ids_by_proc(guarded_swarm)["node3"]
     seen_through_cheater = 0
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and trust(guarded_swarm).get(cheater, {}).get(
-            "status") != "evicted":
-        for prompt in PROMPTS:
-            body = chat(guarded_swarm, prompt)
-            assert body["status"] == 200, body
-            assert body["choices"][0]["message"]["content"] == expected_text(reference, prompt)
-            seen_through_cheater += cheater in body["shoal"]["route"]
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        while time.monotonic() < deadline and trust(guarded_swarm).get(cheater, {}).get(
+                "status") != "evicted":
+            bodies = list(pool.map(lambda p: chat(guarded_swarm, p), PROMPTS))
+            for prompt, body in zip(PROMPTS, bodies):
+                assert body["status"] == 200, body
+                assert body["choices"][0]["message"]["content"] == expected_text(reference,
+                                                                                 prompt)
+                seen_through_cheater += cheater in body["shoal"]["route"]
     state = trust(guarded_swarm)[cheater]
     assert state["status"] == "evicted" and "shortcut" in state["reason"], state
     assert seen_through_cheater == 0  # no answer ever came through it
