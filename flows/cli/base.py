@@ -12,9 +12,15 @@ code is imported inside the commands, and the stage exception classes only once 
 from __future__ import annotations
 
 import functools
+import os
 from typing import TYPE_CHECKING, Callable, NoReturn, TypeVar
 
 import typer
+
+# Prefect's ephemeral API server gets 20 s to start by default; on a fresh machine it first creates
+# and migrates its database, and a running swarm keeps the cores busy meanwhile. An explicit
+# setting wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 if TYPE_CHECKING:
     from flows.config import ShoalConfig
