@@ -10,6 +10,7 @@ knows nothing about roles or thresholds; `registry.policy` decides whose signatu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -64,8 +65,9 @@ class SigningKey:
     name: str
     private: Ed25519PrivateKey
 
-    @property
+    @functools.cached_property
     def public_hex(self) -> str:
+        """Computed once per key: nodes read it on every traversal (tags, results)."""
         raw = self.private.public_key().public_bytes(serialization.Encoding.Raw,
                                                      serialization.PublicFormat.Raw)
         return raw.hex()
