@@ -117,11 +117,27 @@ def test_decontamination_drops_contaminated_items_only(records, planted):
     kept, stats = decontaminate(records, EvalIndex(EVAL, 13))
     assert stats["dropped"] == len(planted.planted["contaminated"]) == 3
     assert not {r.request_id for r in kept} & set(planted.planted["contaminated"])
-    # a short evaluation item is matched whole; shorter than the minimum, it is skipped
+    # an item shorter than n is matched whole: word for word inside a record, or (under
+    # `min_words`) as a whole turn after normalisation
     short = EvalIndex(["What's the weather in Lisbon in celsius?", "Hi there"], 13)
     assert short.contaminated("so: what's the weather in Lisbon in celsius? thanks")
     assert not short.contaminated("what's the weather in Paris in celsius?")
-    assert short.skipped == 1
+    assert short.short == 1 and short.items == 2
+
+
+def test_short_evaluation_items_are_matched_whole_after_normalisation():
+    index = EvalIndex(["What is 2 plus 2?", "Name three primary colors."], 13)
+    sent = [Record(request_id=f"r{i}", trace_id=f"r{i}", contributor_id="c", scopes=("sft",),
+                   model_version="v", messages=({"role": "user", "content": q},),
+                   completion="4")
+            for i, q in enumerate(["what is 2 plus 2", "  NAME three primary colors!!",
+                                   "What is 2 plus 3?", "Name three primary colors you like."])]
+    kept, stats = decontaminate(sent, index)
+    assert [r.request_id for r in kept] == ["r2", "r3"]
+    assert stats["dropped"] == 2 and stats["eval_items_matched_whole"] == 2
+    # a correction that repeats an item whole is a leak too
+    corrected = [replace(sent[2], corrections=("What is 2 plus 2?",))]
+    assert decontaminate(corrected, index)[0] == []
 
 
 def test_sets_respect_scopes_and_split_by_agent_run(records, planted):
