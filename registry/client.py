@@ -20,7 +20,7 @@ from registry import layout, merkle
 from registry.exceptions import NotFoundError, RegistryError, VerificationError
 from registry.layout import MANIFEST_FILE, Role, checkout_dir
 from registry.manifest import MERKLE_SUFFIX, Manifest, split_levels, tensor_levels, version_id_of
-from registry.policy import (RootPolicy, channel_role, check_threshold, load_root,
+from registry.policy import (RootPolicy, channel_role, check_threshold, load_root, valid_signers,
                              snapshot_role, verify_initial_root, verify_rotation)
 from registry.safetensors_header import read_header
 from registry.signing import Envelope
@@ -169,6 +169,11 @@ class RegistryClient:
 
     def history(self, channel: str) -> list[ch.ChannelRecord]:
         """Every record of `channel`, oldest first, with signatures and the hash chain checked."""
+        return [record for record, _ in self.signed_history(channel)]
+
+    def signed_history(self, channel: str) -> list[tuple[ch.ChannelRecord, list[str]]]:
+        """`history`, each record with the key ids whose signatures on it verify (the channel's
+        role, none revoked; at least the role's threshold of them)."""
         policy = self.policy()
         records, prev_digest = [], None
         for fname in self.store.list(layout.channel_dir(channel)):
@@ -181,7 +186,8 @@ class RegistryClient:
             if record.prev != prev_digest or record.sequence != len(records) + 1:
                 raise VerificationError("history-chain", f"{channel}/{fname} does not follow "
                                         "the record before it")
-            records.append(record)
+            signers = sorted(valid_signers(envelope, policy, channel_role(policy, channel)))
+            records.append((record, signers))
             prev_digest = ch.record_digest(envelope)
         return records
 
