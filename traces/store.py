@@ -294,10 +294,26 @@ class TraceStore:
 
     def export_jsonl(self, contributor_id: str) -> str:
         rows = self.query(contributor_id=contributor_id, limit=1_000_000)
-        feedback = self._rows("feedback", f"contributor_id = '{contributor_id}'")
         lines = [json.dumps({"type": "trace", **r}, default=str) for r in rows]
-        lines += [json.dumps({"type": "feedback", **f}, default=str) for f in feedback]
+        lines += [json.dumps({"type": "feedback", **f}, default=str)
+                  for f in self.feedback(contributor_id)]
         return "\n".join(lines) + ("\n" if lines else "")
+
+    def feedback(self, contributor_id: str) -> list[dict]:
+        """Every feedback row a contributor gave, newest first."""
+        rows = self._rows("feedback", f"contributor_id = '{_id(contributor_id, 'contributor id')}'")
+        return sorted(rows, key=lambda r: r["created_at"], reverse=True)
+
+    def datasets_of(self, contributor_id: str) -> dict[str, int]:
+        """Dataset id → how many of a contributor's traces it holds (the lineage curation
+        recorded with `add_dataset_members`)."""
+        mine = {r["request_id"] for r in self.query(contributor_id=contributor_id,
+                                                    limit=1_000_000)}
+        counts: dict[str, int] = {}
+        for m in self._rows("dataset_members"):
+            if m["request_id"] in mine:
+                counts[m["dataset_id"]] = counts.get(m["dataset_id"], 0) + 1
+        return dict(sorted(counts.items()))
 
     # feedback ----------------------------------------------------------------------------------
 
