@@ -151,6 +151,27 @@ class VerifierConfig(_Config):
     """Most forwards audited per mirrored session (chosen at random among its forwards)."""
 
 
+class BatchConfig(_Config):
+    """The Batch API's bounds and how its scheduler fills the swarm (docs/serving.md, Batch)."""
+
+    max_sessions: int = Field(12, ge=1, le=1024)
+    """Batch lines running at once while no interactive request runs (node batching turns
+    them into micro-batches that keep every stage of the pipeline busy)."""
+    busy_sessions: int = Field(1, ge=0, le=1024)
+    """Batch lines running at once while interactive requests run (new lines wait below it)."""
+    stagger_s: float = Field(0.01, ge=0, le=10)
+    """Pause between starting two lines, so sessions enter the pipeline at different stages
+    instead of moving in lockstep."""
+    max_file_bytes: int = Field(2 * 2**20, gt=0)
+    """Largest input file (the request body bound of the gateway applies first)."""
+    max_lines: int = Field(50_000, gt=0)
+    """Most lines one input file may hold."""
+    max_attempts: int = Field(3, ge=1, le=100)
+    """Tries of a line the swarm could not answer (no route, a failed hop) before it fails."""
+    poll_s: float = Field(0.2, gt=0)
+    """Longest wait between two looks at the job table."""
+
+
 class GatewayConfig(_Config):
     """The gateway process: the version it serves, its API, routing, speculation and checks."""
 
@@ -196,6 +217,11 @@ class GatewayConfig(_Config):
     """Trace store directory (LanceDB tables + durable log). None: static API keys, no capture."""
     watch: ChannelWatch | None = None
     """Follow this channel and roll out its new versions (None: serve `version_id` only)."""
+    state_dir: Path | None = None
+    """Durable gateway state (batch files, jobs, usage meter) in `gateway.db` here. None: no
+    Batch API and no usage meter."""
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    """Batch API bounds and scheduling."""
 
     @field_validator("trusted_verdict_keys")
     @classmethod

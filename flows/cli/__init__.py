@@ -3,7 +3,7 @@
 | module     | adds to `shoal`                                                        |
 |------------|------------------------------------------------------------------------|
 | `registry` | `promote`, `rollback`, `keys …`, `model …`, `channel …`, `registry …`  |
-| `serve`    | `chat`, `tracker`, `node`, `gateway`, `relay`, `up`, `verify`, `status` |
+| `serve`    | `chat`, `tracker`, `node`, `gateway`, `relay`, `up`, `verify`, `status`, `usage` |
 | `flow`     | `demo`, `flow …` (curate, train, evaluate, register)                   |
 | `traces`   | `traces …`, `grants …`                                                 |
 | `bench`    | `bench …` (swarm, registry, traces, curate, train)                     |
@@ -46,6 +46,9 @@ ENTRIES: dict[str, tuple[str, str]] = {
                         "against the registry."),
     "status": ("serve", "Nodes (span, versions, trust, channel watch, load), the gateway's "
                         "rollout, and the channel\nheads, in one view."),
+    "usage": ("serve", "Metered usage from the gateway (GET /v1/usage): tokens, requests and "
+                       "batch lines per key;\npositions computed and checks per node. JSON or "
+                       "CSV, for settlement."),
     "keys": ("registry", "Signing keys (maintainer roles, node identities)."),
     "model": ("registry", "Model versions in the registry."),
     "channel": ("registry", "Channels and their promotion history."),

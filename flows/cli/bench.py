@@ -1,5 +1,5 @@
 """`shoal bench …`: the benchmarks, programs that write JSON (and a PNG plot) to an output
-directory: swarm, api, registry, traces, curate, train.
+directory: swarm, api, batch, registry, traces, curate, train.
 
 Each benchmark lives next to the code it measures (`serve.bench`, `registry.bench`,
 `traces.bench`, `curate.bench`, `train.bench`); these commands parse the options, run it and print
@@ -131,3 +131,24 @@ def bench_api(model: str = DEFAULT_MODEL, clients: int = 64,
         "requests_per_s", "latency_ms", "server_cpu_ms_per_request", "errors", "server_rss_mb")},
         indent=2))
     typer.echo(f"wrote {Path(out) / 'api.json'}")
+
+
+@command(bench_app, "batch")
+def bench_batch(model: str = DEFAULT_MODEL, nodes: int = 3, lines: int = 500, tokens: int = 32,
+                clients: Annotated[int, typer.Option(
+                    help="concurrent interactive requests to compare with")] = 16,
+                single: Annotated[int, typer.Option(help="lines run one at a time")] = 20,
+                probes: Annotated[int, typer.Option(
+                    help="interactive requests timed idle and during a batch")] = 20,
+                model_kind: Annotated[str, typer.Option(
+                    help="what MODEL is, as the report says")] = "registry model",
+                out: Annotated[str, typer.Option()] = "bench-out") -> None:
+    """Batch API throughput vs the same lines as concurrent interactive requests vs one
+    session; node utilisation; interactive p50/p95 while a batch runs vs idle."""
+    from serve.bench_batch import BatchBenchConfig, run_batch_bench
+
+    report = run_batch_bench(BatchBenchConfig(
+        model=model, out_dir=Path(out), nodes=nodes, lines=lines, tokens=tokens,
+        clients=clients, single=single, probes=probes, model_kind=model_kind), config())
+    typer.echo(json.dumps(report["summary"], indent=2))
+    typer.echo(f"wrote {Path(out) / 'batch.json'}")

@@ -162,8 +162,10 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
                 help="trace store directory: accounts, consent, capture")] = None,
             watch: Annotated[Optional[str], typer.Option(
                 help="follow this channel: new requests move to its new versions")] = None,
-            watch_poll: float = WATCH["poll_s"], drain_grace: float = WATCH["drain_grace_s"]
-            ) -> None:
+            watch_poll: float = WATCH["poll_s"], drain_grace: float = WATCH["drain_grace_s"],
+            state_dir: Annotated[Optional[Path], typer.Option(
+                help="durable state: batch files and jobs, usage meter "
+                "(default: $SHOAL_HOME/gateway)")] = None) -> None:
     """Run the OpenAI-compatible gateway in front of the swarm."""
     from registry.signing import load_key
     from serve.gateway.server import run_gateway
@@ -189,7 +191,8 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
                               draft_model_dir=draft_dir, verify=verify, trusted_dir=trusted_dir,
                               verifier=verifier, traces_dir=traces,
                               trusted_verdict_keys=set(trust_verdict_key or []),
-                              watch=_watch(watch, watch_poll, drain_grace)), key=signing_key)
+                              watch=_watch(watch, watch_poll, drain_grace),
+                              state_dir=state_dir or cfg.home / "gateway"), key=signing_key)
 
 
 @command(cli)
@@ -353,3 +356,34 @@ def status(tracker: Annotated[str, typer.Option()] = TRACKER_URL,
         except Exception as exc:  # show a refused channel instead of hiding it
             heads.add_row(name, "-", "-", "-", f"REFUSED: {exc}")
     console.print(heads)
+
+
+@command(cli)
+def usage(gateway: Annotated[str, typer.Option(help="gateway URL")] =
+          f"http://127.0.0.1:{GATEWAY['port']}",
+          api_key: Annotated[str, typer.Option(
+              help="your key (a maintainer's key shows every key and node)")] = "",
+          format: Annotated[str, typer.Option(help="json or csv")] = "json",
+          out: Annotated[Optional[Path], typer.Option(help="write here instead of stdout")]
+          = None) -> None:
+    """Metered usage from the gateway (GET /v1/usage): tokens, requests and batch lines per key;
+    positions computed and checks per node. JSON or CSV, for settlement."""
+    import json
+
+    import httpx
+
+    if format not in ("json", "csv"):
+        fail(f"--format {format!r}: expected json or csv")
+    try:
+        r = httpx.get(f"{gateway}/v1/usage", params={"format": format}, timeout=30,
+                      headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    except httpx.HTTPError as exc:
+        fail(f"gateway {gateway} unreachable: {exc}")
+    if r.status_code != 200:
+        fail(f"gateway answered {r.status_code}: {r.text[:300]}")
+    text = r.text if format == "csv" else json.dumps(r.json(), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}")

@@ -67,6 +67,13 @@ class GatewayState:
     started: float = field(default_factory=time.time)
     limits: ApiLimits = field(default_factory=ApiLimits)
     """Body size, body time and key-lookup bounds (serve.gateway.guard)."""
+    handlers: dict = field(default_factory=dict)
+    """Endpoint path -> `async (body, caller, owner) -> response dict`: the request path of
+    `/v1/chat/completions` and `/v1/completions`, which batch lines run through too."""
+    batches: Any = None
+    """The batch scheduler (serve.gateway.scheduler.Scheduler); None: no Batch API."""
+    meter: Any = None
+    """The usage meter (serve.gateway.usage.Meter); None: usage is not metered."""
 
     def runtime(self) -> Runtime:
         return self.versions.active
@@ -212,9 +219,16 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
 
     app.include_router(traces_router(state, authorize))
 
+    from serve.gateway.batch_api import router as batch_router
+
+    app.include_router(batch_router(state, authorize))
+
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):
-        caller = authorize(request)
+        return await serve_chat(body, authorize(request), request.state.owner)
+
+    async def serve_chat(body: ChatCompletionRequest, caller, owner: str | None):
+        """A chat completion for `caller`; its usage is metered to `owner` (None: not here)."""
         check_model(body.model)
         refuse_unserved(body)
         runtime = state.runtime()  # the whole request stays on this version, even mid-rollout
@@ -225,11 +239,14 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
             temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop),
             logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
             **shaping(head, body), constraint=await json_constraint(head, body.response_format))
-        return await respond(state, runtime, body, prompt, params, chat=True, caller=caller)
+        return await respond(state, runtime, body, prompt, params, chat=True, caller=caller,
+                             owner=owner)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        caller = authorize(request)
+        return await serve_completion(body, authorize(request), request.state.owner)
+
+    async def serve_completion(body: CompletionRequest, caller, owner: str | None):
         check_model(body.model)
         if body.echo and body.logprobs is not None:
             raise ApiError(400, "echo with logprobs (prompt logprobs) is not served",
@@ -242,8 +259,11 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
             temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop),
             logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0,
             **shaping(head, body))
-        return await respond(state, runtime, body, prompt, params, chat=False, caller=caller)
+        return await respond(state, runtime, body, prompt, params, chat=False, caller=caller,
+                             owner=owner)
 
+    state.handlers.update({"/v1/chat/completions": serve_chat,
+                           "/v1/completions": serve_completion})
     return app
 
 
@@ -277,9 +297,9 @@ def _messages_of(body, chat: bool) -> list[dict[str, Any]]:
 
 
 async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int],
-                  params: SamplingParams, *, chat: bool, caller=None):
+                  params: SamplingParams, *, chat: bool, caller=None, owner: str | None = None):
     """Generate on `runtime` (the version the prompt was tokenized for) and answer in OpenAI's
-    shape, streaming or not."""
+    shape, streaming or not; the usage served is metered to `owner` (None: not metered)."""
     engine = runtime.engine
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
@@ -328,6 +348,11 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
                        sampling={"temperature": params.temperature, "top_p": params.top_p,
                                  "max_tokens": params.max_tokens, "seed": params.seed},
                        outcome=outcome, version=runtime.version_id, proof_status=proof)
+
+    async def meter() -> None:
+        if owner is not None and state.meter is not None:
+            await asyncio.to_thread(state.meter.served, owner, usage())
+
     if not body.stream:
         try:
             runtime.inflight += 1
@@ -348,6 +373,7 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
         content = text.text
         calls = parse_tool_calls(content) if getattr(body, "tools", None) else []
         trace_id = await asyncio.to_thread(record, calls)
+        await meter()
         if chat:
             message: dict[str, Any] = {"role": "assistant", "content": content}
             finish = outcome.finish_reason
@@ -406,6 +432,7 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
                 yield chunk(tail, None)
             trace_id = await asyncio.to_thread(
                 record, parse_tool_calls(text.text) if getattr(body, "tools", None) else [])
+            await meter()
             yield chunk(None, outcome.finish_reason)
             if include_usage or trace_id:
                 yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk",

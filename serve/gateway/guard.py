@@ -145,6 +145,18 @@ class Authenticator:
             return await asyncio.to_thread(store.authenticate, secret)
 
 
+def owner_of(caller: "Account | None", authorization: str) -> str:
+    """Who owns what a request makes and uses (batch files and jobs, metered usage): the
+    caller's account; for a static key, the key itself (by hash, so two static keys own apart);
+    `anonymous` on an open gateway."""
+    if caller is None:
+        return "anonymous"
+    if caller.account_id != "static":
+        return caller.account_id
+    secret = authorization[7:].strip()
+    return "key-" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
 class Guard:
     """ASGI middleware: body bound, then authentication, then the bounded body read (see the
     module docstring). Only HTTP requests are guarded."""
@@ -166,7 +178,8 @@ class Guard:
         except ApiError as exc:
             await error_response(exc)(scope, receive, send)
             return
-        scope.setdefault("state", {})["caller"] = caller
+        scope.setdefault("state", {}).update(
+            caller=caller, owner=owner_of(caller, headers.get("authorization", "")))
         replayed = False
 
         async def replay() -> dict:

@@ -81,6 +81,12 @@ class Pipeline:
         """Optional `settle(shadow)`: called when a mirrored session ends."""
         self.on_evidence = None
         """Optional `on_evidence(node_id, reason, evidence)`: a node signed proof of cheating."""
+        self.on_receipts = None
+        """Optional `on_receipts(receipts)`: a traversal's receipt chain was accepted (the
+        usage meter counts what each node computed from these, not from nodes' claims)."""
+        self.before_traverse = None
+        """Optional `async before_traverse()`, awaited before each traversal (the batch
+        scheduler holds batch lines there while interactive requests run)."""
         self.reply_to = ""
         self.traversals = 0
         self.failovers = 0
@@ -188,6 +194,8 @@ class Pipeline:
 
     def _remember(self, request_id: str, receipts: list[wire.Receipt]) -> None:
         self.receipts[request_id] = receipts
+        if self.on_receipts is not None:
+            self.on_receipts(receipts)
         while len(self.receipts) > 4096:
             self.receipts.pop(next(iter(self.receipts)))
 
@@ -259,6 +267,8 @@ class Pipeline:
                        done: list[tuple[list[wire.Hop], str]] | None = None) -> torch.Tensor:
         """Run [T, H] hidden states through every hop; returns the last hop's [T, H].
         `done` collects (hops, request id) of each part that answered."""
+        if self.before_traverse is not None:
+            await self.before_traverse()
         self.traversals += count
         hops = [route] if self.chain else [[h] for h in route]
         for part in hops:

@@ -96,6 +96,8 @@ def build_app(cfg: GatewayConfig, key: SigningKey | None = None):
         if "suffix" in first.engine.drafters:
             seed_suffix_index(first.engine.drafters["suffix"], state.traces,
                               first.engine.head.tokenizer)
+    if cfg.state_dir is not None:
+        open_durable_state(cfg, state)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -103,15 +105,46 @@ def build_app(cfg: GatewayConfig, key: SigningKey | None = None):
         if state.traces is not None:
             state.traces.start()  # replays what a crash left in the durable log
         watcher = asyncio.create_task(follow(cfg, state, key)) if cfg.watch else None
+        durable = [asyncio.create_task(state.batches.run()),
+                   asyncio.create_task(state.meter.run())] if state.meter is not None else []
         yield
         if watcher is not None:
             watcher.cancel()
+        for task in durable:
+            task.cancel()
+        await asyncio.gather(*durable, return_exceptions=True)
         if state.traces is not None:
             state.traces.stop()
         for runtime in list(state.versions.items.values()):
             await stop_runtime(runtime)
 
     return create_app(state, lifespan=lifespan)
+
+
+def open_durable_state(cfg: GatewayConfig, state: "GatewayState") -> None:
+    """The batch store, its scheduler and the usage meter, in `<state_dir>/gateway.db`."""
+    from serve.gateway.batches import BatchStore
+    from serve.gateway.scheduler import Scheduler
+    from serve.gateway.statedb import StateDB
+    from serve.gateway.usage import Meter
+
+    db = StateDB(cfg.state_dir / "gateway.db")
+    state.meter = Meter(db)
+    state.batches = Scheduler(state, BatchStore(db), cfg.batch)
+    for runtime in state.versions.items.values():
+        meter_runtime(state, runtime)
+
+
+def meter_runtime(state: "GatewayState", runtime: "Runtime") -> None:
+    """Count what `runtime`'s nodes computed (accepted receipts) and how their checks went;
+    let the batch scheduler hold batch lines while interactive requests run."""
+    if state.meter is None:
+        return
+    runtime.engine.pipeline.on_receipts = state.meter.receipts
+    if state.batches is not None:
+        runtime.engine.pipeline.before_traverse = state.batches.hold
+    if runtime.verifier is not None:
+        runtime.verifier.on_verdict = state.meter.check
 
 
 async def follow(cfg: GatewayConfig, state: "GatewayState", key: SigningKey) -> None:
@@ -124,6 +157,7 @@ async def follow(cfg: GatewayConfig, state: "GatewayState", key: SigningKey) -> 
 
     async def load(version: str) -> "Runtime":
         runtime = await asyncio.to_thread(_prepare, cfg, watcher, version, key)
+        meter_runtime(state, runtime)
         await start_runtime(runtime)
         return runtime
 

@@ -110,6 +110,8 @@ class Verifier:
         self._trusted_dir = trusted_dir
         self._references: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         """Trusted (input, output) per (span, canary): deterministic, so computed once."""
+        self.on_verdict = None
+        """Optional `on_verdict(node_id, ok)`: every check's outcome (the usage meter's)."""
 
     # admission gate used by routing -----------------------------------------------------------
 
@@ -274,6 +276,8 @@ class Verifier:
 
     def _record(self, verdict: CheckResult) -> None:
         self.events.append(verdict)
+        if self.on_verdict is not None:
+            self.on_verdict(verdict.node_id, verdict.ok)
         if self.config.log_path is not None:
             self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.config.log_path, "a") as fh:
