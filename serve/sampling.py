@@ -51,6 +51,9 @@ class SamplingParams:
     """Subtracted from a token's logit once per time it was generated."""
     constraint: Constraint | None = field(default=None, compare=False)
     """Tokens allowed next (None: any)."""
+    prompt_logprobs: bool = False
+    """Also score the prompt: the logprob of each prompt token after the ones before it (a
+    completion's `echo` with `logprobs`, what log-likelihood evaluations ask for)."""
 
     @property
     def greedy(self) -> bool:
@@ -93,6 +96,19 @@ def annotate(step: "Step", logits: torch.Tensor, params: SamplingParams) -> "Ste
             values, ids = logp.topk(params.top_logprobs)
             step.top = [(int(i), float(v)) for i, v in zip(ids, values)]
     return step
+
+
+def score(logits: torch.Tensor, tokens: list[int], top: int) -> list[Step]:
+    """`tokens[i]` as a `Step` with its logprob (and `top` alternatives) under row i of the raw
+    `logits` (rows, vocabulary): how a prompt is scored, one row per position at once."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1).tolist()
+    steps = [Step(t, v) for t, v in zip(tokens, chosen)]
+    if top:
+        values, ids = logp.topk(top, dim=-1)
+        for step, vs, is_ in zip(steps, values.tolist(), ids.tolist()):
+            step.top = list(zip(is_, vs))
+    return steps
 
 
 def shaped(logits: torch.Tensor, params: SamplingParams, tokens: list[int],

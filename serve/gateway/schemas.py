@@ -9,7 +9,7 @@ refused here or in the route, never ignored (docs/serving.md lists each paramete
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -255,21 +255,31 @@ class ChatCompletionRequest(SamplingFields):
         return _shallow(v, info.field_name)
 
 
+TokenIds = list[Annotated[int, Field(ge=0, lt=2**31)]]
+"""A prompt given as token ids (what evaluation harnesses send); checked against the vocabulary
+at the route, where the tokenizer is known."""
+MAX_PROMPT_IDS = 1 << 20
+
+
 class CompletionRequest(SamplingFields):
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
         {"model": "default", "prompt": "Hello", "max_tokens": 8}]})
-    prompt: str | list[str] = Field(max_length=MAX_TEXT)
+    prompt: str | list[str] | TokenIds | list[TokenIds] = Field(max_length=MAX_TEXT)
+    """Text or token ids; a list of one prompt is that prompt (one prompt per request)."""
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
+    """Return the prompt before the completion; with `logprobs`, the prompt's tokens scored too."""
     suffix: None = Field(None, description="insertion (suffix) is not served")
 
     @field_validator("prompt")
     @classmethod
     def _one_prompt(cls, v):
-        if isinstance(v, list):
+        if isinstance(v, list) and v and isinstance(v[0], (str, list)):
             if len(v) != 1:
                 raise ValueError("exactly one prompt is served per request")
             v = v[0]
         if not v:
             raise ValueError("prompt is empty")
+        if isinstance(v, list) and len(v) > MAX_PROMPT_IDS:
+            raise ValueError(f"a prompt is at most {MAX_PROMPT_IDS} token ids")
         return v
