@@ -79,7 +79,10 @@ class ApiError(ServeError):
     """A request the API refuses, with its HTTP status and OpenAI error fields."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = (status, message, type_,
                                                                        param, code)
+        self.headers = headers or {}
+        """Response headers the refusal needs (a 429's Retry-After)."""

@@ -104,7 +104,9 @@ def test_malformed_chat_is_a_typed_400(client, case, body, param):
 
 
 @pytest.mark.parametrize("case, body, param", [
-    ("echo with logprobs", {"prompt": "hi", "echo": True, "logprobs": 1}, "echo"),
+    ("a token id beyond the vocabulary", {"prompt": [5, 10**9]}, "prompt"),
+    ("a negative token id", {"prompt": [[5, -1]]}, "prompt"),
+    ("two token-id prompts", {"prompt": [[5], [6]]}, "prompt"),
     ("suffix", {"prompt": "hi", "suffix": "bye"}, "suffix"),
     ("two prompts", {"prompt": ["a", "b"]}, "prompt"),
     ("seed overflow", {"prompt": "hi", "seed": 2**70}, "seed"),
@@ -207,6 +209,27 @@ def test_failed_keys_are_remembered_not_looked_up_again(store_state):
         "Authorization": "Bearer " + "k" * 300}), 401)
     assert auth.lookups == 1  # an over-long key is refused without a lookup
     assert client.get("/v1/models", headers=keys["app"]).status_code == 200
+
+
+def test_an_address_spraying_keys_is_held_back_with_a_429(store_state):
+    state, keys = store_state
+    state.limits = ApiLimits(failed_auth_per_client=5, failed_auth_window_s=60)
+    app = create_app(state)
+    sprayer = TestClient(app, raise_server_exceptions=False, client=("203.0.113.9", 4000))
+    for i in range(5):
+        guess = {"Authorization": f"Bearer sk-shoal-{i:012d}-" + "x" * 32}
+        assert_openai_error(sprayer.get("/v1/models", headers=guess), 401)
+    lookups = app.state.auth.lookups
+    held = sprayer.get("/v1/models", headers={"Authorization": "Bearer sk-shoal-guess-6"})
+    assert_openai_error(held, 429)
+    assert held.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 0 < int(held.headers["retry-after"]) <= 60
+    # even a valid key waits out the window from that address, at no lookup cost
+    assert sprayer.get("/v1/models", headers=keys["app"]).status_code == 429
+    assert app.state.auth.lookups == lookups
+    # another address is not held back by the sprayer
+    other = TestClient(app, raise_server_exceptions=False, client=("198.51.100.7", 4000))
+    assert other.get("/v1/models", headers=keys["app"]).status_code == 200
 
 
 def test_operational_detail_is_for_maintainers(store_state):
