@@ -5,7 +5,8 @@ route parses it.
 
 1. refuses a declared body over `ApiLimits.max_body_bytes` with a 413, before reading it;
 2. authenticates the bearer key (from the header alone), so an unauthenticated caller never gets
-   a large body parsed and validated; the caller's account lands in `request.state.caller`;
+   a large body parsed and validated; the caller's account lands in `request.state.caller`
+   and who owns what the request makes and uses (`owner_of`) in `request.state.owner`;
 3. reads the body itself, up to the limit (413 beyond) and within `body_timeout_s` (408 after:
    a client that trickles bytes holds no worker), and replays it to the route.
 
