@@ -11,7 +11,7 @@ EMBED  := $(VENV)/.shoal-embedder
 export SHOAL_HOME ?= $(CURDIR)/.shoal
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install browser clean
 
 demo: install
 	$(BIN)/shoal demo
@@ -23,7 +23,15 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not real_model"
 
-install: $(DEPS) $(MODEL) $(EMBED)
+install: $(DEPS) $(MODEL) $(EMBED) browser
+
+# The dashboard's tests drive Debian's chromium through its chromedriver (selenium never downloads
+# a browser); installed with apt-get when either is missing (as root, else through sudo).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  s=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$s apt-get install -y -q chromium chromium-driver || \
+	  { $$s apt-get update -q && $$s apt-get install -y -q chromium chromium-driver; }; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -151,6 +151,20 @@ class VerifierConfig(_Config):
     """Most forwards audited per mirrored session (chosen at random among its forwards)."""
 
 
+class DashboardConfig(_Config):
+    """What the gateway's dashboard (`/dashboard`, serve/gateway/dashboard/) reads besides the
+    gateway itself. Every part is optional: a page says what is missing instead of failing."""
+
+    registry_url: str | None = None
+    """Registry tree for the maintainer page (channel history, candidates) and the lineage on
+    the contributor page (None: those parts say there is no registry)."""
+    trust_dir: Path | None = None
+    """Pinned root of the registry client the dashboard reads with."""
+    prefect_ui_url: str | None = None
+    """A Prefect server's UI (e.g. http://127.0.0.1:4200): the maintainer page lists its last
+    flow runs, each linked there (None: runs are listed from the registry's lineage)."""
+
+
 class BatchConfig(_Config):
     """The Batch API's bounds and how its scheduler fills the swarm (docs/serving.md, Batch)."""
 
@@ -222,6 +236,8 @@ class GatewayConfig(_Config):
     Batch API and no usage meter."""
     batch: BatchConfig = Field(default_factory=BatchConfig)
     """Batch API bounds and scheduling."""
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    """Where the dashboard finds the registry and the Prefect UI."""
 
     @field_validator("trusted_verdict_keys")
     @classmethod

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from flows.cli.base import DEFAULT_MODEL, command, config, fail
-from serve.config import (ChannelWatch, GatewayConfig, NodeConfig, TrackerConfig, VerifierConfig,
-                          defaults)
+from serve.config import (ChannelWatch, DashboardConfig, GatewayConfig, NodeConfig,
+                          TrackerConfig, VerifierConfig, defaults)
 
 if TYPE_CHECKING:
     from registry.manifest import Manifest
@@ -163,10 +163,13 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
             watch: Annotated[Optional[str], typer.Option(
                 help="follow this channel: new requests move to its new versions")] = None,
             watch_poll: float = WATCH["poll_s"], drain_grace: float = WATCH["drain_grace_s"],
+            prefect_ui: Annotated[Optional[str], typer.Option(
+                help="a Prefect server's UI URL: the dashboard lists and links its flow runs")]
+            = None,
             state_dir: Annotated[Optional[Path], typer.Option(
                 help="durable state: batch files and jobs, usage meter "
                 "(default: $SHOAL_HOME/gateway)")] = None) -> None:
-    """Run the OpenAI-compatible gateway in front of the swarm."""
+    """Run the OpenAI-compatible gateway in front of the swarm (dashboard at /dashboard)."""
     from registry.signing import load_key
     from serve.gateway.server import run_gateway
 
@@ -192,7 +195,11 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
                               verifier=verifier, traces_dir=traces,
                               trusted_verdict_keys=set(trust_verdict_key or []),
                               watch=_watch(watch, watch_poll, drain_grace),
-                              state_dir=state_dir or cfg.home / "gateway"), key=signing_key)
+                              state_dir=state_dir or cfg.home / "gateway",
+                              dashboard=DashboardConfig(registry_url=cfg.registry_url,
+                                                        trust_dir=cfg.trust_dir,
+                                                        prefect_ui_url=prefect_ui)),
+                key=signing_key)
 
 
 @command(cli)

@@ -32,14 +32,16 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from serve.exceptions import ApiError
+from serve.gateway.dashboard import PUBLIC_PATHS as DASHBOARD_SHELL
 
 if TYPE_CHECKING:
     from traces.schemas import Account
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/v1/rollout", "/openapi.json", "/docs",
-                          "/docs/oauth2-redirect", "/redoc"})
+                          "/docs/oauth2-redirect", "/redoc"}) | DASHBOARD_SHELL
 """Paths that answer without a key (a key, when given, must still be valid). `/metrics` and
-`/v1/rollout` show their operational detail only to maintainer keys."""
+`/v1/rollout` show their operational detail only to maintainer keys; the dashboard's shell holds
+no data (its views need a key)."""
 
 
 class ApiLimits(BaseModel):

@@ -118,7 +118,11 @@ def build_app(cfg: GatewayConfig, key: SigningKey | None = None):
         for runtime in list(state.versions.items.values()):
             await stop_runtime(runtime)
 
-    return create_app(state, lifespan=lifespan)
+    app = create_app(state, lifespan=lifespan)
+    from serve.gateway.dashboard.routes import router as dashboard_router
+
+    app.include_router(dashboard_router(state, cfg.dashboard))
+    return app
 
 
 def open_durable_state(cfg: GatewayConfig, state: "GatewayState") -> None:
