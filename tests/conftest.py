@@ -97,3 +97,41 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@dataclass
+class TraceGateway:
+    """A swarm whose gateway has a trace store, shared by the modules that only add accounts,
+    traces and grants of their own to it (each module names its own accounts)."""
+
+    swarm: object
+    """serve.up.LocalSwarm: `base_url`, `tracker_url`."""
+    store: object
+    """traces.store.TraceStore on the gateway's tables (a second process's view of them)."""
+    keys: dict = field(default_factory=dict)
+    """Account name -> (account id, secret key)."""
+
+    def account(self, name: str, role: str) -> tuple[str, str]:
+        """(account id, key) of the account `name`, created with `role` on first use."""
+        if name not in self.keys:
+            account = self.store.create_account(role, name)
+            self.keys[name] = (account.account_id, self.store.create_key(account.account_id)[1])
+        return self.keys[name]
+
+
+@pytest.fixture(scope="session")
+def trace_gateway(tmp_path_factory, tiny_model_dir):
+    """Two nodes splitting the tiny model's 4 layers, tracker and a gateway with a trace store,
+    verification off (a module testing what the store and its views do, not the checks)."""
+    from serve.up import LocalSwarm, SwarmSpec
+    from tests.serve.conftest import tiny_home
+    from traces.store import TraceStore, TraceStoreConfig
+
+    home = tiny_home(tmp_path_factory, tiny_model_dir)
+    swarm = LocalSwarm(SwarmSpec(model="tiny@production", nodes=2, traces=True, verify=False),
+                       home, num_layers=4)
+    store = TraceStore(TraceStoreConfig(uri=str(home / "traces" / "lancedb"),
+                                        log_dir=home / "traces" / "log-test-unused"))
+    swarm.start()
+    yield TraceGateway(swarm, store)
+    swarm.stop()

@@ -12,10 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from serve.up import LocalSwarm, SwarmSpec
-from tests.serve.conftest import tiny_home
-from traces.store import TraceStore, TraceStoreConfig
-
 pytestmark = pytest.mark.slow
 DOC = Path(__file__).parents[2] / "docs" / "traces.md"
 
@@ -28,20 +24,11 @@ def block(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, tiny_model_dir):
-    home = tiny_home(tmp_path_factory, tiny_model_dir)
-    swarm = LocalSwarm(SwarmSpec(model="tiny@production", nodes=2, traces=True, verify=False),
-                       home, num_layers=4)
-    store = TraceStore(TraceStoreConfig(uri=str(home / "traces" / "lancedb"),
-                                        log_dir=home / "traces" / "log-test-unused"))
-    keys = {}
+def gateway(trace_gateway):
     for name, role in [("sdk", "contributor"), ("curl", "contributor"), ("held", "contributor"),
                        ("admin", "maintainer")]:
-        account = store.create_account(role, name)
-        keys[name] = (account.account_id, store.create_key(account.account_id)[1])
-    swarm.start()
-    yield swarm, store, keys
-    swarm.stop()
+        trace_gateway.account(name, role)
+    return trace_gateway.swarm, trace_gateway.store, trace_gateway.keys
 
 
 def run(gateway, who: str, argv: list[str], **env) -> str:

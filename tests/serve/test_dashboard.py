@@ -1,7 +1,7 @@
 """The dashboard in a real headless browser (Debian's chromium, driven by selenium through the
-system chromedriver) against a real swarm with a trace store: what each role's key sees, a
-revocation that takes effect, and a 403 for the wrong role. Screenshots land in each test's
-tmp dir.
+system chromedriver) against a real swarm with a trace store (the session's `trace_gateway`,
+verification off): what each role's key sees, a revocation that takes effect, and a 403 for the
+wrong role. Screenshots land in each test's tmp dir.
 
 Without chromium and chromium-driver installed these tests fail (they do not skip): `make
 install` installs both."""
@@ -11,13 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
-
-from serve.up import LocalSwarm, SwarmSpec
-from tests.serve.conftest import tiny_home
-from traces.store import TraceStore, TraceStoreConfig
 
 pytestmark = pytest.mark.slow
 CANARY = "dashboard canary seventy"
@@ -25,22 +22,13 @@ WAIT_S = 20
 
 
 @pytest.fixture(scope="module")
-def swarm(tmp_path_factory, tiny_model_dir):
-    home = tiny_home(tmp_path_factory, tiny_model_dir)
-    # verification off: a proof answered late on busy shared cores evicts a node, and this
-    # module is about what the pages show (off is also a part the swarm page must report)
-    swarm = LocalSwarm(SwarmSpec(model="tiny@production", nodes=2, traces=True, verify=False),
-                       home, num_layers=4)
-    store = TraceStore(TraceStoreConfig(uri=str(home / "traces" / "lancedb"),
-                                        log_dir=home / "traces" / "log-test-unused"))
-    swarm.keys = {}
-    for name, role in [("alice", "contributor"), ("app", "app"), ("admin", "maintainer")]:
-        account = store.create_account(role, name)
-        swarm.keys[name] = store.create_key(account.account_id)[1]
-    swarm.store = store
-    swarm.start()
-    yield swarm
-    swarm.stop()
+def swarm(trace_gateway):
+    """The shared trace gateway's addresses and store, with this module's own accounts."""
+    keys = {short: trace_gateway.account(f"dashboard-{short}", role)[1] for short, role in
+            [("alice", "contributor"), ("app", "app"), ("admin", "maintainer")]}
+    return SimpleNamespace(base_url=trace_gateway.swarm.base_url, keys=keys,
+                           tracker_url=trace_gateway.swarm.tracker_url,
+                           store=trace_gateway.store)
 
 
 def browser_or_fail():

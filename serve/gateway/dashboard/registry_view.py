@@ -101,13 +101,18 @@ class RegistryView:
         from prefect.client.schemas.sorting import FlowRunSort
 
         base = url.rstrip("/")
-        try:
+
+        async def read():
             async with PrefectClient(api=f"{base}/api") as prefect:
-                runs = await asyncio.wait_for(prefect.read_flow_runs(
-                    limit=MAX_FLOW_RUNS, sort=FlowRunSort.START_TIME_DESC), timeout=5)
+                return await prefect.read_flow_runs(limit=MAX_FLOW_RUNS,
+                                                    sort=FlowRunSort.START_TIME_DESC)
+
+        try:  # the client retries a refused connection: bound the whole exchange
+            runs = await asyncio.wait_for(read(), timeout=5)
         except Exception as exc:
+            why = str(exc) or f"no answer within 5 s ({type(exc).__name__})"
             return {"configured": True, "ui": base, "runs": [],
-                    "error": f"Prefect server at {base} did not answer: {exc}"}
+                    "error": f"Prefect server at {base} did not answer: {why}"}
         return {"configured": True, "ui": base, "error": None, "runs": [
             {"id": str(r.id), "name": r.name, "state": r.state_name,
              "start": r.start_time.isoformat() if r.start_time else None,
