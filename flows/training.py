@@ -89,7 +89,7 @@ def evaluate(home: str, run_dir: str, production: str = "production", gate: dict
              limit: int | None = None) -> dict:
     """Score the candidate of `run_dir` against `production` and decide; writes eval.json."""
     from train.data import load_rows
-    from train.evaluate import metrics
+    from train.evaluate import metrics, outcomes
     from train.gate import GateConfig, decide
     from train.records import DraftEval, ModelEval, RunRecord
 
@@ -108,7 +108,8 @@ def evaluate(home: str, run_dir: str, production: str = "production", gate: dict
         prod = score(production_dir, heldout, limit, shoal.home / "evals", production_id)
         cand = score(str(record.model_dir), heldout, limit)
         report = ModelEval(kind=record.kind, production=prod, candidate=cand,
-                           gate=decide(metrics(cand), metrics(prod), rules),
+                           gate=decide(metrics(cand), metrics(prod), rules, outcomes(cand),
+                                       outcomes(prod)),
                            metrics=metrics(cand), production_metrics=metrics(prod))
     log.info(f"gate {report.gate.verdict}")
     report.save(run_dir)

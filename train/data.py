@@ -1,8 +1,10 @@
 """Datasets in TRL formats → token ids with loss masks, and deterministic batches.
 
 SFT and distillation rows (`messages`) train on the last assistant turn only; DPO rows
-(`prompt`/`chosen`/`rejected`) give two sequences that share the prompt. Tool calls in assistant
-turns are rendered as JSON after the content, which is how the served model writes them. Batch order
+(`prompt`/`chosen`/`rejected`) give two sequences that share the prompt. Rows in TRL's tool format
+(a `tools` column of JSON schemas, assistant turns with `tool_calls`) are rendered by the gateway's
+own renderer (`serve.gateway.chat_format.render_messages`), so training sees exactly the tokens
+serving renders for the same conversation and tools. Batch order
 depends only on (seed, epoch), so a resumed run sees exactly the batches it would have seen.
 """
 
@@ -34,9 +36,12 @@ def flatten(message: dict) -> dict:
     return {"role": message["role"], "content": content}
 
 
-def _template(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template([flatten(m) for m in messages], tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+def _template(tokenizer, messages: list[dict], generation_prompt: bool,
+              tools: list[dict] | None = None) -> list[int]:
+    from serve.gateway.chat_format import render_messages
+
+    text = render_messages(tokenizer, messages, tools, add_generation_prompt=generation_prompt,
+                           tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -46,10 +51,12 @@ class Example:
     labels: list[int]
 
 
-def encode_turn(tokenizer, prompt: list[dict], answer: list[dict], max_len: int) -> Example:
-    """Prompt + answer, with the loss on the answer only; the prompt is cut from the left."""
-    prompt_ids = _template(tokenizer, prompt, True)
-    full = _template(tokenizer, prompt + answer, False)
+def encode_turn(tokenizer, prompt: list[dict], answer: list[dict], max_len: int,
+                tools: list[dict] | None = None) -> Example:
+    """Prompt + answer (with the request's `tools`), with the loss on the answer only; the prompt
+    is cut from the left."""
+    prompt_ids = _template(tokenizer, prompt, True, tools)
+    full = _template(tokenizer, prompt + answer, False, tools)
     if full[:len(prompt_ids)] != prompt_ids:  # templates that rewrite earlier turns
         prompt_ids = full[:len(prompt_ids)]
     answer_ids = full[len(prompt_ids):]
@@ -79,13 +86,15 @@ def encode_lm(tokenizer, rows: list[dict], max_len: int) -> list[Example]:
         if not messages or messages[-1]["role"] != "assistant":
             raise TrainConfigError(f"row {row.get('request_id', '?')}: the last message must be "
                                    "the assistant's answer")
-        out.append(encode_turn(tokenizer, messages[:-1], messages[-1:], max_len))
+        out.append(encode_turn(tokenizer, messages[:-1], messages[-1:], max_len,
+                               row.get("tools")))
     return out
 
 
 def encode_pairs(tokenizer, rows: list[dict], max_len: int) -> list[tuple[Example, Example]]:
-    return [(encode_turn(tokenizer, r["prompt"], r["chosen"], max_len),
-             encode_turn(tokenizer, r["prompt"], r["rejected"], max_len)) for r in rows]
+    return [(encode_turn(tokenizer, r["prompt"], r["chosen"], max_len, r.get("tools")),
+             encode_turn(tokenizer, r["prompt"], r["rejected"], max_len, r.get("tools")))
+            for r in rows]
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

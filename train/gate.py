@@ -1,8 +1,17 @@
 """The eval gate: a candidate goes to `staging` only if it beats production where it should and
 holds steady where it must. Promotion to `production` stays a maintainer's signed act.
 
-The gate compares two flat metric dicts (`train.evaluate.metrics`); it knows nothing about models,
-runs or the registry.
+The gate compares two flat metric dicts (`train.evaluate.metrics`) and, for accuracies, the two
+models' per-item outcomes on the same items (`train.evaluate.outcomes`). A difference of a few
+items on a set of a hundred is noise, so an accuracy check is decided by an exact paired test
+(McNemar, `train.stats`) as well as by its margin:
+
+- `improve`: the candidate must gain at least the margin *and* be significantly better
+  (one-sided p < `alpha`);
+- `hold`: the candidate may lose at most the margin *and* must not be significantly worse.
+
+Metrics without per-item outcomes (`loglik.mean`, `acceptance.rate`) are decided by the margin
+alone. The gate knows nothing about models, runs or the registry.
 """
 
 from __future__ import annotations
@@ -11,13 +20,23 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from train.stats import Paired, mcnemar, wilson
+
+Outcomes = dict[str, dict[str, bool]]
+"""metric → item id → whether the model passed the item (`train.evaluate.outcomes`)."""
+
 
 class GateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    improve: dict[str, float] = Field(default_factory=lambda: {"tools_heldout.accuracy": 0.05})
-    """metric → the least the candidate must gain over production (every one must pass)."""
-    hold: dict[str, float] = Field(default_factory=lambda: {"regression.accuracy": 0.10})
-    """metric → the most the candidate may lose against production (the regression suite)."""
+    improve: dict[str, float] = Field(default_factory=lambda: {"tools_api_gate.accuracy": 0.05})
+    """metric → the least the candidate must gain over production (every one must pass): by
+    default, exact `tool_calls` on the held-out API set."""
+    hold: dict[str, float] = Field(default_factory=lambda: {"general_gate.accuracy": 0.05})
+    """metric → the most the candidate may lose against production: by default, the held-out
+    general-ability suite."""
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    """Significance level of the paired tests: an improvement counts when its one-sided p-value is
+    below it; a loss refuses the candidate when its p-value is below it."""
 
     @classmethod
     def for_kind(cls, kind: str) -> "GateConfig":
@@ -34,7 +53,7 @@ class GateConfig(BaseModel):
         (`shoal flow train|evaluate --improve METRIC=DELTA --hold METRIC=DELTA`)."""
         base = cls.for_kind(kind)
         return cls(improve=base.improve if improve is None else improve,
-                   hold=base.hold if hold is None else hold)
+                   hold=base.hold if hold is None else hold, alpha=base.alpha)
 
 
 def _absent(value: object) -> bool:
@@ -58,6 +77,13 @@ class GateCheck(BaseModel):
     """candidate − production."""
     required: str | None = Field(None, exclude_if=_absent)
     """The condition on `delta`, e.g. `≥ +0.05` or `≥ -0.1`."""
+    production_ci: tuple[float, float] | None = Field(None, exclude_if=_absent)
+    """95 % Wilson interval of production's accuracy (accuracies with per-item outcomes)."""
+    candidate_ci: tuple[float, float] | None = Field(None, exclude_if=_absent)
+    """95 % Wilson interval of the candidate's accuracy."""
+    paired: Paired | None = Field(None, exclude_if=_absent)
+    """The exact McNemar test on the shared items: wins, losses and the one-sided p-value (toward
+    "better" for `improve`, "worse" for `hold`)."""
     passed: bool
     """Whether the check passed (never, for a metric not measured on both models)."""
     why: str | None = Field(None, exclude_if=_absent)
@@ -82,8 +108,11 @@ class GateDecision(BaseModel):
 
 
 def decide(candidate: dict[str, float], production: dict[str, float],
-           config: GateConfig | None = None) -> GateDecision:
-    """Compare the candidate's metrics with production's under `config`; every check reported."""
+           config: GateConfig | None = None, candidate_items: Outcomes | None = None,
+           production_items: Outcomes | None = None) -> GateDecision:
+    """Compare the candidate's metrics with production's under `config`; every check reported.
+
+    With per-item outcomes for a metric on both sides, the check also runs the paired test."""
     config = config or GateConfig()
     checks, reasons = [], []
     for kind, table in (("improve", config.improve), ("hold", config.hold)):
@@ -93,13 +122,38 @@ def decide(candidate: dict[str, float], production: dict[str, float],
                                         why="not measured on both models"))
                 reasons.append(f"{metric}: not measured on both models")
                 continue
-            delta = candidate[metric] - production[metric]
-            passed = delta >= bound if kind == "improve" else delta >= -bound
-            need = f"≥ +{bound:g}" if kind == "improve" else f"≥ -{bound:g}"
-            checks.append(GateCheck(metric=metric, kind=kind, production=production[metric],
-                                    candidate=candidate[metric], delta=delta, required=need,
-                                    passed=passed))
-            if not passed:
-                reasons.append(f"{metric}: {production[metric]:.4g} → {candidate[metric]:.4g} "
-                               f"(Δ {delta:+.4g}, required {need})")
+            check = _check(metric, kind, bound, candidate[metric], production[metric],
+                           (candidate_items or {}).get(metric),
+                           (production_items or {}).get(metric), config.alpha)
+            checks.append(check)
+            if not check.passed:
+                reasons.append(_reason(check, config.alpha))
     return GateDecision(accepted=not reasons and bool(checks), checks=checks, reasons=reasons)
+
+
+def _check(metric: str, kind: str, bound: float, cand: float, prod: float,
+           cand_items: dict[str, bool] | None, prod_items: dict[str, bool] | None,
+           alpha: float) -> GateCheck:
+    delta = cand - prod
+    passed = delta >= bound if kind == "improve" else delta >= -bound
+    need = f"≥ +{bound:g}" if kind == "improve" else f"≥ -{bound:g}"
+    extra: dict = {}
+    if cand_items and prod_items:
+        paired = mcnemar(prod_items, cand_items, "greater" if kind == "improve" else "less")
+        significant = paired.p_value < alpha
+        passed = passed and (significant if kind == "improve" else not significant)
+        need += f", p {'<' if kind == 'improve' else '≥'} {alpha:g}"
+        extra = {"paired": paired,
+                 "candidate_ci": wilson(sum(cand_items.values()), len(cand_items)),
+                 "production_ci": wilson(sum(prod_items.values()), len(prod_items))}
+    return GateCheck(metric=metric, kind=kind, production=prod, candidate=cand, delta=delta,
+                     required=need, passed=passed, **extra)
+
+
+def _reason(check: GateCheck, alpha: float) -> str:
+    line = (f"{check.metric}: {check.production:.4g} → {check.candidate:.4g} "
+            f"(Δ {check.delta:+.4g}, required {check.required})")
+    if check.paired:
+        p = check.paired
+        line += f"; {p.wins} won, {p.losses} lost of {p.n}, p = {p.p_value:.3g}"
+    return line

@@ -109,7 +109,7 @@ GENERAL = [
     ("What star is at the center of our solar system?",
      "The Sun is the star at the center of our solar system.", ["Sun"]),
     ("What do caterpillars turn into?", "Caterpillars turn into butterflies or moths.",
-     ["butterfl", "moth"]),
+     ["butterfly", "butterflies", "moth", "moths"]),
     ("How many wheels does a bicycle have?", "A bicycle has 2 wheels.", ["2", "two"]),
     ("What language is mostly spoken in Brazil?", "Portuguese is mostly spoken in Brazil.",
      ["Portuguese"]),
@@ -150,8 +150,12 @@ def parse_call(text: str) -> dict | None:
 
 def check_call(text: str, expected: dict) -> bool:
     """Exact match of tool name and arguments (numbers compared as numbers, strings exactly)."""
-    got = parse_call(text)
-    if not got or got.get("name") != expected["name"]:
+    return match_call(parse_call(text), expected)
+
+
+def match_call(got: dict | None, expected: dict) -> bool:
+    """Whether a parsed call `{"name", "arguments"}` is exactly the expected one."""
+    if not isinstance(got, dict) or got.get("name") != expected["name"]:
         return False
     args = got.get("arguments")
     if not isinstance(args, dict) or set(args) != set(expected["arguments"]):

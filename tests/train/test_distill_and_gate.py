@@ -109,8 +109,8 @@ def test_gate_accepts_the_trained_candidate_and_refuses_a_damaged_one(runs, tiny
     model.save_pretrained(tmp_path / "worse")
     tok.save_pretrained(tmp_path / "worse")
     worse = metrics(evaluate(tmp_path / "worse", heldout_rows=heldout, limit=limit))
-    gate = GateConfig(improve={"loglik.mean": 0.5}, hold={"regression.accuracy": 0.5})
+    gate = GateConfig(improve={"loglik.mean": 0.5}, hold={"general_gate.accuracy": 0.5})
     assert decide(cand, prod, gate).accepted
     refused = decide(worse, prod, gate)
     assert not refused.accepted and refused.reasons
-    assert set(prod) >= {"tools_heldout.accuracy", "regression.accuracy", "loglik.mean"}
+    assert set(prod) >= {"tools_api_gate.accuracy", "general_gate.accuracy", "loglik.mean"}
