@@ -1,5 +1,5 @@
 """The datasets directory as a catalogue: which datasets exist, which is the newest of each kind
-(`latest.json`), and removing the ones an erasure replaced.
+(`latest.json`), and removing the ones an erasure replaced or withdrew.
 
 ```
 <datasets dir>/
@@ -92,3 +92,18 @@ def drop(root: Path, dataset_ids: Iterable[str], keep: Collection[str] = ()) -> 
     for dataset_id in dropped:
         shutil.rmtree(root / dataset_id, ignore_errors=True)
     return dropped
+
+
+def withdraw(root: Path, dataset_ids: Iterable[str]) -> list[str]:
+    """Erasure, at once: delete these datasets and stop `latest.json` naming them (training then
+    refuses until a curate run builds their replacements); returns the ids that existed."""
+    root = Path(root)
+    present = [d for d in dataset_ids if (root / d).exists()]
+    drop(root, present)
+    path = root / LATEST
+    kept = {k: v for k, v in latest(root).items() if v not in set(dataset_ids)}
+    if path.exists() and kept != latest(root):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(kept, indent=2, sort_keys=True))
+        tmp.replace(path)
+    return present

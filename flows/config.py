@@ -77,8 +77,12 @@ class ShoalConfig:
     def trace_store(self):  # -> traces.store.TraceStore
         from traces.store import TraceStore, TraceStoreConfig
 
+        from flows.erasure import with_derived_erasure
+
         root = self.home / "traces"
-        return TraceStore(TraceStoreConfig(uri=str(root / "lancedb"), log_dir=root / "log"))
+        return with_derived_erasure(
+            TraceStore(TraceStoreConfig(uri=str(root / "lancedb"), log_dir=root / "log")),
+            self.home)
 
     def checkout(self, ref: str) -> tuple[str, Path]:
         """Resolve `ref` (name@channel, channel or version) and check the whole version out,

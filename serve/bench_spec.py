@@ -29,8 +29,11 @@ def load_workload(name: str) -> list[list[dict]]:
 
 async def run_workload(engine, tokenizer, prompts: list[list[int]], drafter: str,
                        tokens: int) -> dict:
+    from serve.drafters.base import DraftScope
     from serve.gateway.engine import Outcome
     from serve.sampling import SamplingParams
+
+    scope = DraftScope(tenant="bench", learn=True)  # one tenant: the suffix index learns its text
 
     params = SamplingParams(max_tokens=tokens, temperature=0.0)
     produced = traversals = 0
@@ -39,7 +42,8 @@ async def run_workload(engine, tokenizer, prompts: list[list[int]], drafter: str
         outcome = Outcome()
         t0 = time.perf_counter()
         first = None
-        async for _ in engine.generate(prompt, params, outcome, drafter=drafter):
+        async for _ in engine.generate(prompt, params, outcome, drafter=drafter,
+                                       scope=scope):
             first = first or time.perf_counter()
         decode_s += time.perf_counter() - (first or t0)
         produced += max(0, outcome.completion_tokens - 1)

@@ -99,7 +99,7 @@ class Ingestion:
 
     def _flush_owned(self) -> int:
         store = self.store
-        with store.write_lock:
+        with store.log.writers.shared(), store.write_lock:  # no erasure, here or elsewhere
             added = 0
             for segment in store.log.rotate():
                 rows = self._read(segment)
@@ -209,7 +209,8 @@ class Ingestion:
         update = pa.table([pa.array([r["request_id"] for r in rows]),
                            pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
                            pa.array([self.embedder.version] * len(rows))], schema=schema)
-        with store.write_lock:  # short: the vectors are ready; erasure may have run meanwhile
+        # short: the vectors are ready; erasure (of any process) may have run meanwhile
+        with store.log.writers.shared(), store.write_lock:
             store.tables["traces"].merge_insert("request_id").when_matched_update_all().execute(
                 update)
         self.embedded += len(rows)

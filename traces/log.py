@@ -8,11 +8,14 @@ idempotent on the request id). `erase` rewrites segments without the records a p
 so erasure reaches data that has not been ingested yet.
 
 One process owns a log directory (an exclusive `flock` on `.owner`, released when the process
-dies, `kill -9` included): only the owner appends, rotates, drops and erases, and only the owner
-writes its records into LanceDB (traces/ingest.py). Any other process (the CLI, a curation flow
-next to a running gateway) may read every segment but never changes one, so it cannot unlink or
-rewrite a file the owner is still appending to. Within a process there is one `DurableLog` per
-directory (`DurableLog.open`).
+dies, `kill -9` included): only the owner appends, rotates and drops, and only the owner writes
+its records into LanceDB (traces/ingest.py). Any other process (the CLI, a curation flow next to a
+running gateway) may read every segment; it never rotates or drops one, so it cannot unlink a
+file the owner is still appending to. The one change another process may make is erasure, under
+the store's writers lock held exclusive (`traces.locks`): appends hold it shared, so none runs
+while a segment is rewritten, and an owner whose current segment was replaced meanwhile reopens
+it by name before its next append (it never writes to an unlinked file). Within a process there
+is one `DurableLog` per directory (`DurableLog.open`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from traces.exceptions import LogOwned
+from traces.locks import WritersLock
 
 _OPEN: dict[Path, DurableLog] = {}
 _OPEN_LOCK = threading.Lock()
@@ -41,6 +45,8 @@ class DurableLog:
         self._seq = 0
         self._counts: dict[Path, int] = {}
         """Records per segment on disk (known to the owner): the log's share of the backlog."""
+        self.writers = WritersLock(directory / ".writers.lock")
+        """Shared by appends, ingestion and store writes of every process; exclusive for erasure."""
 
     @classmethod
     def open(cls, directory: Path) -> DurableLog:
@@ -104,6 +110,11 @@ class DurableLog:
         return sorted(self.directory.glob("seg-*.jsonl"))
 
     def _current(self):
+        if self._fh is not None and not self._still_named():  # erased by another process
+            self._fh.close()
+            self._fh = None
+            if self._current_path is not None:
+                self._counts[self._current_path] = sum(1 for _ in self.read(self._current_path))
         if self._fh is None:
             path = self.directory / f"seg-{self._seq:010d}.jsonl"
             self._fh = open(path, "ab", buffering=0)
@@ -111,12 +122,19 @@ class DurableLog:
             self._counts.setdefault(path, 0)
         return self._fh
 
+    def _still_named(self) -> bool:
+        """Is the open segment still the file its name points to?"""
+        try:
+            return os.stat(self._current_path).st_ino == os.fstat(self._fh.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
     def append(self, record: dict) -> None:
         """Write one record and make it durable (fsync) before returning."""
         if self._owner_fd is None:
             self._require_owner("append a trace")
         line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
-        with self._lock:
+        with self.writers.shared(), self._lock:
             fh = self._current()
             fh.write(line)
             os.fsync(fh.fileno())
@@ -141,8 +159,8 @@ class DurableLog:
             self._counts.pop(segment, None)
 
     def erase(self, selects: Callable[[dict], bool]) -> int:
-        """Rewrite every segment without the records `selects` picks; returns how many went."""
-        self._require_owner("erase from the trace log")
+        """Rewrite every segment without the records `selects` picks; returns how many went.
+        Any process may erase, holding `writers` exclusive (the store's erasure does)."""
         removed = 0
         with self._lock:
             if self._fh is not None:

@@ -16,7 +16,10 @@ from typing import Annotated
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
 ROLES = ("app", "contributor", "maintainer")
-SCOPES = ("sft", "dpo", "eval", "distill")
+SCOPES = ("sft", "dpo", "eval", "distill", "drafting")
+"""What a grant may allow. `drafting`: the contributor's text may teach the gateway's suffix index
+for every caller (whose accepted drafts then reveal that someone sent it); never implied by
+another scope."""
 EMBED_DIM = 384
 
 UtcTime = Annotated[datetime, Field(json_schema_extra={"tz": "UTC"})]

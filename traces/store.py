@@ -10,7 +10,10 @@ deciding whether a request becomes a trace is `traces/capture.py`'s job.
 Consent is data: a trace is recorded only for a contributor with an active grant, and the row
 carries that grant. Erasure is real: rows are deleted from every table, the tables are rewritten and
 their old versions cleaned up (no file keeps the bytes), log records are removed, datasets that
-used the traces are marked for rebuild, and a receipt says what went.
+used the traces are marked for rebuild, `erasure_hooks` erase what others derived (curated
+datasets and caches, drafter state), and a receipt counts what went from each. It runs in any
+process, under the writers lock held exclusive (`traces.locks`), which every writer of every
+process holds shared.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +53,17 @@ def _id(value: str, what: str) -> str:
 
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What one erasure removed, as its hooks see it."""
+
+    contributor_id: str
+    request_ids: list[str]
+    """The trace rows erased (records only in the log are not listed: nothing derived them)."""
+    datasets: list[str]
+    """Datasets that held any of them (marked for rebuild)."""
 
 
 @dataclass
@@ -116,6 +131,10 @@ class TraceStore:
         self.ingestion = Ingestion(self)
         self._auth_cache: dict[str, tuple[float, Account]] = {}
         self._grant_cache: dict[str, tuple[float, Grant | None]] = {}
+        self.erasure_hooks: list[Callable[[Erased], dict[str, int]]] = []
+        """Called by each erasure, under its lock, to erase what this store does not hold (a
+        gateway's drafter state, curated datasets, caches); the counts they return go in the
+        receipt."""
 
     # queries helpers ---------------------------------------------------------------------------
 
@@ -187,7 +206,8 @@ class TraceStore:
         grant = Grant(grant_id=uuid.uuid4().hex[:16], contributor_id=contributor.account_id,
                       scopes=sorted(set(scopes)), created_at=now(),
                       expires_at=now() + timedelta(days=days))
-        self.tables["grants"].add([grant.model_dump()])
+        with self.log.writers.shared():  # never lost to an erasure's rewrite
+            self.tables["grants"].add([grant.model_dump()])
         self._grant_cache.pop(contributor.account_id, None)
         return grant
 
@@ -199,7 +219,9 @@ class TraceStore:
         mine = {g.grant_id for g in self.grants(contributor.account_id)}
         if _id(grant_id, "grant id") not in mine:
             raise NotFound(f"no grant {grant_id} of yours")
-        self.tables["grants"].update(where=f"grant_id = '{grant_id}'", values={"revoked": True})
+        with self.log.writers.shared():
+            self.tables["grants"].update(where=f"grant_id = '{grant_id}'",
+                                         values={"revoked": True})
         self._grant_cache.pop(contributor.account_id, None)
 
     def active_grant(self, contributor_id: str) -> Grant | None:
@@ -214,6 +236,31 @@ class TraceStore:
             grant = max(active, key=lambda g: g.created_at) if active else None
             self._grant_cache[contributor_id] = (time.monotonic(), grant)
         return grant if grant is not None and grant.active(t) else None
+
+    def drafting_traces(self, limit: int = 5000) -> list[dict]:
+        """The newest traces whose grant is active and includes `drafting` (what a gateway's
+        shared suffix index may learn from), without vectors."""
+        at = now()
+        allowed = sorted(g["grant_id"] for g in self._rows("grants")
+                         if not g["revoked"] and g["expires_at"] > at and "drafting" in g["scopes"])
+        if not allowed:
+            return []
+        rows = self._trace_rows(f"grant_id IN ({', '.join(repr(g) for g in allowed)}) "
+                                f"AND grant_expires_at > {_timestamp(at)}")
+        rows.sort(key=lambda r: r["created_at"], reverse=True)
+        return rows[:limit]
+
+    def inactive_grants(self, grant_ids: set[str]) -> set[str]:
+        """Those of `grant_ids` that are revoked, expired or erased."""
+        at = now()
+        active = {g["grant_id"] for g in self._rows("grants")
+                  if not g["revoked"] and g["expires_at"] > at}
+        return set(grant_ids) - active
+
+    def receipts_since(self, after: datetime) -> list[dict]:
+        """Erasure receipts written after `after` (by any process), oldest first."""
+        rows = self._rows("receipts", f"created_at > {_timestamp(after)}")
+        return sorted(rows, key=lambda r: r["created_at"])
 
     # capture -----------------------------------------------------------------------------------
 
@@ -327,7 +374,8 @@ class TraceStore:
                        contributor_id=caller.account_id, rating=body.rating,
                        chosen=body.chosen or "", rejected=body.rejected or "",
                        correction=body.correction or "", created_at=now()).model_dump()
-        self.tables["feedback"].add([row])
+        with self.log.writers.shared():
+            self.tables["feedback"].add([row])
         return row
 
     # curation ----------------------------------------------------------------------------------
@@ -365,9 +413,10 @@ class TraceStore:
     def add_dataset_members(self, dataset_id: str, request_ids: list[str]) -> None:
         """Record which traces went into a dataset (erasure marks the dataset for rebuild)."""
         if request_ids:
-            self.tables["dataset_members"].add([
-                DatasetMember(dataset_id=dataset_id, request_id=r).model_dump()
-                for r in sorted(set(request_ids))])
+            with self.log.writers.shared():
+                self.tables["dataset_members"].add([
+                    DatasetMember(dataset_id=dataset_id, request_id=r).model_dump()
+                    for r in sorted(set(request_ids))])
 
     def datasets_marked_for_rebuild(self) -> list[str]:
         return sorted({r["dataset_id"] for r in self._rows("datasets_to_rebuild")})
@@ -395,12 +444,14 @@ class TraceStore:
                            lambda r: r.get("contributor_id") == contributor_id, grants=True)
 
     def _erase(self, contributor_id: str, where: str, selects, grants: bool = False) -> dict:
-        with self.write_lock:
+        """Erase under the writers lock held exclusive: no process appends, ingests or writes
+        the store meanwhile (traces/locks.py), so nothing erased is written back afterwards."""
+        with self.log.writers.exclusive(), self.write_lock:
             log_removed = self.log.erase(selects)
             ids = [r["request_id"] for r in self._rows("traces", where)]
             members = self._rows("dataset_members")
             datasets = sorted({m["dataset_id"] for m in members if m["request_id"] in set(ids)})
-            counts = {"traces": len(ids)}
+            counts = {"traces": len(ids), "log_records": log_removed}
             id_list = ", ".join(f"'{i}'" for i in ids)
             targets = [("traces", where)]
             if ids:
@@ -409,24 +460,35 @@ class TraceStore:
             if grants:
                 targets.append(("grants", f"contributor_id = '{contributor_id}'"))
                 self._grant_cache.pop(contributor_id, None)
+            versions = {}
             for name, predicate in targets:
                 counts.setdefault(name, len(self._rows(name, predicate)))
                 self.tables[name].delete(predicate)
-                self._rewrite(name)
+                versions[name] = self._rewrite(name)
             for d in datasets:
                 self.tables["datasets_to_rebuild"].add([RebuildMark(
                     dataset_id=d, reason="erasure", marked_at=now()).model_dump()])
+            failed = []
+            for hook in self.erasure_hooks:  # derived state this store does not hold
+                try:
+                    counts.update(hook(Erased(contributor_id, ids, datasets)))
+                except Exception as exc:  # say so in the receipt; the rows are gone already
+                    failed.append(f"{getattr(hook, '__qualname__', hook)}: {exc}")
             receipt = {"receipt_id": uuid.uuid4().hex[:16], "contributor_id": contributor_id,
                        "erased": counts, "log_records_removed": log_removed,
+                       "old_table_versions_removed": versions,
                        "datasets_marked_for_rebuild": datasets, "at": now().isoformat(),
-                       "table_versions_after": {n: self.tables[n].version for n, _ in targets}}
+                       "table_versions_after": {n: self.tables[n].version for n, _ in targets},
+                       "incomplete": failed}
             self.tables["receipts"].add([Receipt(
                 receipt_id=receipt["receipt_id"], contributor_id=contributor_id,
                 body=json.dumps(receipt), created_at=now()).model_dump(by_alias=True)])
             return receipt
 
-    def _rewrite(self, name: str) -> None:
-        """Write the table anew and drop every older version, so deleted rows leave no bytes."""
+    def _rewrite(self, name: str) -> int:
+        """Write the table anew and drop every older version, so deleted rows leave no bytes;
+        returns how many old versions were dropped."""
+        old_versions = len(self.tables[name].list_versions())
         remaining = self.tables[name].to_arrow()
         self.tables[name] = self.db.create_table(name, remaining, schema=self.schemas[name],
                                                  mode="overwrite", on_bad_vectors="null")
@@ -435,6 +497,7 @@ class TraceStore:
         with warnings.catch_warnings():  # deliberate: erasure must not keep any old version
             warnings.simplefilter("ignore", UserWarning)
             self.tables[name].optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+        return max(0, old_versions + 1 - len(self.tables[name].list_versions()))
 
 
 

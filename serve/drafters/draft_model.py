@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from serve.drafters.base import Draft
+from serve.drafters.base import NO_SCOPE, Draft, DraftScope
 from serve.sampling import SamplingParams, target_probs
 
 
@@ -29,11 +29,12 @@ class DraftModelDrafter:
         self.model.eval()
 
     def start(self, prompt, temperature: float, top_p: float,
-              generator: torch.Generator | None) -> "DraftModelSession":
+              generator: torch.Generator | None, scope: DraftScope = NO_SCOPE
+              ) -> "DraftModelSession":
         return DraftModelSession(self.model, temperature, top_p, generator)
 
-    def observe(self, tokens: list[int]) -> None:
-        pass
+    def observe(self, tokens: list[int], scope: DraftScope = NO_SCOPE) -> None:
+        pass  # learns offline only, from traces granted `distill` (train/)
 
 
 class DraftModelSession:

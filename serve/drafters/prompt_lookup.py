@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from serve.drafters.base import Draft, StatelessSession
+from serve.drafters.base import NO_SCOPE, Draft, DraftScope, StatelessSession
 
 
 class PromptLookupDrafter:
@@ -18,11 +18,12 @@ class PromptLookupDrafter:
     def __init__(self, max_ngram: int = 4, min_ngram: int = 1) -> None:
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
 
-    def start(self, prompt, temperature, top_p, generator: torch.Generator | None):
+    def start(self, prompt, temperature, top_p, generator: torch.Generator | None,
+              scope: DraftScope = NO_SCOPE):
         return StatelessSession(self.propose)
 
-    def observe(self, tokens: list[int]) -> None:
-        pass
+    def observe(self, tokens: list[int], scope: DraftScope = NO_SCOPE) -> None:
+        pass  # learns nothing: drafts come from the request's own text only
 
     def propose(self, context: list[int], k: int) -> Draft:
         n_ctx = len(context)

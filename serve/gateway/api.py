@@ -335,8 +335,11 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
                            f"(available: {', '.join(sorted(engine.drafters)) or 'none'}, off)",
                            param="speculation.drafter")
         drafter = spec.drafter
+    from serve.gateway.drafting import scope_for  # whose request: the drafter's partition
+
+    scope = await asyncio.to_thread(scope_for, state.traces, caller, body)
     gen = engine.generate(prompt, params, outcome, drafter=drafter,
-                          k=spec.k if spec is not None else None)
+                          k=spec.k if spec is not None else None, scope=scope)
 
     def record(calls: list) -> str | None:
         """Durably log the trace (when consent allows) before the response completes."""

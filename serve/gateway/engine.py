@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serve.drafters.base import Draft
+from serve.drafters.base import NO_SCOPE, Draft, DraftScope
 from serve.gateway.head import Head
 from serve.gateway.pipeline import Pipeline, Session
 from serve.gateway.speculative import AdaptiveK, verify
@@ -71,12 +71,13 @@ class Engine:
         self.spec_stats: dict[str, SpecStats] = {}
 
     async def generate(self, prompt: list[int], params: SamplingParams, outcome: Outcome,
-                       drafter: str | None = "default", k: int | None = None
-                       ) -> AsyncIterator[Step]:
+                       drafter: str | None = "default", k: int | None = None,
+                       scope: DraftScope = NO_SCOPE) -> AsyncIterator[Step]:
         """Yield sampled tokens one by one; `outcome` says why it stopped and what it cost.
 
         `drafter` names a drafter ("default": the gateway's; None or "off": no speculation);
-        `k` fixes the draft length instead of adapting it.
+        `k` fixes the draft length instead of adapting it; `scope` says whose request it is and
+        what a learning drafter may draft from and learn (`serve.drafters.base.DraftScope`).
         """
         self.requests += 1
         t0 = time.perf_counter()
@@ -89,7 +90,7 @@ class Engine:
         # (bias, penalties, constraints) decode token by token
         name = None if name == "off" or params.shapes else name
         draft_source = self.drafters[name].start(prompt, params.temperature, params.top_p,
-                                                 generator) if name else None
+                                                 generator, scope) if name else None
         outcome.drafter = name or "none"
         stats = self.spec_stats.setdefault(outcome.drafter, SpecStats())
         stats.requests += 1
@@ -151,5 +152,5 @@ class Engine:
             if draft_source is not None:
                 draft_source.close()
             if name:
-                self.drafters[name].observe(session.tokens)
+                self.drafters[name].observe(session.tokens, scope)
 

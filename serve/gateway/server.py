@@ -91,17 +91,23 @@ def build_app(cfg: GatewayConfig, key: SigningKey | None = None):
     if cfg.traces_dir is not None:
         from traces.store import TraceStore, TraceStoreConfig
 
+        from flows.erasure import with_derived_erasure
+
         state.traces = TraceStore(TraceStoreConfig(uri=str(cfg.traces_dir / "lancedb"),
                                                    log_dir=cfg.traces_dir / "log"))
-        if "suffix" in first.engine.drafters:
-            seed_suffix_index(first.engine.drafters["suffix"], state.traces,
-                              first.engine.head.tokenizer)
+        # an erasure through the API also withdraws the datasets and cache of the home
+        with_derived_erasure(state.traces, cfg.traces_dir.parent)
+    from serve.gateway.drafting import attach
+
+    consent = attach(state.traces, first)  # the suffix index learns only what consent allows
     if cfg.state_dir is not None:
         open_durable_state(cfg, state)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         await start_runtime(first)
+        if consent is not None:
+            first.tasks.append(asyncio.create_task(consent.run()))
         if state.traces is not None:
             state.traces.start()  # replays what a crash left in the durable log
         watcher = asyncio.create_task(follow(cfg, state, key)) if cfg.watch else None
@@ -160,9 +166,14 @@ async def follow(cfg: GatewayConfig, state: "GatewayState", key: SigningKey) -> 
     state.rollout = {"channel": watcher.state, "switches": []}
 
     async def load(version: str) -> "Runtime":
+        from serve.gateway.drafting import attach
+
         runtime = await asyncio.to_thread(_prepare, cfg, watcher, version, key)
         meter_runtime(state, runtime)
+        consent = await asyncio.to_thread(attach, state.traces, runtime)
         await start_runtime(runtime)
+        if consent is not None:
+            runtime.tasks.append(asyncio.create_task(consent.run()))
         return runtime
 
     async def ready(version: str) -> bool:
@@ -219,14 +230,6 @@ def _prepare(cfg: GatewayConfig, watcher, version: str, key: SigningKey) -> "Run
     directory = watcher.checkout(version, "full" if full else "head")
     return build_runtime(cfg, version, directory, directory if full else None, first=False,
                          key=key)
-
-
-def seed_suffix_index(drafter, store, tokenizer, limit: int = 5000) -> int:
-    """Teach the suffix drafter the completions the swarm served to consenting contributors."""
-    rows = store.query(limit=limit)
-    for row in rows:
-        drafter.observe(tokenizer(row["completion"])["input_ids"])
-    return len(rows)
 
 
 def build_drafters(cfg: GatewayConfig, draft_model_dir: Path | None = None) -> dict:

@@ -8,6 +8,7 @@ from functools import lru_cache
 import pytest
 import torch
 
+from serve.drafters.base import DraftScope
 from serve.drafters.prompt_lookup import PromptLookupDrafter
 from serve.drafters.suffix import SuffixDrafter
 from serve.sampling import SamplingParams, target_probs
@@ -150,16 +151,17 @@ def test_prompt_lookup_continues_repeated_text():
 
 
 def test_suffix_index_learns_and_stays_bounded():
-    d = SuffixDrafter(max_tokens=50)
-    assert d.propose([1, 2, 3], 4).tokens == []
-    d.observe([10, 1, 2, 3, 4, 5, 6])
-    d.observe([11, 1, 2, 3, 4, 5, 7])
-    d.observe([12, 1, 2, 3, 4, 5, 7])
-    assert d.propose([99, 2, 3], 4).tokens == [4, 5, 7]  # majority continuation
+    d = SuffixDrafter(tenant_tokens=50)
+    me = DraftScope(tenant="a", learn=True)
+    assert d.propose([1, 2, 3], 4, me).tokens == []
+    d.observe([10, 1, 2, 3, 4, 5, 6], me)
+    d.observe([11, 1, 2, 3, 4, 5, 7], me)
+    d.observe([12, 1, 2, 3, 4, 5, 7], me)
+    assert d.propose([99, 2, 3], 4, me).tokens == [4, 5, 7]  # majority continuation
     for i in range(20):
-        d.observe(list(range(100 + 10 * i, 110 + 10 * i)))
+        d.observe(list(range(100 + 10 * i, 110 + 10 * i)), me)
     assert d.tokens_held <= 50
-    assert d.propose([99, 2, 3], 4).tokens == []  # the old sequences were evicted
+    assert d.propose([99, 2, 3], 4, me).tokens == []  # the old sequences were evicted
 
 
 def test_adaptive_k_grows_shrinks_and_switches_off():

@@ -184,3 +184,41 @@ def test_metrics_report_the_backlog_until_every_trace_is_embedded(trace_swarm):
     rows = s.store.tables["traces"].search().where(
         f"request_id IN ({', '.join(repr(i) for i in ids)})").limit(None).to_list()
     assert len(rows) == 3 and all(r["embedder"] and r["vector"] is not None for r in rows)
+
+
+def test_another_tenants_prompt_cannot_be_confirmed_through_the_drafter(trace_swarm):
+    """The attack as a tenant would run it: a victim sends a `store: false` prompt; an attacker
+    (another key, its own process, the public API only) asks for the same prompt and for one
+    nobody sent, with the suffix drafter, and compares the drafted tokens accepted. Text a
+    contributor shared under a `drafting` grant is drafted for everyone (what that scope means),
+    which shows the comparison would catch a leak."""
+    import subprocess
+    import sys
+
+    s = trace_swarm
+    victim = s.store.create_account("contributor", "victim")
+    victim_key = s.store.create_key(victim.account_id)[1]
+    s.keys["victim"] = (victim.account_id, victim_key)
+    call(s, "victim", "POST", "/v1/grants", json={"scopes": ["sft", "drafting"]})
+    secret, control, shared = ("the merger closes friday at nine", "an unrelated control line",
+                               "a line the victim shares")
+
+    def victim_sends(text: str, **extra) -> int:
+        r = call(s, "victim", "POST", "/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": text}], "max_tokens": 24,
+            "temperature": 0, "speculation": {"drafter": "suffix"}, **extra})
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["completion_tokens"]
+
+    def attacker_probes(*prompts: str) -> dict[str, int]:
+        run = subprocess.run(
+            [sys.executable, "-m", "tests.serve.drafting_attacker", s.base_url,
+             s.keys["app"][1], "24", *prompts], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    assert victim_sends(secret, store=False) >= 8
+    accepted = attacker_probes(secret, control)
+    assert accepted[secret] <= accepted[control], accepted
+    assert victim_sends(shared) >= 8  # stored, granted `drafting`: every caller's drafts use it
+    assert attacker_probes(shared)[shared] > accepted[secret] + 4  # the probe detects shared text
