@@ -58,3 +58,30 @@ def test_absent_parts_say_so(tmp_path):
         meter = None
 
     assert usage_totals(NoMeter())["available"] is False
+
+
+def test_a_gateway_without_store_registry_or_nodes_says_so_on_each_page(tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from serve.gateway.api import create_app
+    from serve.gateway.dashboard.routes import router
+    from tests.serve.test_api_limits import make_state
+
+    state = make_state(tiny_model_dir, api_keys={"sk-app"})  # static keys, no node, no verifier
+    app = create_app(state)
+    app.include_router(router(state, DashboardConfig()))
+    key = {"Authorization": "Bearer sk-app"}
+    with TestClient(app) as client:
+        shell = client.get("/dashboard")  # the shell needs no key and carries no data
+        assert shell.status_code == 200 and "/dashboard/app.js" in shell.text
+        assert "script-src 'self'" in shell.headers["content-security-policy"]
+        assert client.get("/dashboard/chart.js").headers["content-type"].startswith(
+            "text/javascript")
+        assert client.get("/dashboard/api/me").status_code == 401  # the views do
+        assert client.get("/dashboard/api/me", headers=key).json()["role"] == "app"
+        swarm = client.get("/dashboard/api/swarm", headers=key).json()
+        assert swarm["nodes"] == [] and swarm["route_error"] and not swarm["verification"]
+        assert len(swarm["layers"]) == 4 and not any(layer["nodes"] for layer in swarm["layers"])
+        no_store = client.get("/dashboard/api/contributor", headers=key)
+        assert no_store.status_code == 404 and no_store.json()["error"]["code"] == "no_trace_store"
+        assert client.get("/dashboard/api/maintainer", headers=key).status_code == 403

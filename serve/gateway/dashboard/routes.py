@@ -99,11 +99,11 @@ def router(state: Any, config: DashboardConfig) -> APIRouter:
 
     @r.get("/dashboard/api/contributor")
     async def contributor(request: Request):
-        caller = need(request, "contributor")
-        if state.traces is None:
+        if state.traces is None:  # before the role: without a store no key is a contributor's
             raise ApiError(404, "this gateway has no trace store: nothing is recorded, so "
                            "there are no grants, traces or lineage to show",
                            "invalid_request_error", code="no_trace_store")
+        caller = need(request, "contributor")
         feedback = await asyncio.to_thread(state.traces.feedback, caller.account_id)
         datasets = await asyncio.to_thread(state.traces.datasets_of, caller.account_id)
         lineage: dict[str, Any] = {"datasets": datasets, "models": [], "registry": None}
