@@ -102,7 +102,7 @@ def shot(browser, tmp_path: Path, name: str) -> Path:
     return path
 
 
-def test_swarm_page_shows_nodes_and_route_map(swarm, browser, tmp_path):
+def test_swarm_page_shows_nodes_and_route_map(browser, swarm, tmp_path):
     from selenium.webdriver.common.by import By
 
     node_ids = {n["node_id"] for n in httpx.get(f"{swarm.tracker_url}/nodes", timeout=5).json()}
@@ -126,7 +126,7 @@ def test_swarm_page_shows_nodes_and_route_map(swarm, browser, tmp_path):
     shot(browser, tmp_path, "swarm-maintainer")
 
 
-def test_contributor_sees_their_trace_and_a_revoke_takes_effect(swarm, browser, tmp_path):
+def test_contributor_sees_their_trace_and_a_revoke_takes_effect(browser, swarm, tmp_path):
     from selenium.webdriver.common.by import By
 
     grant = api(swarm, "alice", "POST", "/v1/grants", json={"scopes": ["sft"]}).json()
@@ -157,7 +157,7 @@ def test_contributor_sees_their_trace_and_a_revoke_takes_effect(swarm, browser, 
     shot(browser, tmp_path, "contributor-erased")
 
 
-def test_maintainer_page_is_for_maintainers(swarm, browser, tmp_path):
+def test_maintainer_page_is_for_maintainers(browser, swarm, tmp_path):
     from selenium.webdriver.common.by import By
 
     sign_in(browser, swarm, "alice", "maintainer")
@@ -174,7 +174,7 @@ def test_maintainer_page_is_for_maintainers(swarm, browser, tmp_path):
     shot(browser, tmp_path, "maintainer")
 
 
-def test_a_wrong_key_is_refused_at_sign_in(swarm, browser):
+def test_a_wrong_key_is_refused_at_sign_in(browser, swarm):
     from selenium.webdriver.common.by import By
 
     sign_in(browser, swarm, None, "swarm", key="sk-not-a-key")
