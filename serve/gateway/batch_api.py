@@ -4,7 +4,8 @@
 | endpoint | what |
 |---|---|
 | POST /v1/files | upload a JSONL input file (multipart, `purpose=batch`) |
-| GET /v1/files/{id}, /v1/files/{id}/content | a file's object, its bytes (inputs, outputs, errors) |
+| GET /v1/files, /v1/files/{id}, /v1/files/{id}/content | the caller's files; one; its bytes |
+| DELETE /v1/files/{id} | delete one of the caller's files |
 | POST /v1/batches | start a job over an input file (`completion_window` 24h) |
 | GET /v1/batches, /v1/batches/{id} | the caller's jobs (newest first, `after`/`limit`), one job |
 | POST /v1/batches/{id}/cancel | stop starting its lines; the job ends `cancelled` |
@@ -75,6 +76,21 @@ def router(state, caller_of) -> APIRouter:
         name = (file.filename or "upload.jsonl")[:256]
         return await asyncio.to_thread(batches.store.add_file, request.state.owner, purpose,
                                        name, content)
+
+    @r.get("/v1/files")
+    async def list_files(request: Request,
+                         purpose: Annotated[str | None, Query(max_length=32)] = None,
+                         limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000):
+        data = await asyncio.to_thread(scheduler().store.files, request.state.owner, purpose,
+                                       limit)
+        return {"object": "list", "data": data, "has_more": False}
+
+    @r.delete("/v1/files/{file_id}")
+    async def delete_file(file_id: str, request: Request):
+        if not await asyncio.to_thread(scheduler().store.delete_file, request.state.owner,
+                                       file_id):
+            raise missing("file", file_id)
+        return {"id": file_id, "object": "file", "deleted": True}
 
     @r.get("/v1/files/{file_id}")
     async def get_file(file_id: str, request: Request):

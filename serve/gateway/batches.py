@@ -144,6 +144,20 @@ class BatchStore:
                             (file_id, owner))
         return dict(rows[0]) if rows else None
 
+    def files(self, owner: str, purpose: str | None, limit: int) -> list[dict]:
+        """The owner's files, newest first (content left out)."""
+        rows = self.db.rows(
+            "SELECT id, owner, purpose, filename, bytes, created_at FROM files WHERE owner = ? "
+            "AND (? IS NULL OR purpose = ?) ORDER BY created_at DESC, id DESC LIMIT ?",
+            (owner, purpose, purpose, limit))
+        return [file_object(dict(r)) for r in rows]
+
+    def delete_file(self, owner: str, file_id: str) -> bool:
+        """Delete the owner's file (a job already past `validating` keeps its lines)."""
+        with self.db.transaction() as conn:
+            return conn.execute("DELETE FROM files WHERE id = ? AND owner = ?",
+                                (file_id, owner)).rowcount == 1
+
     # jobs -----------------------------------------------------------------------------------
 
     def create(self, owner: str, caller: str | None, input_file_id: str, endpoint: str,

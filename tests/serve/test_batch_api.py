@@ -22,8 +22,9 @@ KEYS = ("sk-alice", "sk-bob", "sk-carol")
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory, tiny_model_dir):
     home = tiny_home(tmp_path_factory, tiny_model_dir)
-    swarm = LocalSwarm(SwarmSpec(model="tiny@production", nodes=2, api_keys=list(KEYS)),
-                       home, num_layers=4).start()
+    # no live-weight proofs: they are tested elsewhere, and a gateway restarts faster without
+    swarm = LocalSwarm(SwarmSpec(model="tiny@production", nodes=1, api_keys=list(KEYS),
+                                 verify=False), home, num_layers=4).start()
     yield swarm
     swarm.stop()
 
@@ -99,6 +100,11 @@ def test_lifecycle_and_per_line_errors(swarm, finished):
     assert q1["body"]["usage"]["prompt_tokens"] == live.usage.prompt_tokens
     listed = client(swarm).batches.list(limit=5)
     assert b.id in [x.id for x in listed.data]
+    c = client(swarm)
+    assert {b.input_file_id, b.output_file_id} <= {f.id for f in c.files.list()}
+    assert c.files.delete(b.error_file_id).deleted
+    with pytest.raises(openai.NotFoundError):
+        c.files.retrieve(b.error_file_id)
 
 
 def test_another_key_gets_404(swarm, finished):
@@ -106,6 +112,7 @@ def test_another_key_gets_404(swarm, finished):
     other = client(swarm, KEYS[1])
     for call in (lambda: other.batches.retrieve(b.id), lambda: other.batches.cancel(b.id),
                  lambda: other.files.retrieve(b.output_file_id),
+                 lambda: other.files.delete(b.input_file_id),
                  lambda: other.files.content(b.input_file_id),
                  lambda: other.batches.create(input_file_id=b.input_file_id,
                                               endpoint="/v1/chat/completions",
@@ -113,6 +120,7 @@ def test_another_key_gets_404(swarm, finished):
         with pytest.raises(openai.NotFoundError):
             call()
     assert b.id not in [x.id for x in other.batches.list().data]
+    assert b.input_file_id not in [f.id for f in other.files.list()]
 
 
 def test_bad_uploads_are_refused(swarm):
