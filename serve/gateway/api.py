@@ -31,7 +31,7 @@ from serve.exceptions import ApiError, HopFailed, NoRoute
 from serve.gateway.chat_format import TextStream, parse_tool_calls, render_chat
 from serve.gateway.constrained import json_constraint
 from serve.gateway.engine import Engine, Outcome, speculation_rates
-from serve.gateway.guard import ApiLimits, Authenticator, Guard, error_body
+from serve.gateway.guard import ApiLimits, Authenticator, Guard, error_body, error_response
 from serve.gateway.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from serve.rollout import VersionSet
 from serve.sampling import SamplingParams
@@ -106,7 +106,7 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_, exc: ApiError):
-        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status)
+        return error_response(exc)
 
     @app.exception_handler(TraceStoreError)
     async def _trace_error(_, exc: TraceStoreError):
@@ -248,17 +248,17 @@ def create_app(state: GatewayState, lifespan=None) -> FastAPI:
 
     async def serve_completion(body: CompletionRequest, caller, owner: str | None):
         check_model(body.model)
-        if body.echo and body.logprobs is not None:
-            raise ApiError(400, "echo with logprobs (prompt logprobs) is not served",
-                           param="echo", code="unsupported_parameter")
         runtime = state.runtime()
         head = runtime.engine.head
-        prompt = (await asyncio.to_thread(head.tokenizer, body.prompt))["input_ids"]
+        if isinstance(body.prompt, str):
+            prompt = (await asyncio.to_thread(head.tokenizer, body.prompt))["input_ids"]
+        else:
+            prompt = checked_ids(head, body.prompt)
         params = SamplingParams(
             max_tokens=budget(head, len(prompt), body.max_tokens or 16),
             temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop),
             logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0,
-            **shaping(head, body))
+            prompt_logprobs=body.echo and body.logprobs is not None, **shaping(head, body))
         return await respond(state, runtime, body, prompt, params, chat=False, caller=caller,
                              owner=owner)
 
@@ -278,6 +278,16 @@ def refuse_unserved(body: ChatCompletionRequest) -> None:
                        param="response_format", code="unsupported_parameter")
 
 
+def checked_ids(head, ids: list[int]) -> list[int]:
+    """A prompt given as token ids, each checked against the vocabulary (a 400 otherwise)."""
+    vocab = int(head.lm_head.shape[0])
+    bad = next((t for t in ids if t >= vocab), None)
+    if bad is not None:
+        raise ApiError(400, f"prompt names token {bad}; the vocabulary has {vocab}",
+                       param="prompt")
+    return list(ids)
+
+
 def shaping(head, body: SamplingFields) -> dict[str, Any]:
     """The bias and penalties of a request as `SamplingParams` fields (token ids checked)."""
     biases = body.token_biases()
@@ -290,10 +300,10 @@ def shaping(head, body: SamplingFields) -> dict[str, Any]:
             "frequency_penalty": body.frequency_penalty}
 
 
-def _messages_of(body, chat: bool) -> list[dict[str, Any]]:
+def _messages_of(body, chat: bool, prompt_text: str | None) -> list[dict[str, Any]]:
     if chat:
         return [m.model_dump(exclude_none=True) for m in body.messages]
-    return [{"role": "user", "content": body.prompt}]
+    return [{"role": "user", "content": prompt_text}]
 
 
 async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int],
@@ -307,12 +317,27 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
     text = TextStream(engine.head.tokenizer, params.stop)
     tokenizer = engine.head.tokenizer
     logprob_items: list[dict[str, Any]] = []
+    prompt_text = None if chat else (
+        body.prompt if isinstance(body.prompt, str) else tokenizer.decode(prompt))
+
+    def logprob_item(step) -> dict[str, Any]:
+        return {"token": tokenizer.decode([step.token]), "logprob": step.logprob,
+                "top_logprobs": [{"token": tokenizer.decode([i]), "logprob": v}
+                                 for i, v in step.top]}
 
     def record_logprob(step) -> None:
         if params.logprobs:
-            tok = tokenizer.decode([step.token])
-            logprob_items.append({"token": tok, "logprob": step.logprob, "top_logprobs": [
-                {"token": tokenizer.decode([i]), "logprob": v} for i, v in step.top]})
+            logprob_items.append(logprob_item(step))
+
+    def completion_logprobs() -> dict[str, Any]:
+        """Legacy completions' logprobs; with echo, the prompt's tokens first (the first has no
+        logprob: nothing precedes it) and `text_offset` counted from the prompt's start."""
+        items, offset = logprob_items, len(prompt_text)
+        if params.prompt_logprobs:
+            first = {"token": tokenizer.decode(prompt[:1]), "logprob": None, "top_logprobs": None}
+            items = [first, *map(logprob_item, outcome.prompt_steps), *logprob_items]
+            offset = 0
+        return _completion_logprobs(items, offset)
 
     def extension() -> dict[str, Any]:
         return {"version": runtime.version_id, "route": outcome.route,
@@ -346,7 +371,7 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
         from traces.capture import capture
 
         proof = "verified" if runtime.verifier is not None else "unverified"
-        return capture(state.traces, caller, body, messages=_messages_of(body, chat),
+        return capture(state.traces, caller, body, messages=_messages_of(body, chat, prompt_text),
                        completion=text.text, tool_calls=calls,
                        sampling={"temperature": params.temperature, "top_p": params.top_p,
                                  "max_tokens": params.max_tokens, "seed": params.seed},
@@ -387,10 +412,9 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
                       "logprobs": {"content": logprob_items} if params.logprobs else None}
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": body.prompt + content if body.echo else content,
+            choice = {"index": 0, "text": prompt_text + content if body.echo else content,
                       "finish_reason": outcome.finish_reason,
-                      "logprobs": _completion_logprobs(logprob_items) if params.logprobs
-                      else None}
+                      "logprobs": completion_logprobs() if params.logprobs else None}
             obj = "text_completion"
         return {"id": rid, "object": obj, "created": created, "model": state.model_name,
                 "choices": [choice], "usage": usage(),
@@ -422,7 +446,7 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
             if chat:
                 yield chunk(None, None, first=True)
             elif body.echo:
-                yield chunk(body.prompt, None)
+                yield chunk(prompt_text, None)
             async with contextlib.aclosing(gen):
                 async for step in gen:
                     delta = text.push(step.token)
@@ -453,8 +477,16 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def _completion_logprobs(items: list[dict[str, Any]]) -> dict[str, Any]:
+def _completion_logprobs(items: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """The legacy shape: parallel lists, `top_logprobs` as {token: logprob} (None where the
+    token has no logprob), `text_offset` the character where each token starts."""
+    offsets = []
+    for i in items:
+        offsets.append(offset)
+        offset += len(i["token"])
     return {"tokens": [i["token"] for i in items],
             "token_logprobs": [i["logprob"] for i in items],
-            "top_logprobs": [{t["token"]: t["logprob"] for t in i["top_logprobs"]}
-                             for i in items]}
+            "top_logprobs": [None if i["top_logprobs"] is None else
+                             {t["token"]: t["logprob"] for t in i["top_logprobs"]}
+                             for i in items],
+            "text_offset": offsets}

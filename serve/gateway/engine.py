@@ -18,7 +18,10 @@ from serve.drafters.base import NO_SCOPE, Draft, DraftScope
 from serve.gateway.head import Head
 from serve.gateway.pipeline import Pipeline, Session
 from serve.gateway.speculative import AdaptiveK, verify
-from serve.sampling import SamplingParams, Step, annotate, pick
+from serve.sampling import SamplingParams, Step, annotate, pick, score
+
+PROMPT_ROWS = 256
+"""Prompt positions scored per batch of logits (a row is the whole vocabulary)."""
 
 
 @dataclass
@@ -36,6 +39,8 @@ class Outcome:
     drafter: str = "none"
     drafted: int = 0
     accepted: int = 0
+    prompt_steps: list[Step] = field(default_factory=list)
+    """With `SamplingParams.prompt_logprobs`: the prompt's tokens after the first, scored."""
 
 
 @dataclass
@@ -70,6 +75,15 @@ class Engine:
         """Requests whose client went away mid-generation (their sessions are closed)."""
         self.spec_stats: dict[str, SpecStats] = {}
 
+    def score_prompt(self, hidden: torch.Tensor, prompt: list[int], top: int) -> list[Step]:
+        """Each prompt token after the first, scored under the logits of the position before it
+        (the last-layer `hidden` states of the prompt), `PROMPT_ROWS` positions at a time."""
+        steps: list[Step] = []
+        for i in range(0, len(prompt) - 1, PROMPT_ROWS):
+            rows = hidden[i:min(i + PROMPT_ROWS, len(prompt) - 1)]
+            steps += score(self.head.logits(rows), prompt[i + 1:i + 1 + len(rows)], top)
+        return steps
+
     async def generate(self, prompt: list[int], params: SamplingParams, outcome: Outcome,
                        drafter: str | None = "default", k: int | None = None,
                        scope: DraftScope = NO_SCOPE) -> AsyncIterator[Step]:
@@ -100,6 +114,8 @@ class Engine:
         budget = params.max_tokens
         try:
             hidden = await session.extend(prompt)
+            if params.prompt_logprobs:
+                outcome.prompt_steps = self.score_prompt(hidden, prompt, params.top_logprobs)
             pending = [pick(self.head.logits(hidden[-1:])[0], params, generator, prompt)]
             outcome.first_token_s = time.perf_counter() - t0
             while True:

@@ -61,6 +61,11 @@ class ApiLimits(BaseModel):
     before first use, so a key that failed does not become valid later."""
     failed_keys_kept: int = Field(65536, gt=0)
     """Most failed keys remembered (oldest forgotten first)."""
+    failed_auth_per_client: int = Field(30, gt=0)
+    """Failed authentications one client address may make per `failed_auth_window_s`; beyond,
+    its requests get a 429 without a lookup until the window has passed (a key sprayer from one
+    address guesses at this rate at most)."""
+    failed_auth_window_s: float = Field(60.0, gt=0)
 
 
 def error_body(message: str, type_: str, param: str | None = None,
@@ -70,7 +75,8 @@ def error_body(message: str, type_: str, param: str | None = None,
 
 
 def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status)
+    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status,
+                        headers=exc.headers)
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -88,6 +94,8 @@ class Authenticator:
         """Key digest → the lookup running for it (concurrent requests share it)."""
         self.lookups = 0
         """Trace-store lookups made (failed keys answered from memory are not counted)."""
+        self._failures_by_client: OrderedDict[str, list[float]] = OrderedDict()
+        """Client address → times of its recent failed authentications."""
 
     def _remember_failure(self, digest: str) -> None:
         self._failed[digest] = time.monotonic() + self.limits.failed_key_ttl_s
@@ -104,9 +112,39 @@ class Authenticator:
             return False
         return True
 
-    async def caller(self, authorization: str, required: bool) -> "Account | None":
-        """The caller of a request with this Authorization header. Raises `ApiError` 401 for a
-        bad key, and for a missing one when `required` and the gateway has keys."""
+    def _check_client(self, client: str) -> None:
+        """A 429 for a client address that failed authentication too often lately."""
+        recent = self._failures_by_client.get(client)
+        if not recent:
+            return
+        horizon = time.monotonic() - self.limits.failed_auth_window_s
+        recent[:] = [t for t in recent if t > horizon]
+        if len(recent) >= self.limits.failed_auth_per_client:
+            wait = int(recent[0] - horizon) + 1
+            raise ApiError(429, f"too many failed authentications from this address; retry in "
+                           f"{wait} s", "rate_limit_error", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(wait)})
+
+    def _count_failure(self, client: str) -> None:
+        self._failures_by_client.setdefault(client, []).append(time.monotonic())
+        self._failures_by_client.move_to_end(client)
+        while len(self._failures_by_client) > self.limits.failed_keys_kept:
+            self._failures_by_client.popitem(last=False)
+
+    async def caller(self, authorization: str, required: bool,
+                     client: str = "") -> "Account | None":
+        """The caller of a request with this Authorization header from address `client`.
+        Raises `ApiError` 401 for a bad key, and for a missing one when `required` and the
+        gateway has keys; 429 for an address that keeps failing."""
+        self._check_client(client)
+        try:
+            return await self._caller(authorization, required)
+        except ApiError as exc:
+            if exc.status == 401:
+                self._count_failure(client)
+            raise
+
+    async def _caller(self, authorization: str, required: bool) -> "Account | None":
         from traces.schemas import Account
 
         secret = authorization[7:] if authorization[:7].lower() == "bearer " else ""
@@ -176,7 +214,8 @@ class Guard:
                        for k, v in scope.get("headers", [])}
             self._check_declared_length(headers.get("content-length"))
             caller = await self.auth.caller(headers.get("authorization", ""),
-                                            required=scope["path"] not in PUBLIC_PATHS)
+                                            required=scope["path"] not in PUBLIC_PATHS,
+                                            client=(scope.get("client") or ("",))[0])
             body = await self._read_body(receive)
         except ApiError as exc:
             await error_response(exc)(scope, receive, send)
