@@ -44,6 +44,10 @@ class BatchBenchConfig:
     probes: int = 20
     probe_tokens: int = 8
     threads_per_node: int = 1
+    batch_sessions: int | None = None
+    """The gateway's batch sessions on an idle swarm (None: `BatchConfig`'s default)."""
+    busy_sessions: int | None = None
+    """Batch lines that go on beside interactive requests (None: `BatchConfig`'s default)."""
     model_kind: str = "registry model"
     """What `model` is, as the report should say (e.g. "tiny random Llama")."""
 
@@ -146,7 +150,8 @@ def run_batch_bench(cfg: BatchBenchConfig, shoal_cfg) -> dict:
     version_id = client_.resolve(cfg.model)
     _, manifest = client_.checkout_role(version_id, shoal_cfg.models_dir, "head")
     spec = SwarmSpec(model=version_id, nodes=cfg.nodes, api_keys=[KEY],
-                     threads_per_node=cfg.threads_per_node)
+                     threads_per_node=cfg.threads_per_node, batch_sessions=cfg.batch_sessions,
+                     batch_busy_sessions=cfg.busy_sessions)
     lines = [line(i, cfg.tokens) for i in range(cfg.lines)]
     random.Random(0).shuffle(lines)
     results: dict = {}

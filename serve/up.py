@@ -126,6 +126,10 @@ class SwarmSpec:
     """Share of sessions the gateway mirrors and audits (None: `VerifierConfig`'s default)."""
     nodes_follow_gateway: bool = False
     """Nodes work for this swarm's gateway key only (`shoal node --gateway-key`)."""
+    batch_sessions: int | None = None
+    """Batch lines the gateway runs at once on an idle swarm (None: `BatchConfig`'s default)."""
+    batch_busy_sessions: int | None = None
+    """Batch lines that go on beside interactive requests (None: `BatchConfig`'s default)."""
 
 
 def gateway_key(home: Path, passphrase: str | None = None) -> SigningKey:
@@ -219,6 +223,10 @@ class LocalSwarm:
                 args += ["--draft-model", spec.draft_model]
             if spec.spot_check_sessions is not None:
                 args += ["--spot-check-sessions", str(spec.spot_check_sessions)]
+            if spec.batch_sessions is not None:
+                args += ["--batch-sessions", str(spec.batch_sessions)]
+            if spec.batch_busy_sessions is not None:
+                args += ["--batch-busy-sessions", str(spec.batch_busy_sessions)]
             if not spec.chain:
                 args.append("--naive")
             self._spawn("gateway", args + self._watch_args())

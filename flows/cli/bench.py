@@ -142,6 +142,10 @@ def bench_batch(model: str = DEFAULT_MODEL, nodes: int = 3, lines: int = 500, to
                     help="interactive requests timed idle and during a batch")] = 20,
                 model_kind: Annotated[str, typer.Option(
                     help="what MODEL is, as the report says")] = "registry model",
+                batch_sessions: Annotated[Optional[int], typer.Option(
+                    help="the gateway's batch sessions (default: its own)")] = None,
+                busy_sessions: Annotated[Optional[int], typer.Option(
+                    help="batch lines that go on beside interactive requests")] = None,
                 out: Annotated[str, typer.Option()] = "bench-out") -> None:
     """Batch API throughput vs the same lines as concurrent interactive requests vs one
     session; node utilisation; interactive p50/p95 while a batch runs vs idle."""
@@ -149,6 +153,7 @@ def bench_batch(model: str = DEFAULT_MODEL, nodes: int = 3, lines: int = 500, to
 
     report = run_batch_bench(BatchBenchConfig(
         model=model, out_dir=Path(out), nodes=nodes, lines=lines, tokens=tokens,
-        clients=clients, single=single, probes=probes, model_kind=model_kind), config())
+        clients=clients, single=single, probes=probes, model_kind=model_kind,
+        batch_sessions=batch_sessions, busy_sessions=busy_sessions), config())
     typer.echo(json.dumps(report["summary"], indent=2))
     typer.echo(f"wrote {Path(out) / 'batch.json'}")

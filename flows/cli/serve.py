@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from flows.cli.base import DEFAULT_MODEL, command, config, fail
-from serve.config import (ChannelWatch, DashboardConfig, GatewayConfig, NodeConfig,
-                          TrackerConfig, VerifierConfig, defaults)
+from serve.config import (BatchConfig, ChannelWatch, DashboardConfig, GatewayConfig,
+                          NodeConfig, TrackerConfig, VerifierConfig, defaults)
 
 if TYPE_CHECKING:
     from registry.manifest import Manifest
@@ -28,6 +28,7 @@ TRACKER = defaults(TrackerConfig)
 NODE = defaults(NodeConfig)
 VERIFIER = defaults(VerifierConfig)
 WATCH = defaults(ChannelWatch)
+BATCH = defaults(BatchConfig)
 TRACKER_PORT = TRACKER["port"]
 """Port `shoal tracker` listens on unless told otherwise."""
 TRACKER_URL = f"http://127.0.0.1:{TRACKER_PORT}"
@@ -168,7 +169,13 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
             = None,
             state_dir: Annotated[Optional[Path], typer.Option(
                 help="durable state: batch files and jobs, usage meter "
-                "(default: $SHOAL_HOME/gateway)")] = None) -> None:
+                "(default: $SHOAL_HOME/gateway)")] = None,
+            batch_sessions: Annotated[int, typer.Option(
+                help="batch lines at once while no interactive request runs")] =
+            BATCH["max_sessions"],
+            batch_busy_sessions: Annotated[int, typer.Option(
+                help="batch lines that go on while interactive requests run")] =
+            BATCH["busy_sessions"]) -> None:
     """Run the OpenAI-compatible gateway in front of the swarm (dashboard at /dashboard)."""
     from registry.signing import load_key
     from serve.gateway.server import run_gateway
@@ -196,6 +203,8 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
                               trusted_verdict_keys=set(trust_verdict_key or []),
                               watch=_watch(watch, watch_poll, drain_grace),
                               state_dir=state_dir or cfg.home / "gateway",
+                              batch=BatchConfig(max_sessions=batch_sessions,
+                                                busy_sessions=batch_busy_sessions),
                               dashboard=DashboardConfig(registry_url=cfg.registry_url,
                                                         trust_dir=cfg.trust_dir,
                                                         prefect_ui_url=prefect_ui)),

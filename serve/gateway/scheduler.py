@@ -50,6 +50,9 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._hold_until = 0.0
         """After the swarm failed a line: no new line starts before this (monotonic)."""
+        self._released = asyncio.Event()
+        """Set when held lines may go on (`hold`)."""
+        self._watch: asyncio.Task | None = None
 
     def wake(self) -> None:
         """Look at the job table now (a job was created or cancelled)."""
@@ -72,7 +75,16 @@ class Scheduler:
         if key is None:
             return
         while self.interactive() and key not in list(self.running)[:self.config.busy_sessions]:
+            if self._watch is None or self._watch.done():
+                self._watch = asyncio.create_task(self._watch_interactive())
+            await self._released.wait()
+
+    async def _watch_interactive(self) -> None:
+        """One poll for every held line: release them when no interactive request runs."""
+        self._released.clear()
+        while self.interactive():
             await asyncio.sleep(HOLD_POLL_S)
+        self._released.set()
 
     async def run(self) -> None:
         """Until cancelled: advance jobs, start lines, wait for a change."""
