@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from serve.policy import RoutingPolicyConfig
+
 WireDtype = Literal["float32", "bfloat16", "float16"]
 DEFAULT_PROOF_CHUNKS = 16
 """Chunks a live-weight proof opens (`serve.proofs.DEFAULT_CHUNKS`)."""
@@ -122,6 +124,9 @@ class NodeConfig(_Config):
     """Refused frames after which a connection is closed."""
     audit_bytes: int = Field(64 << 20, ge=0)
     """Memory for recent forwards kept so a gateway can spot-check them."""
+    attestation_file: Path | None = None
+    """An attestation of this node's key and software (a DSSE envelope as JSON,
+    serve/attestation.py), announced for gateways' `attested` routing policy."""
 
 
 class VerifierConfig(_Config):
@@ -229,6 +234,9 @@ class GatewayConfig(_Config):
     makes the verifier check the node again at once."""
     traces_dir: Path | None = None
     """Trace store directory (LanceDB tables + durable log). None: static API keys, no capture."""
+    routing_policy: RoutingPolicyConfig = Field(default_factory=RoutingPolicyConfig)
+    """Which nodes requests may be routed through: per account, allowlist, attesters
+    (serve/policy.py)."""
     watch: ChannelWatch | None = None
     """Follow this channel and roll out its new versions (None: serve `version_id` only)."""
     state_dir: Path | None = None

@@ -63,6 +63,8 @@ class NodeInfo(BaseModel):
     queue: int = 0
     ms_per_token_layer: float = 1.0
     stats: dict = {}
+    attestation: dict | None = None
+    """The node's attestation evidence, as signed in its record (checked by serve/policy.py)."""
     issued_at: float = 0.0
     """When the node signed this record (its clock)."""
     signature: str = ""

@@ -23,6 +23,7 @@ and reports why.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -114,6 +115,9 @@ class Node:
         """Session -> the gateway key whose ticket opened it (no other key may use it)."""
         self.stats = NodeStats()
         self.ms_per_token_layer = 1.0
+        self.attestation = (json.loads(config.attestation_file.read_text())
+                            if config.attestation_file is not None else None)
+        """Evidence an attester issued for this node's key, announced with its record."""
         span = self.span
         self.admission = Admission(self.node_id, self.key, config.start, config.end,
                                    span.hidden_size, span.context_length, config.gateway_keys)
@@ -482,7 +486,7 @@ class Node:
                 "public_key": self.key.public_hex, "sessions": len(self.sessions),
                 "pid": os.getpid(),
                 "queue": self._queue.qsize(), "ms_per_token_layer": self.ms_per_token_layer,
-                "stats": self.stats.as_dict()}
+                "stats": self.stats.as_dict(), "attestation": self.attestation}
 
     async def _announcer(self) -> None:
         import httpx

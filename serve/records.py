@@ -48,6 +48,8 @@ class NodeRecord(BaseModel):
     queue: int = Field(0, ge=0)
     ms_per_token_layer: float = Field(1.0, ge=0)
     stats: dict[str, Any] = Field(default_factory=dict)
+    attestation: dict[str, Any] | None = None
+    """Evidence of what the node runs, for the `attested` routing policy (serve/attestation.py)."""
     issued_at: float
     """Unix time the node signed this record."""
 

@@ -25,7 +25,7 @@ from typing import Any
 GOALS = {"rows_traces_per_s": 5000, "embeddings_traces_per_s": 500, "trace_path_p99_ms": 2.0}
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 1024, "seed": None}
 OUTCOME = SimpleNamespace(prompt_tokens=120, completion_tokens=64, route=["a", "b", "c"],
-                          drafter="prompt_lookup", drafted=40, accepted=30, total_s=1.2,
+                          routing_policy="any", drafter="prompt_lookup", drafted=40, accepted=30, total_s=1.2,
                           first_token_s=0.2)
 
 

@@ -39,6 +39,7 @@ class RequestOutcome(Protocol):
     prompt_tokens: int
     completion_tokens: int
     route: list[str]
+    routing_policy: str
     drafter: str
     drafted: int
     accepted: int
@@ -77,7 +78,7 @@ def capture(store: TraceStore | None, caller: Account | None, body: RequestBody,
         model_version=version, messages_json=json.dumps(messages), completion=completion,
         tool_calls_json=json.dumps(tool_calls), sampling_json=json.dumps(dict(sampling)),
         prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
-        route=outcome.route, proof_status=proof_status,
+        route=outcome.route, routing_policy=outcome.routing_policy, proof_status=proof_status,
         drafter_json=json.dumps({"drafter": outcome.drafter, "drafted": outcome.drafted,
                                  "accepted": outcome.accepted}),
         latency_ms=1000 * outcome.total_s, ttft_ms=1000 * outcome.first_token_s,

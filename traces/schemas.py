@@ -83,6 +83,8 @@ class Trace(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     route: list[str]
+    routing_policy: str = Field("any", description="the routing policies the route met "
+                                "(`any`, `allowlist`, `attested`, joined by `+`)")
     proof_status: str
     drafter_json: str = "{}"
     latency_ms: float

@@ -33,6 +33,7 @@ from serve.gateway.constrained import json_constraint
 from serve.gateway.engine import Engine, Outcome, speculation_rates
 from serve.gateway.guard import ApiLimits, Authenticator, Guard, error_body, error_response
 from serve.gateway.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from serve.policy import RoutingPolicies
 from serve.rollout import VersionSet
 from serve.sampling import SamplingParams
 from traces.exceptions import AuthError, Forbidden, NotFound, TraceStoreError
@@ -74,6 +75,8 @@ class GatewayState:
     """The batch scheduler (serve.gateway.scheduler.Scheduler); None: no Batch API."""
     meter: Any = None
     """The usage meter (serve.gateway.usage.Meter); None: usage is not metered."""
+    policies: RoutingPolicies = field(default_factory=RoutingPolicies)
+    """Which nodes a request may be routed through (serve/policy.py)."""
 
     def runtime(self) -> Runtime:
         return self.versions.active
@@ -342,6 +345,7 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
     def extension() -> dict[str, Any]:
         return {"version": runtime.version_id, "route": outcome.route,
                 "traversals": outcome.traversals, "failovers": outcome.failovers,
+                "routing_policy": outcome.routing_policy,
                 "drafter": outcome.drafter, "drafted": outcome.drafted,
                 "accepted": outcome.accepted,
                 **speculation_rates(outcome.drafted, outcome.accepted,
@@ -363,8 +367,10 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
     from serve.gateway.drafting import scope_for  # whose request: the drafter's partition
 
     scope = await asyncio.to_thread(scope_for, state.traces, caller, body)
+    admits = state.policies.filter_for(getattr(caller, "account_id", None),
+                                       body.routing.policy if body.routing else None)
     gen = engine.generate(prompt, params, outcome, drafter=drafter,
-                          k=spec.k if spec is not None else None, scope=scope)
+                          k=spec.k if spec is not None else None, scope=scope, admits=admits)
 
     def record(calls: list) -> str | None:
         """Durably log the trace (when consent allows) before the response completes."""
@@ -422,7 +428,7 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
 
     # streaming: check the route before sending headers, so "no route" is still a 503
     try:
-        await engine.pipeline.route()
+        await engine.pipeline.route(admits)
     except NoRoute as exc:
         raise ApiError(503, str(exc), "service_unavailable", code="no_route") from None
     include_usage = body.stream_options is not None and body.stream_options.include_usage

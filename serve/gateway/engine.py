@@ -39,6 +39,8 @@ class Outcome:
     drafter: str = "none"
     drafted: int = 0
     accepted: int = 0
+    routing_policy: str = "any"
+    """The routing policies the route had to meet (`serve.policy.describe`)."""
     prompt_steps: list[Step] = field(default_factory=list)
     """With `SamplingParams.prompt_logprobs`: the prompt's tokens after the first, scored."""
 
@@ -86,12 +88,13 @@ class Engine:
 
     async def generate(self, prompt: list[int], params: SamplingParams, outcome: Outcome,
                        drafter: str | None = "default", k: int | None = None,
-                       scope: DraftScope = NO_SCOPE) -> AsyncIterator[Step]:
+                       scope: DraftScope = NO_SCOPE, admits=None) -> AsyncIterator[Step]:
         """Yield sampled tokens one by one; `outcome` says why it stopped and what it cost.
 
         `drafter` names a drafter ("default": the gateway's; None or "off": no speculation);
         `k` fixes the draft length instead of adapting it; `scope` says whose request it is and
-        what a learning drafter may draft from and learn (`serve.drafters.base.DraftScope`).
+        what a learning drafter may draft from and learn (`serve.drafters.base.DraftScope`);
+        `admits` (a `serve.policy.NodeFilter`) limits the route to the nodes its policy allows.
         """
         self.requests += 1
         t0 = time.perf_counter()
@@ -109,7 +112,8 @@ class Engine:
         stats = self.spec_stats.setdefault(outcome.drafter, SpecStats())
         stats.requests += 1
         adaptive = AdaptiveK(k or 4, k_max=max(8, k or 0))
-        session = Session(self.pipeline, self.head.embed_ids)
+        session = Session(self.pipeline, self.head.embed_ids, admits)
+        outcome.routing_policy = admits.name if admits is not None else "any"
         outcome.prompt_tokens = len(prompt)
         budget = params.max_tokens
         try:

@@ -214,13 +214,22 @@ class Pipeline:
         now = time.monotonic()
         return {n for n, until in self.excluded.items() if until > now} | self.evicted
 
-    async def route(self) -> list[wire.Hop]:
+    async def route(self, admits=None) -> list[wire.Hop]:
+        """The best route; `admits` (a `serve.policy.NodeFilter`) narrows it to the nodes a
+        request's routing policy allows, and a `NoRoute` then names that policy."""
         nodes = await self.discovery.nodes()
         if self.gate is not None:
             nodes = [n for n in nodes if self.gate(n)]
-        return best_route(nodes, self.num_layers, version=self.version,
-                          exclude=self._excluded_now(), measured_ms=self.measured_ms,
-                          own_load=self.open_sessions)
+        if admits is not None:
+            nodes = [n for n in nodes if admits(n)]
+        try:
+            return best_route(nodes, self.num_layers, version=self.version,
+                              exclude=self._excluded_now(), measured_ms=self.measured_ms,
+                              own_load=self.open_sessions)
+        except NoRoute as exc:
+            if admits is None:
+                raise
+            raise NoRoute(f"no route under routing policy '{admits.name}': {exc}") from None
 
     # traversal -----------------------------------------------------------------------------------
 
@@ -343,8 +352,11 @@ class Session:
 
     MAX_FAILOVERS = 4
 
-    def __init__(self, pipeline: Pipeline, embed: Callable[[list[int]], torch.Tensor]) -> None:
+    def __init__(self, pipeline: Pipeline, embed: Callable[[list[int]], torch.Tensor],
+                 admits=None) -> None:
         self.pipeline, self.embed = pipeline, embed
+        self.admits = admits
+        """The request's routing-policy filter (`serve.policy.NodeFilter`), kept on failover."""
         self.tokens: list[int] = []
         self.cached = 0
         self.route: list[wire.Hop] | None = None
@@ -364,7 +376,7 @@ class Session:
                                               for h in self.route):
                 self._abandon_route()  # never again through an evicted node
             if self.route is None:
-                self.route = await self.pipeline.route()
+                self.route = await self.pipeline.route(self.admits)
                 self.id = uuid.uuid4().hex
                 self.cached = 0
                 self.pipeline.opened(self.route, +1)

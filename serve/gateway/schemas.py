@@ -154,6 +154,15 @@ class Speculation(BaseModel):
     k: int | None = Field(None, ge=1, le=16, description="fixed draft length (default adaptive)")
 
 
+class Routing(BaseModel):
+    """shoal extension (`extra_body`): which nodes may compute on this request (serve/policy.py).
+    It can only narrow the policy the key's account requires."""
+
+    model_config = ConfigDict(extra="forbid")
+    policy: Literal["any", "allowlist", "attested"] = Field(
+        "any", description="any node, only allowlisted nodes, or only attested nodes")
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -178,6 +187,7 @@ class SamplingFields(BaseModel):
     store: bool | None = None
     """False: never record this request, whatever grants exist."""
     speculation: Speculation | None = None
+    routing: Routing | None = None
 
     @field_validator("stop")
     @classmethod

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from registry.signing import SigningKey
 from serve.config import GatewayConfig
+from serve.policy import RoutingPolicies
 from serve.rollout import VersionSet, Watcher
 from serve.rollout import follow as follow_channel
 
@@ -88,6 +89,7 @@ def build_app(cfg: GatewayConfig, key: SigningKey | None = None):
     first = build_runtime(cfg, cfg.version_id, cfg.directory, cfg.trusted_dir,
                           cfg.draft_model_dir, key=key)
     state = GatewayState(VersionSet(cfg.version_id, first), cfg.model_name, cfg.api_keys)
+    state.policies = RoutingPolicies(cfg.routing_policy)
     if cfg.traces_dir is not None:
         from traces.store import TraceStore, TraceStoreConfig
 

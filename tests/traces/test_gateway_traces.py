@@ -222,3 +222,28 @@ def test_another_tenants_prompt_cannot_be_confirmed_through_the_drafter(trace_sw
     assert accepted[secret] <= accepted[control], accepted
     assert victim_sends(shared) >= 8  # stored, granted `drafting`: every caller's drafts use it
     assert attacker_probes(shared)[shared] > accepted[secret] + 4  # the probe detects shared text
+
+
+def test_routing_policy_is_enforced_and_recorded(trace_swarm):
+    """No node of this swarm is attested or allowlisted: a request that requires either is
+    refused with a 503 naming the policy, never routed anyway; a trace records its policy."""
+    s = trace_swarm
+    for policy in ("attested", "allowlist"):
+        r = call(s, "app", "POST", "/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "routing": {"policy": policy}})
+        assert r.status_code == 503, r.text
+        assert f"routing policy '{policy}'" in r.json()["error"]["message"]
+        streamed = call(s, "app", "POST", "/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "stream": True, "routing": {"policy": policy}})
+        assert streamed.status_code == 503
+    bad = call(s, "app", "POST", "/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+        "routing": {"policy": "trust-me"}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "routing.policy"
+    call(s, "dave", "POST", "/v1/grants", json={"scopes": ["sft"]})
+    done = chat(s, "dave", "routed anywhere", routing={"policy": "any"})
+    assert done["shoal"]["routing_policy"] == "any"
+    row = call(s, "dave", "GET", f"/v1/traces/{done['shoal']['request_id']}").json()
+    assert row["routing_policy"] == "any" and len(row["route"]) == 3
