@@ -257,6 +257,10 @@ class TraceStore:
                   if not g["revoked"] and g["expires_at"] > at}
         return set(grant_ids) - active
 
+    def forget_cached_grant(self, contributor_id: str) -> None:
+        """Drop the cached grant of a contributor (another process erased or revoked it)."""
+        self._grant_cache.pop(contributor_id, None)
+
     def receipts_since(self, after: datetime) -> list[dict]:
         """Erasure receipts written after `after` (by any process), oldest first."""
         rows = self._rows("receipts", f"created_at > {_timestamp(after)}")

@@ -68,6 +68,7 @@ class DraftingConsent:
         revoked or deleted grants, expired grants."""
         erased = 0
         for receipt in self.store.receipts_since(self._seen):
+            self.store.forget_cached_grant(receipt["contributor_id"])  # no trace under it
             erased += self.drafter.forget_contributor(receipt["contributor_id"])
             self._seen = max(self._seen, receipt["created_at"])
         held = self.drafter.shared_grants()
