@@ -126,7 +126,7 @@ class Ingestion:
                 for name in EMBED_COLUMNS[1:]:
                     table = table.append_column(schema.field(name),
                                                 pa.nulls(table.num_rows, schema.field(name).type))
-                return table
+                return table.select(schema.names)  # the table's column order
         except FileNotFoundError:  # the owner ingested and dropped it meanwhile
             return schema.empty_table()
         except pa.ArrowInvalid:

@@ -38,7 +38,12 @@ TABLES: dict[str, type[BaseModel]] = {
 }
 
 
-def arrow_schema(model: type[BaseModel]) -> pa.Schema:
+ADDED_LATER: dict[str, tuple[str, ...]] = {"traces": ("routing_policy",)}
+"""Columns a table gained after it first shipped, in the order they came: they go last, where
+opening an older table adds them (`add_columns` appends), so old and new tables share one order."""
+
+
+def arrow_schema(model: type[BaseModel], last: tuple[str, ...] = ()) -> pa.Schema:
     """The Arrow schema of a row model, as the tables on disk have it.
 
     Two adaptations to `lancedb.pydantic.pydantic_to_schema`, so that tables created before the
@@ -48,8 +53,11 @@ def arrow_schema(model: type[BaseModel]) -> pa.Schema:
     receipts' `json` column, a name no pydantic field can have).
     """
     derived = pydantic_to_schema(model)
-    return pa.schema([pa.field(model.model_fields[f.name].alias or f.name, f.type, nullable=True)
-                      for f in derived])
+    fields = [pa.field(model.model_fields[f.name].alias or f.name, f.type, nullable=True)
+              for f in derived]
+    return pa.schema([f for f in fields if f.name not in last]
+                     + [f for n in last for f in fields if f.name == n])
 
 
-SCHEMAS: dict[str, pa.Schema] = {name: arrow_schema(model) for name, model in TABLES.items()}
+SCHEMAS: dict[str, pa.Schema] = {name: arrow_schema(model, ADDED_LATER.get(name, ()))
+                                 for name, model in TABLES.items()}

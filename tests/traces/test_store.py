@@ -178,8 +178,9 @@ def test_tables_written_before_the_schemas_were_derived_still_open(tmp_path):
         db.create_table(name, schema=schema)
     store = TraceStore(TraceStoreConfig(uri=str(tmp_path / "lancedb"), log_dir=tmp_path / "log",
                                         embed=False))
-    # the one column added since (which embedder made `vector`) is added to the old table
-    earlier["traces"] = earlier["traces"].append(pa.field("embedder", pa.string()))
+    # the columns added since (which embedder made `vector`, the routing policy) are added
+    for added in ("embedder", "routing_policy"):
+        earlier["traces"] = earlier["traces"].append(pa.field(added, pa.string()))
     assert {n: store.schemas[n] for n in earlier} == earlier
     assert {n: store.tables[n].schema for n in earlier} == earlier
     alice = store.create_account("contributor", "alice")
