@@ -7,7 +7,11 @@
 - Distillation (`messages`; scope `distill`): prompts with the served model's own outputs, the
   targets for a draft model that should agree with that model.
 
-Splits are by agent run (`trace_id`): a conversation lands wholly in `train` or wholly in `eval`.
+Assistant turns are in TRL's tool format: the served answer's parsed `tool_calls`, and a correction
+written as `<tool_call>{…}</tool_call>` (the gateway's tool format) turned into `tool_calls` too, so
+the training renderer (`train.data`, the gateway's own `render_messages`) writes them exactly as
+serving does. Splits are by agent run (`trace_id`): a conversation lands wholly in `train` or
+wholly in `eval`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,19 @@ def _assistant(content: str, tool_calls: Sequence[dict] = ()) -> dict:
     return message
 
 
+def _correction(record: Record, text: str) -> dict:
+    """A correction as an assistant turn: tool calls when it is only `<tool_call>` blocks (ids
+    derived from the request, so the same traces give the same rows), else text."""
+    from serve.gateway.chat_format import TOOL_CALL_RE, parse_tool_calls
+
+    calls = parse_tool_calls(text)
+    if not calls or TOOL_CALL_RE.sub("", text).strip():
+        return _assistant(text)
+    for i, call in enumerate(calls):
+        call["id"] = f"call_{record.request_id[:16]}_{i}"
+    return _assistant("", calls)
+
+
 def _prompt(record: Record) -> list[dict]:
     return [dict(m) for m in record.messages]
 
@@ -50,7 +67,7 @@ def sft(records: Sequence[Record]) -> tuple[list[dict], dict]:
             continue
         if r.corrections:
             corrected += 1
-            answer = _assistant(r.corrections[-1])
+            answer = _correction(r, r.corrections[-1])
         else:
             answer = _assistant(r.completion, r.tool_calls)
         rows.append(_row(r, messages=_prompt(r) + [answer]))
@@ -70,7 +87,7 @@ def dpo(records: Sequence[Record]) -> tuple[list[dict], dict]:
             sources["feedback_pair"] += 1
         for correction in r.corrections[-1:]:
             if normalize(correction) != normalize(r.completion):
-                rows.append(_row(r, prompt=_prompt(r), chosen=[_assistant(correction)],
+                rows.append(_row(r, prompt=_prompt(r), chosen=[_correction(r, correction)],
                                  rejected=[_assistant(r.completion, r.tool_calls)]))
                 sources["correction"] += 1
         if r.rating is not None:

@@ -64,7 +64,8 @@ class EvalIndex:
         return h.hexdigest()
 
     def contaminated(self, text: str) -> bool:
-        """Whether `text` holds an n-gram of an item, or one of its lines (turns) is a short item."""
+        """Whether `text` holds an n-gram of an item, or one of its lines (turns) is a short
+        item."""
         words = _words(text)
         for size, bucket in self.grams.items():
             if any(_h(words[i:i + size]) in bucket for i in range(len(words) - size + 1)):

@@ -4,12 +4,15 @@
    version (skipped when done);
 2. a local swarm following `production`: tracker, 3 nodes of 10 layers each, the gateway (every
    node admitted only after a live-weight proof and a fingerprint; consented traces kept);
-3. the held-out tool-call evaluation through the swarm (before), then the scripted workload through
-   the `openai` SDK: apps, contributors with grants sending tool-call tasks and correcting wrong
-   answers, one contributor without a grant;
+3. the held-out evaluation through the swarm (before): API tool calls sent with `tools=` and scored
+   on the returned `tool_calls`, and the general suite (`tools_api_report`, `general_report`, sets
+   no setting was tuned on); then the scripted workload through the `openai` SDK: apps,
+   contributors with grants sending tool-call tasks and correcting wrong answers, one contributor
+   without a grant;
 4. curate (Prefect) → train (DeepSpeed, 2 processes) → evaluate → gate → staging; the demo then
    acts as the maintainer and signs the promotion to `production`; nodes and gateway roll it out;
-5. the held-out evaluation through the swarm again, now on the new version (after);
+5. the held-out evaluation through the swarm again, now on the new version (after), with 95 %
+   intervals and an exact paired test of after against before on the same items;
 6. a summary table, `$SHOAL_HOME/run/demo.json` and `demo.png`.
 """
 
@@ -34,10 +37,17 @@ class DemoConfig(BaseModel):
     """Plain questions the contributors also ask (no tools offered). Their checked and corrected
     answers go into training too, so the new version keeps answering plainly when no tools are
     offered (without them it starts quoting bare words as if replying to a tool prompt)."""
-    eval_items: int = Field(30, ge=1)
-    """Held-out items answered through the swarm before and after."""
-    gate_limit: int | None = 20
-    """Items per evaluation set the gate scores (None: all)."""
+    api_tools: bool = True
+    """Contributors describe the tools the way the gateway renders an app's `tools=` (what the
+    held-out API set measures); False: the short bare-JSON system prompt of the tuning set (for a
+    model whose context cannot hold the tool schemas, like the tests' 256-token one)."""
+    report_sets: dict[str, str] = Field(default_factory=lambda: {
+        "tools": "tools_api_report", "general": "general_report"})
+    """The sets answered through the swarm before and after (`train.evalsets`), by role."""
+    eval_items: int = Field(120, ge=1)
+    """Items per reporting set answered through the swarm before and after (120: all)."""
+    gate_limit: int | None = None
+    """Items per evaluation set the gate scores (None: all 120)."""
     train: dict = Field(default_factory=lambda: {"max_steps": 16, "epochs": 3, "lr": 5e-5,
                                                  "micro_batch": 4, "max_len": 160})
     procs: int = Field(2, ge=1)
@@ -67,6 +77,7 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
     from serve.up import LocalSwarm, SwarmSpec
     from train.evalsets import load
     from train.records import EvalReport, Registered, RunRecord
+    from train.stats import mcnemar
     from train.tasks import general_items, items
 
     config = config or DemoConfig()
@@ -111,25 +122,27 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
     with console.status(f"starting {config.nodes} nodes and the gateway; verifying every node…"):
         swarm.start(wait_s=600)
     phase("swarm up", t0)
-    heldout = load("tools_heldout")[:config.eval_items]
+    report_sets = {k: load(name)[:config.eval_items] for k, name in config.report_sets.items()}
     summary: dict = {"seed": config.seed, "genesis": genesis.version_id, "config":
                      config.model_dump()}
     try:
         base = swarm.base_url
         t0 = time.perf_counter()
-        with console.status(f"held-out evaluation through the swarm ({len(heldout)} items)…"):
-            summary["eval_before"] = swarm_eval(base, keys["app"], manifest.name, heldout,
-                                                concurrency=config.concurrency,
-                                                max_tokens=config.max_tokens)
+        with console.status("held-out evaluation through the swarm "
+                            f"({sum(map(len, report_sets.values()))} items)…"):
+            summary["eval_before"] = {
+                k: swarm_eval(base, keys["app"], manifest.name, its,
+                              concurrency=config.concurrency, max_tokens=config.max_tokens)
+                for k, its in report_sets.items()}
         phase("eval before", t0)
 
         t0 = time.perf_counter()
-        tasks = items(config.tasks, seed=config.seed)
+        tasks = items(config.tasks, seed=config.seed, api=config.api_tools)
         general = general_items(config.general, seed=config.seed)
         with console.status("workload: apps and contributors via the openai SDK…") as status:
             summary["workload"] = run_workload(
                 base, manifest.name, keys, tasks, general=general, concurrency=config.concurrency,
-                max_tokens=config.max_tokens,
+                max_tokens=config.max_tokens, app_tools=config.api_tools,
                 on_progress=lambda d, n: status.update(f"workload: {d}/{n} tasks answered…"))
         phase("workload", t0)
         summary["verifier"] = _verifier(httpx.get(  # the schedule is for maintainers only
@@ -164,9 +177,14 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
             phase("promote + rollout", t0)
             t0 = time.perf_counter()
             with console.status("held-out evaluation through the swarm, new version…"):
-                summary["eval_after"] = swarm_eval(base, keys["app"], manifest.name, heldout,
-                                                   concurrency=config.concurrency,
-                                                   max_tokens=config.max_tokens)
+                summary["eval_after"] = {
+                    k: swarm_eval(base, keys["app"], manifest.name, its,
+                                  concurrency=config.concurrency, max_tokens=config.max_tokens)
+                    for k, its in report_sets.items()}
+            summary["paired"] = {k: mcnemar(summary["eval_before"][k]["outcomes"],
+                                            summary["eval_after"][k]["outcomes"],
+                                            "greater").model_dump()
+                                 for k in report_sets}
             phase("eval after", t0)
         else:
             console.log("[red]the gate refused the candidate:[/red] "
@@ -252,15 +270,28 @@ def _print(console, s: dict) -> None:
                               f"{tr['loss_first']:.3f} → {tr['loss_last']:.3f}, "
                               f"{tr['tokens_per_s']} tok/s")
     gate = "ACCEPTED" if s["gate"]["accepted"] else "REFUSED: " + "; ".join(s["gate"]["reasons"])
-    table.add_row("gate", gate)
-    before = s["eval_before"]["accuracy"]
-    after = s.get("eval_after", {}).get("accuracy")
-    table.add_row("held-out (swarm)", f"{before:.2f} → {after:.2f}" if after is not None
-                  else f"{before:.2f} (not promoted)")
+    tests = [f"{c['metric']}: {c['paired']['wins']} won, {c['paired']['losses']} lost, "
+             f"p = {c['paired']['p_value']:.2g}" for c in s["gate"]["checks"] if c.get("paired")]
+    table.add_row("gate", gate + (f" ({'; '.join(tests)})" if tests else ""))
+    for k in s["eval_before"]:
+        table.add_row(f"{s['config']['report_sets'][k]} (swarm)", _before_after(s, k))
     table.add_row("production", "  ".join(f"#{r['sequence']} {short_id(r['version'])} "
                                           f"({r['note'][:30]})" for r in s["channel"]))
     table.add_row("time", ", ".join(f"{k} {v:.0f}s" for k, v in s["phases"].items()))
     console.print(table)
+
+
+def _before_after(s: dict, key: str) -> str:
+    """`0.00 [0.00, 0.03] → 0.41 [0.33, 0.50] (p = …)` for one reporting set."""
+    def one(r: dict) -> str:
+        return f"{r['accuracy']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+
+    before = s["eval_before"][key]
+    if "eval_after" not in s:
+        return f"{one(before)} (n {before['n']}, not promoted)"
+    p = s["paired"][key]
+    return (f"{one(before)} → {one(s['eval_after'][key])} (n {before['n']}; paired: "
+            f"{p['wins']} won, {p['losses']} lost, p = {p['p_value']:.2g})")
 
 
 def _plot(s: dict, path: Path) -> None:
@@ -270,12 +301,20 @@ def _plot(s: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    after = s.get("eval_after", {}).get("accuracy")
-    a.bar(["genesis", "new version"], [s["eval_before"]["accuracy"], after or 0],
-          color=["#999999", "#4477aa"])
+    keys = list(s["eval_before"])
+    for x, key in enumerate(keys):
+        for dx, side, color in ((-0.2, "eval_before", "#999999"), (0.2, "eval_after", "#4477aa")):
+            r = s.get(side, {}).get(key)
+            if r is None:
+                continue
+            acc, (lo, hi) = r["accuracy"], r["ci95"]
+            a.bar(x + dx, acc, 0.4, color=color, yerr=[[acc - lo], [hi - acc]], capsize=3,
+                  label=("genesis" if side == "eval_before" else "new version") if x == 0 else None)
+    a.set_xticks(range(len(keys)), [s["config"]["report_sets"][k] for k in keys])
     a.set_ylim(0, 1)
-    a.set_title("held-out tool calls (through the swarm)")
-    a.set_ylabel("exact-match accuracy")
+    a.legend()
+    a.set_title("held-out, through the swarm (95 % CI)")
+    a.set_ylabel("accuracy")
     b.plot(range(1, len(s["training"]["loss_curve"]) + 1), s["training"]["loss_curve"],
            marker="o")
     b.set_xlabel("step")

@@ -186,7 +186,8 @@ def evaluate(model_dir: Path, *, sets: tuple[str, ...] = GATE,
 
 
 def outcomes(report: dict) -> dict[str, dict[str, bool]]:
-    """`{"<set>.accuracy": {item id: passed}}`: the per-item results the gate's paired test reads."""
+    """`{"<set>.accuracy": {item id: passed}}`: the per-item results the gate's paired test
+    reads."""
     return {f"{name}.accuracy": s["outcomes"] for name, s in report["sets"].items()
             if s.get("outcomes")}
 

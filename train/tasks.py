@@ -55,17 +55,39 @@ def _item(rng: random.Random, heldout: bool) -> tuple[str, dict]:
     return template.format(**args), {"name": name, "arguments": args}
 
 
-def items(n: int, *, seed: int, heldout: bool = False) -> list[dict]:
-    """`n` task items: chat messages, the expected call, and the check that scores an answer."""
+def items(n: int, *, seed: int, heldout: bool = False, api: bool = False) -> list[dict]:
+    """`n` task items: chat messages, the expected call, and the check that scores an answer.
+
+    `api`: the tools described the way the gateway describes a request's `tools=` to a model whose
+    chat template has no tool support (`tools_system_prompt`), answered with a `<tool_call>` that
+    the gateway parses into `tool_calls`: training on these traces trains exactly what serving
+    renders for an app's `tools=`. Otherwise the short bare-JSON `SYSTEM` prompt (the tuning
+    set's)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         question, call = _item(rng, heldout)
+        system = tools_system_prompt() if api else SYSTEM
         out.append({"id": f"tool-{'h' if heldout else 'w'}{seed}-{i}",
-                    "messages": [{"role": "system", "content": SYSTEM},
+                    "messages": [{"role": "system", "content": system},
                                  {"role": "user", "content": question}],
-                    "check": "tool_call", "answer": call})
+                    "check": "tool_calls" if api else "tool_call", "answer": call})
     return out
+
+
+def tool_schemas() -> list[dict]:
+    """The workload's three tools as the API's `tools=` JSON schemas."""
+    from train.evalsets.build import TOOLS
+
+    return [TOOLS[name] for name in sorted(TEMPLATES)]
+
+
+def tools_system_prompt() -> str:
+    """The system message the gateway renders for `tools=tool_schemas()` on a template without
+    tool support."""
+    from serve.gateway.chat_format import TOOLS_PROMPT
+
+    return TOOLS_PROMPT.format(tools="\n".join(json.dumps(t) for t in tool_schemas()))
 
 
 # Plain questions contributors also ask, with no tools offered: (question, a correct reply, words
@@ -129,6 +151,11 @@ def general_items(n: int, *, seed: int) -> list[dict]:
 def answer_text(call: dict) -> str:
     """The canonical reply for an expected call (what a correct model writes)."""
     return json.dumps(call, separators=(", ", ": "))
+
+
+def tool_call_text(call: dict) -> str:
+    """The canonical reply for an expected call in the gateway's tool format."""
+    return f"<tool_call>{json.dumps(call)}</tool_call>"
 
 
 def parse_call(text: str) -> dict | None:

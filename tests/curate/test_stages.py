@@ -188,3 +188,23 @@ def test_config_rejects_out_of_range_values():
         CurateConfig.model_validate({"dedup": {"near_threshold": 1.5}})
     with pytest.raises(ValueError, match="unknown"):
         CurateConfig.model_validate({"dedup": {"unknown": 1}})
+
+
+def test_a_tool_call_correction_becomes_a_tool_call_turn_in_trl_format():
+    call = ('<tool_call>{"name": "set_timer", "arguments": {"minutes": 5, "label": "tea"}}'
+            "</tool_call>")
+    base = Record(request_id="req-1234567890abcdef", trace_id="t", contributor_id="c",
+                  scopes=("sft", "dpo"), model_version="v",
+                  messages=({"role": "user", "content": "tea timer, 5 min"},), completion="ok")
+    rows, _ = builders.sft([replace(base, corrections=(call,))])
+    answer = rows[0]["messages"][-1]
+    assert answer["content"] == "" and len(answer["tool_calls"]) == 1
+    assert answer["tool_calls"][0]["function"]["name"] == "set_timer"
+    assert json.loads(answer["tool_calls"][0]["function"]["arguments"]) == {"minutes": 5,
+                                                                           "label": "tea"}
+    again, _ = builders.sft([replace(base, corrections=(call,))])
+    assert again == rows  # ids come from the request: the same traces give the same rows
+    pairs, _ = builders.dpo([replace(base, corrections=(call,))])
+    assert pairs[0]["chosen"][0]["tool_calls"] == answer["tool_calls"]
+    text, _ = builders.sft([replace(base, corrections=("Sure: " + call,))])
+    assert "tool_calls" not in text[0]["messages"][-1]  # prose around it stays text

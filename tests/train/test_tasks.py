@@ -3,6 +3,8 @@ training material disjoint from the sets that judge it."""
 
 from __future__ import annotations
 
+import json
+
 from train import evalsets
 from train.evaluate import score
 from train.tasks import GENERAL, answer_text, check_call, general_items, items
@@ -38,3 +40,27 @@ def test_general_items_score_their_own_reply_and_not_a_bare_call():
         assert [m["role"] for m in it["messages"]] == ["user"]  # no tools offered
         assert score(it, it["reply"])
         assert not score(it, answer_text({"name": "get_weather", "arguments": {}}))
+
+
+def test_api_items_render_exactly_as_an_apps_tools_request(tmp_path):
+    """A contributor's system-prompt item trains the very tokens an app's `tools=` request is
+    served with, and its correction is scored (and parsed) as the API's `tool_calls`."""
+    from openai.types.chat import ChatCompletionMessage
+
+    from flows.workload import correct_reply, score_message
+    from serve.gateway.chat_format import render_messages
+    from tests.helpers import make_tokenizer
+    from train.tasks import tool_schemas
+
+    tok = make_tokenizer(tmp_path)
+    item = items(1, seed=4, api=True)[0]
+    user = [m for m in item["messages"] if m["role"] == "user"]
+    assert render_messages(tok, item["messages"], tokenize=False) == \
+        render_messages(tok, user, tool_schemas(), tokenize=False)
+    reply = correct_reply(item)
+    assert score(item, reply) and not score(item, answer_text(item["answer"]))
+    call = {"id": "c", "type": "function", "function": {
+        "name": item["answer"]["name"], "arguments": json.dumps(item["answer"]["arguments"])}}
+    via_api = {**item, "messages": user, "tools": tool_schemas()}
+    assert score_message(via_api, ChatCompletionMessage(role="assistant", tool_calls=[call]))
+    assert not score_message(via_api, ChatCompletionMessage(role="assistant", content=reply))

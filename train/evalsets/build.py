@@ -147,7 +147,8 @@ def _kinds(rng: random.Random) -> list[list[tuple[str, str, list[str], list[str]
          for i, d in enumerate(DAYS)],
         [(f"Name the month that follows {m}.", "words", [MONTHS[(i + 1) % 12]], [])
          for i, m in enumerate(MONTHS)],
-        [(f"Give the plural form of the noun '{w}'.", "words", [p], []) for w, p in PLURALS.items()],
+        [(f"Give the plural form of the noun '{w}'.", "words", [p], [])
+         for w, p in PLURALS.items()],
         [(f"In one word, what noise does a {a} make?", "words", s, []) for a, s in SOUNDS.items()],
         [(f"Echo back this single word and nothing else: {w}", "exact", [w], []) for w in WORDS],
         [(f"Which letter of the alphabet comes straight after {c}?", "words",
