@@ -13,14 +13,14 @@ and maintainers' queries. Authorization is by role:
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import AwareDatetime, BaseModel, Field
 
 from serve.exceptions import ApiError
-from traces.schemas import FeedbackIn
+from traces.schemas import SCOPES, FeedbackIn
 
 
 MAX_LIMIT = 1000
@@ -29,7 +29,8 @@ Id = Annotated[str | None, Query(max_length=64)]
 
 
 class GrantIn(BaseModel):
-    scopes: list[str] = Field(min_length=1, max_length=16)
+    scopes: list[Literal[SCOPES]] = Field(min_length=1, max_length=16)
+    """What the traces may be used for (the schema lists them, so clients and fuzzers know)."""
     days: float = Field(30.0, gt=0, le=3650)
 
 
