@@ -47,6 +47,8 @@ class Scheduler:
         self.running: dict[tuple[str, int], asyncio.Task] = {}
         self.lines_run = 0
         """Lines answered by this process (recorded)."""
+        self.generating = 0
+        """Lines inside the request path now."""
         self._wake = asyncio.Event()
         self._hold_until = 0.0
         """After the swarm failed a line: no new line starts before this (monotonic)."""
@@ -59,10 +61,11 @@ class Scheduler:
         self._wake.set()
 
     def interactive(self) -> int:
-        """Interactive requests running now (every request counts in its runtime's `inflight`;
-        batch lines are the ones this scheduler runs)."""
+        """Interactive requests running now: every request counts in its runtime's `inflight`
+        while it generates, and `generating` counts the batch lines among them (a line being
+        recorded is no longer generating, so it cannot hide an interactive request)."""
         inflight = sum(rt.inflight for rt in self.state.versions.items.values())
-        return max(0, inflight - len(self.running))
+        return max(0, inflight - self.generating)
 
     def capacity(self) -> int:
         return self.config.busy_sessions if self.interactive() else self.config.max_sessions
@@ -76,12 +79,12 @@ class Scheduler:
             return
         while self.interactive() and key not in list(self.running)[:self.config.busy_sessions]:
             if self._watch is None or self._watch.done():
+                self._released.clear()  # here, not in the task: a set event would not suspend
                 self._watch = asyncio.create_task(self._watch_interactive())
             await self._released.wait()
 
     async def _watch_interactive(self) -> None:
         """One poll for every held line: release them when no interactive request runs."""
-        self._released.clear()
         while self.interactive():
             await asyncio.sleep(HOLD_POLL_S)
         self._released.set()
@@ -131,7 +134,11 @@ class Scheduler:
     async def _line(self, line: Line) -> None:
         BATCH_LINE.set((line.batch_id, line.idx))
         try:
-            status, body = await run_line(self.state, line)
+            self.generating += 1
+            try:
+                status, body = await run_line(self.state, line)
+            finally:
+                self.generating -= 1
             if status in RETRY and line.attempts + 1 < self.config.max_attempts:
                 self._hold_until = time.monotonic() + 1.0
                 await asyncio.to_thread(self.store.retry_later, line)

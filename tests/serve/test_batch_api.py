@@ -147,6 +147,17 @@ def test_cancel_stops_new_lines(swarm):
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
 
 
+def test_interactive_requests_run_beside_a_batch(swarm):
+    """Lines held for interactive traffic go on when it ends; both finish."""
+    c = client(swarm, KEYS[2])
+    b = start(c, [chat_line(f"i{i}", f"tell {i}", max_tokens=12) for i in range(30)])
+    wait(c, b.id, until=lambda x: x.request_counts.completed >= 1)
+    for i in range(3):
+        assert c.chat.completions.create(**chat_line("x", f"quick {i}", 4)["body"]).usage
+    b = wait(c, b.id)
+    assert b.status == "completed" and b.request_counts.completed == 30
+
+
 def test_gateway_killed_mid_batch_loses_and_doubles_nothing(swarm):
     c = client(swarm, KEYS[1])
     n = 24
@@ -184,9 +195,15 @@ def test_usage_adds_up_to_the_served_responses(swarm):
     for field in ("prompt_tokens", "completion_tokens"):
         want = sum(getattr(u, field) for u in served) + sum(u[field] for u in lines)
         assert after[field] - before[field] == want
-    r = httpx.get(f"{swarm.base_url}/v1/usage", params={"format": "csv"},
-                  headers={"Authorization": f"Bearer {key}"}, timeout=10)
-    assert r.status_code == 200 and r.text.splitlines()[0].startswith("kind,id,requests")
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    export = CliRunner().invoke(app, ["usage", "--gateway", swarm.base_url, "--api-key", key,
+                                      "--format", "csv"], catch_exceptions=False)
+    header, row = export.output.splitlines()
+    assert header.startswith("kind,id,requests") and row.split(",")[2:4] == [
+        str(after["requests"]), str(after["batch_lines"])]
     assert "nodes" not in httpx.get(f"{swarm.base_url}/v1/usage", headers={
         "Authorization": f"Bearer {key}"}, timeout=10).json()  # node usage: maintainers only
 
