@@ -32,8 +32,13 @@ def in_eval(trace_id: str, split: SplitConfig) -> bool:
 
 
 def _assistant(content: str, tool_calls: Sequence[dict] = ()) -> dict:
+    """An assistant turn; with tool calls, its content is the text outside the `<tool_call>`
+    blocks the calls were parsed from (the renderer writes the calls back itself)."""
     message: dict = {"role": "assistant", "content": content}
     if tool_calls:
+        from serve.gateway.chat_format import TOOL_CALL_RE
+
+        message["content"] = TOOL_CALL_RE.sub("", content).strip()
         message["tool_calls"] = [dict(c) for c in tool_calls]
     return message
 
@@ -56,7 +61,9 @@ def _prompt(record: Record) -> list[dict]:
 
 
 def _row(record: Record, **fields) -> dict:
-    return {**fields, "request_id": record.request_id, "trace_id": record.trace_id}
+    """A row with its provenance, and the request's `tools` (TRL's tool column) when it had any."""
+    tools = {"tools": [dict(t) for t in record.tools]} if record.tools else {}
+    return {**fields, **tools, "request_id": record.request_id, "trace_id": record.trace_id}
 
 
 def sft(records: Sequence[Record]) -> tuple[list[dict], dict]:

@@ -25,6 +25,8 @@ class Record:
     """The request's messages in OpenAI format (tool calls and tool results included)."""
     completion: str
     tool_calls: tuple[dict, ...] = ()
+    tools: tuple[dict, ...] = ()
+    """The tools the request offered the model (OpenAI `tools` schemas)."""
     rating: int | None = None
     """The contributor's latest rating, if any."""
     pairs: tuple[tuple[str, str], ...] = ()
@@ -96,6 +98,7 @@ def records_from_rows(traces: Iterable[dict], feedback: Iterable[dict]) -> list[
         try:
             messages = tuple(json.loads(row["messages_json"]))
             calls = tuple(json.loads(row.get("tool_calls_json") or "[]"))
+            tools = tuple(json.loads(row.get("tools_json") or "[]"))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise RecordError(f"trace {rid}: messages or tool calls are not valid JSON ({e})") from e
         fb = sorted(by_request.get(rid, []), key=lambda f: str(f.get("created_at", "")))
@@ -108,7 +111,7 @@ def records_from_rows(traces: Iterable[dict], feedback: Iterable[dict]) -> list[
             request_id=rid, trace_id=row.get("trace_id") or rid,
             contributor_id=row["contributor_id"], scopes=tuple(row.get("grant_scopes") or ()),
             model_version=row.get("model_version", ""), messages=messages,
-            completion=row.get("completion") or "", tool_calls=calls,
+            completion=row.get("completion") or "", tool_calls=calls, tools=tools,
             rating=ratings[-1] if ratings else None,
             pairs=tuple((f["chosen"], f["rejected"]) for f in fb if f.get("chosen")
                         and f.get("rejected")),

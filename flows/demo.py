@@ -78,7 +78,7 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
     from train.evalsets import load
     from train.records import EvalReport, Registered, RunRecord
     from train.stats import mcnemar
-    from train.tasks import general_items, items
+    from train.tasks import general_items, items, via_tools
 
     config = config or DemoConfig()
     console = Console()
@@ -138,6 +138,8 @@ def run_demo(cfg: ShoalConfig, config: DemoConfig | None = None, *, source=None,
 
         t0 = time.perf_counter()
         tasks = items(config.tasks, seed=config.seed, api=config.api_tools)
+        if config.api_tools:  # half through `tools=`, half through a system prompt: apps do both
+            tasks = [via_tools(t) if i % 2 == 0 else t for i, t in enumerate(tasks)]
         general = general_items(config.general, seed=config.seed)
         with console.status("workload: apps and contributors via the openai SDK…") as status:
             summary["workload"] = run_workload(

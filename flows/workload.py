@@ -2,10 +2,9 @@
 official `openai` SDK, and the held-out evaluation run through the swarm.
 
 - apps ask general questions and a tool call through `tools=` (apps never contribute traces);
-- contributors with consent grants send tool-call tasks and plain questions (`train.tasks`), the
-  tools described in a system prompt the way the gateway renders `tools=` for this model, so
-  the traces train exactly what an app's `tools=` request renders (traces do not record a
-  request's `tools`, so a contributor's `tools=` request could not be trained on faithfully); a
+- contributors with consent grants send tool-call tasks and plain questions (`train.tasks`), some
+  through the API's `tools=` (the trace keeps the request's tools) and some with the tools
+  described in a system prompt the way the gateway renders `tools=` for this model; a
   program checks every answer and the contributor sends feedback: a good rating, or a low one with
   the correct call or reply as a correction. One contributor pastes PII and a secret into a
   request; one re-sends a few tasks; one contributor has no grant (nothing of theirs is stored).

@@ -58,11 +58,12 @@ def wants_storage(body: RequestBody) -> bool:
 def capture(store: TraceStore | None, caller: Account | None, body: RequestBody, *,
             messages: list[dict[str, Any]], completion: str, tool_calls: list[dict[str, Any]],
             sampling: Mapping[str, Any], outcome: RequestOutcome, version: str,
-            proof_status: str) -> str | None:
+            proof_status: str, tools: list[dict[str, Any]] | None = None) -> str | None:
     """Record the request if consent allows; returns the request id recorded, or None.
 
     `sampling` is what generation used (temperature, top_p, max_tokens, seed), resolved by the
-    caller: `max_completion_tokens` over `max_tokens`, or the budget the gateway chose.
+    caller: `max_completion_tokens` over `max_tokens`, or the budget the gateway chose. `tools`:
+    the tools the model was offered (`serve.gateway.chat_format.offered_tools`).
     """
     if store is None or caller is None or caller.role != "contributor" or not wants_storage(body):
         return None
@@ -76,7 +77,8 @@ def capture(store: TraceStore | None, caller: Account | None, body: RequestBody,
         parent_id=str(meta.get("parent_id") or "")[:64], contributor_id=caller.account_id,
         grant_id=grant.grant_id, grant_scopes=grant.scopes, grant_expires_at=grant.expires_at,
         model_version=version, messages_json=json.dumps(messages), completion=completion,
-        tool_calls_json=json.dumps(tool_calls), sampling_json=json.dumps(dict(sampling)),
+        tool_calls_json=json.dumps(tool_calls), tools_json=json.dumps(tools or []),
+        sampling_json=json.dumps(dict(sampling)),
         prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
         route=outcome.route, routing_policy=outcome.routing_policy, proof_status=proof_status,
         drafter_json=json.dumps({"drafter": outcome.drafter, "drafted": outcome.drafted,

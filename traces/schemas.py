@@ -78,6 +78,9 @@ class Trace(BaseModel):
     messages_json: str = Field(description="the request's messages, OpenAI format, tool calls too")
     completion: str
     tool_calls_json: str = "[]"
+    tools_json: str = Field("[]", description="the tools the request offered the model (OpenAI "
+                            "`tools` JSON schemas; none when `tool_choice` was `none`), so a "
+                            "training row renders the prompt serving rendered")
     sampling_json: str = Field("{}", description="the sampling parameters generation used "
                                "(temperature, top_p, max_tokens, seed), not the raw request")
     prompt_tokens: int

@@ -38,7 +38,7 @@ TABLES: dict[str, type[BaseModel]] = {
 }
 
 
-ADDED_LATER: dict[str, tuple[str, ...]] = {"traces": ("routing_policy",)}
+ADDED_LATER: dict[str, tuple[str, ...]] = {"traces": ("routing_policy", "tools_json")}
 """Columns a table gained after it first shipped, in the order they came: they go last, where
 opening an older table adds them (`add_columns` appends), so old and new tables share one order."""
 

@@ -75,6 +75,13 @@ def items(n: int, *, seed: int, heldout: bool = False, api: bool = False) -> lis
     return out
 
 
+def via_tools(item: dict) -> dict:
+    """An `api` item as an app sends it with the API's `tools=` instead of the system prompt (the
+    gateway renders the two identically for a template without tool support; a test checks)."""
+    return {**item, "messages": [m for m in item["messages"] if m["role"] != "system"],
+            "tools": tool_schemas()}
+
+
 def tool_schemas() -> list[dict]:
     """The workload's three tools as the API's `tools=` JSON schemas."""
     from train.evalsets.build import TOOLS

@@ -374,11 +374,13 @@ async def respond(state: GatewayState, runtime: Runtime, body, prompt: list[int]
 
     def record(calls: list) -> str | None:
         """Durably log the trace (when consent allows) before the response completes."""
+        from serve.gateway.chat_format import offered_tools
         from traces.capture import capture
 
         proof = "verified" if runtime.verifier is not None else "unverified"
+        tools = offered_tools(getattr(body, "tools", None), getattr(body, "tool_choice", None))
         return capture(state.traces, caller, body, messages=_messages_of(body, chat, prompt_text),
-                       completion=text.text, tool_calls=calls,
+                       completion=text.text, tool_calls=calls, tools=tools,
                        sampling={"temperature": params.temperature, "top_p": params.top_p,
                                  "max_tokens": params.max_tokens, "seed": params.seed},
                        outcome=outcome, version=runtime.version_id, proof_status=proof)

@@ -179,7 +179,7 @@ def test_tables_written_before_the_schemas_were_derived_still_open(tmp_path):
     store = TraceStore(TraceStoreConfig(uri=str(tmp_path / "lancedb"), log_dir=tmp_path / "log",
                                         embed=False))
     # the columns added since (which embedder made `vector`, the routing policy) are added
-    for added in ("embedder", "routing_policy"):
+    for added in ("embedder", "routing_policy", "tools_json"):
         earlier["traces"] = earlier["traces"].append(pa.field(added, pa.string()))
     assert {n: store.schemas[n] for n in earlier} == earlier
     assert {n: store.tables[n].schema for n in earlier} == earlier

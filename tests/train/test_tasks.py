@@ -50,7 +50,7 @@ def test_api_items_render_exactly_as_an_apps_tools_request(tmp_path):
     from flows.workload import correct_reply, score_message
     from serve.gateway.chat_format import render_messages
     from tests.helpers import make_tokenizer
-    from train.tasks import tool_schemas
+    from train.tasks import tool_schemas, via_tools
 
     tok = make_tokenizer(tmp_path)
     item = items(1, seed=4, api=True)[0]
@@ -61,6 +61,7 @@ def test_api_items_render_exactly_as_an_apps_tools_request(tmp_path):
     assert score(item, reply) and not score(item, answer_text(item["answer"]))
     call = {"id": "c", "type": "function", "function": {
         "name": item["answer"]["name"], "arguments": json.dumps(item["answer"]["arguments"])}}
-    via_api = {**item, "messages": user, "tools": tool_schemas()}
+    via_api = via_tools(item)
+    assert via_api["messages"] == user and via_api["tools"] == tool_schemas()
     assert score_message(via_api, ChatCompletionMessage(role="assistant", tool_calls=[call]))
     assert not score_message(via_api, ChatCompletionMessage(role="assistant", content=reply))
