@@ -4,7 +4,9 @@
   log, timed per call (p50 / p99 in ms), exactly what the gateway does before answering
   (`traces.capture.capture`), at 1, 4 and 16 concurrent writers;
 - end to end, at each writer count: traces/s from the first append until every trace is a
-  LanceDB row with its embedding, with the store's background writer and embedder running;
+  LanceDB row with its embedding, with the store's background writer and embedder running, the
+  embedder both as a worker process and as a thread of the writing process (`embed_worker`),
+  side by side in one run, with the machine's load average before and after;
 - each ingestion pass alone, on the same traces: log → rows (traces/s) and rows → embeddings;
 - the embedders: speed and semantic-dedup agreement with MiniLM (`traces.bench_embedders`).
 
@@ -14,6 +16,7 @@ The traces are the curation benchmark's (~500 words). Writes `traces.json` in th
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -29,11 +32,11 @@ OUTCOME = SimpleNamespace(prompt_tokens=120, completion_tokens=64, route=["a", "
                           first_token_s=0.2)
 
 
-def _store(tmp: str, embedder: str, embed: bool = True):
+def _store(tmp: str, embedder: str, embed: bool = True, worker: bool = False):
     from traces.store import TraceStore, TraceStoreConfig
 
     return TraceStore(TraceStoreConfig(uri=f"{tmp}/lancedb", log_dir=Path(tmp) / "log",
-                                       embedder=embedder, embed=embed))
+                                       embedder=embedder, embed=embed, embed_worker=worker))
 
 
 def _write(store, rows: list[dict], writers: int) -> list[float]:
@@ -71,12 +74,15 @@ def _percentiles(timings: list[float]) -> dict:
             "calls": len(timings)}
 
 
-def end_to_end(rows: list[dict], writers: int, embedder: str) -> dict:
-    """Writers capture while the background passes run; traces/s until all are embedded."""
+def end_to_end(rows: list[dict], writers: int, embedder: str, mode: str = "worker") -> dict:
+    """Writers capture while the background passes run; traces/s until all are embedded. The
+    embedding pass runs in a worker process (`mode` "worker") or a thread ("thread")."""
     with tempfile.TemporaryDirectory() as tmp:
-        store = _store(tmp, embedder)
+        store = _store(tmp, embedder, worker=mode == "worker")
         store.ingestion.embedder.embed(["warm"])  # load the embedder before the clock starts
         store.start()
+        while store.ingestion.worker is not None and store.ingestion.worker.unembedded is None:
+            time.sleep(0.05)  # the worker has loaded its embedder and counted
         t0 = time.perf_counter()
         timings = _write(store, rows, writers)
         appended = time.perf_counter() - t0
@@ -85,7 +91,7 @@ def end_to_end(rows: list[dict], writers: int, embedder: str) -> dict:
         total = time.perf_counter() - t0
         store.stop()
         assert store.tables["traces"].count_rows() == len(rows)
-    return {"writers": writers, "trace_path_ms": _percentiles(timings),
+    return {"writers": writers, "embed_mode": mode, "trace_path_ms": _percentiles(timings),
             "append_traces_per_s": round(len(rows) / appended),
             "end_to_end_traces_per_s": round(len(rows) / total, 1)}
 
@@ -112,13 +118,17 @@ def passes(rows: list[dict], embedder: str) -> dict:
 def run_traces_bench(out_dir: Path, traces: int = 5000, writers: tuple[int, ...] = (1, 4, 16),
                      embedder: str = "static", compare: tuple[str, ...] = ("minilm-int8",
                                                                            "static"),
-                     dedup_traces: int = 300) -> dict[str, Any]:
+                     dedup_traces: int = 300,
+                     modes: tuple[str, ...] = ("worker", "thread")) -> dict[str, Any]:
     from curate import synthetic
 
     rows = synthetic.bench_traces(traces, tokens=500, seed=7)
     report: dict[str, Any] = {"traces": traces, "embedder": embedder, "goals": GOALS,
+                              "load_average_before": list(os.getloadavg()), "cpus": os.cpu_count(),
                               "passes": passes(rows, embedder),
-                              "concurrent": [end_to_end(rows, w, embedder) for w in writers]}
+                              "concurrent": [end_to_end(rows, w, embedder, mode)
+                                             for w in writers for mode in modes]}
+    report["load_average_after"] = list(os.getloadavg())
     if dedup_traces:
         from traces.bench_embedders import compare_embedders
 

@@ -5,11 +5,16 @@ request id, so a replay never duplicates) with no embedding (`vector` and `embed
 cheap, so reads call it to see their own writes. Embeddings later: `embed_pending` picks rows whose
 `embedder` is not the current embedder's version, embeds them in CPU-sized batches outside any
 lock, and writes back only `vector` and `embedder` (an update of matched rows, so a row erased
-meanwhile is not brought back). Each pass runs in its own background thread in the process that
-owns the log (the gateway); a reader that needs embeddings (curation) calls `embed_pending` for
-just the rows it reads, waiting for a batch the background pass has in hand instead of redoing it.
-Only the log's owner writes to the traces table (another process borrows ownership while no
-writer is alive, or waits for the owner), so two processes never insert the same rows at once.
+meanwhile is not brought back). The rows pass is a background thread of the process that owns the
+log (the gateway); the embedding pass is a low-priority worker process that owner starts
+(`traces.embed_worker`, so embedding never holds the gateway's GIL), or with `embed_worker` off a
+second thread. A reader that needs embeddings (curation) calls `embed_pending` for just the rows
+it reads: the worker is asked to embed those first and the reader waits for them (the thread
+pass: the reader embeds them itself, after the batch in hand). Only the log's owner (and its
+worker, for vectors) writes to the traces table (another process borrows ownership while no
+writer is alive, or waits for the owner), so two processes never insert the same rows at once;
+the table lock (a `flock` beside the log) keeps the owner's inserts and its worker's updates from
+committing at once.
 
 `backlog` says how far behind both passes are, from counters kept as they go (no I/O), for the
 gateway's `/metrics`; past the configured bound it says so and logs a warning. Nothing is ever
@@ -32,6 +37,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 from pydantic import ValidationError
 
+from traces.locks import WritersLock
 from traces.schemas import Trace
 
 if TYPE_CHECKING:
@@ -39,6 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shoal.traces")
 EMBED_COLUMNS = ("request_id", "vector", "embedder")
+WORKER_RESTART_S = 2.0
+"""The least time between two starts of the embedding worker."""
 
 
 def embed_text(row: dict) -> str:
@@ -71,6 +79,12 @@ class Ingestion:
         self._threads: list[threading.Thread] = []
         self._warned = False
         self._embedder = None
+        self.worker = None
+        """The embedding worker process (`traces.embed_worker.EmbedWorker`) while one runs."""
+        self._workers_embedded = 0
+        """Rows embedded by this process's earlier (dead) workers."""
+        self._table_lock = WritersLock(store.log.directory / ".traces-table.lock")
+        """Held exclusive by each commit to the traces table, in any process."""
 
     # rows --------------------------------------------------------------------------------------
 
@@ -99,8 +113,8 @@ class Ingestion:
 
     def _flush_owned(self) -> int:
         store = self.store
-        with store.log.writers.shared(), store.write_lock:  # no erasure, here or elsewhere
-            added = 0
+        with store.log.writers.shared(), store.write_lock, self._table_lock.exclusive():
+            added = 0  # no erasure, here or elsewhere, and no worker's commit meanwhile
             for segment in store.log.rotate():
                 rows = self._read(segment)
                 for i in range(0, rows.num_rows, store.config.batch_size):
@@ -171,31 +185,44 @@ class Ingestion:
         """Embed rows that lack the current embedder's vector (only those `where` selects, at
         most `limit`), batch by batch; returns how many were embedded here.
 
-        Like rows, vectors are written only by the log's owner: another process borrows
-        ownership when no writer is alive, and otherwise waits (up to `embed_wait_s`) for the
-        owner's embedding pass to reach the rows `where` selects."""
+        Like rows, vectors are written only by the log's owner (or its worker): the owner asks its
+        live worker for these rows first and waits for them; another process borrows ownership
+        when no writer is alive, and otherwise waits (up to `embed_wait_s`) for the owner's
+        embedding pass to reach the rows `where` selects."""
         log_ = self.store.log
+        if log_.owned and self.worker is not None and self.worker.alive:
+            self.worker.ask(where)
+            self._wait_for_embeddings(where)
+            return 0
         borrowed = not log_.owned and log_.acquire()
         if not log_.owned:
-            deadline = time.monotonic() + self.store.config.embed_wait_s
-            while (self.store.tables["traces"].count_rows(self._stale(where))
-                   and time.monotonic() < deadline):
-                time.sleep(0.2)
+            self._wait_for_embeddings(where)
             return 0
         try:
-            done = 0
-            while limit is None or done < limit:
-                batch = self.store.config.embed_batch if limit is None else min(
-                    self.store.config.embed_batch, limit - done)
-                with self._embed_lock:  # a reader waits for the batch in hand, then its own
-                    n = self._embed_batch(where, batch)
-                if n == 0:
-                    break
-                done += n
-            return done
+            return self.embed_rows(where, limit)
         finally:
             if borrowed:
                 log_.release()
+
+    def _wait_for_embeddings(self, where: str | None) -> None:
+        deadline = time.monotonic() + self.store.config.embed_wait_s
+        while (self.store.tables["traces"].count_rows(self._stale(where))
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+
+    def embed_rows(self, where: str | None = None, limit: int | None = None) -> int:
+        """The embedding pass itself, for the one writer of vectors (the owner or its worker):
+        rows `where` selects without the current vector, at most `limit`, batch by batch."""
+        done = 0
+        while limit is None or done < limit:
+            batch = self.store.config.embed_batch if limit is None else min(
+                self.store.config.embed_batch, limit - done)
+            with self._embed_lock:  # a reader waits for the batch in hand, then its own
+                n = self._embed_batch(where, batch)
+            if n == 0:
+                break
+            done += n
+        return done
 
     def _embed_batch(self, where: str | None, batch: int) -> int:
         store = self.store
@@ -210,13 +237,18 @@ class Ingestion:
                            pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
                            pa.array([self.embedder.version] * len(rows))], schema=schema)
         # short: the vectors are ready; erasure (of any process) may have run meanwhile
-        with store.log.writers.shared(), store.write_lock:
+        with store.log.writers.shared(), store.write_lock, self._table_lock.exclusive():
             store.tables["traces"].merge_insert("request_id").when_matched_update_all().execute(
                 update)
         self.embedded += len(rows)
         if self._unembedded is not None:
             self._unembedded = max(0, self._unembedded - len(rows))
         return len(rows)
+
+    @property
+    def unembedded(self) -> int | None:
+        """Rows without the current vector at the last count, less those embedded since."""
+        return self._unembedded
 
     def count_unembedded(self) -> int:
         self._unembedded = self.store.tables["traces"].count_rows(self._stale(None))
@@ -229,23 +261,29 @@ class Ingestion:
         not yet embedded (as of the embedding pass's last count), and the configured bound."""
         config = self.store.config
         logged = self.store.log.backlog() if self.store.log.owned else None
-        behind = max(logged or 0, self._unembedded or 0)
+        unembedded, embedded = self._unembedded, self.embedded
+        if self.worker is not None:  # the worker's counters, kept in shared memory
+            unembedded = self.worker.unembedded
+            embedded += self._workers_embedded + self.worker.embedded
+        behind = max(logged or 0, unembedded or 0)
         over = behind > config.backlog_bound
         if over and not self._warned:
             log.warning("trace ingestion backlog %d is over its bound %d (log %s, unembedded %s); "
                         "nothing is dropped, but traces reach curation late", behind,
-                        config.backlog_bound, logged, self._unembedded)
+                        config.backlog_bound, logged, unembedded)
         self._warned = over
-        return {"log_records": logged, "unembedded_rows": self._unembedded,
+        return {"log_records": logged, "unembedded_rows": unembedded,
                 "bound": config.backlog_bound, "over_bound": over,
-                "ingested": self.ingested, "embedded": self.embedded,
+                "ingested": self.ingested, "embedded": embedded,
                 "embedder": config.embedder if config.embed else None}
 
     # background --------------------------------------------------------------------------------
 
     def start(self) -> None:
         loops = [("trace-writer", self._write_loop)]
-        if self.store.config.embed:
+        if self.store.config.embed and self.store.config.embed_worker:
+            self._start_worker()
+        elif self.store.config.embed:
             loops.append(("trace-embedder", self._embed_loop))
         for name, target in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -257,11 +295,32 @@ class Ingestion:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
+        if self.worker is not None:
+            self.worker.stop()
+            self._workers_embedded += self.worker.embedded
+            self.worker = None
+
+    def _start_worker(self) -> None:
+        from traces.embed_worker import EmbedWorker
+
+        self.worker = EmbedWorker(self.store.config)
+
+    def _keep_worker(self) -> None:
+        """Start a new worker when the last one died (killed, out of memory), at most every
+        `WORKER_RESTART_S`; its rows wait unembedded meanwhile, nothing is lost."""
+        worker = self.worker
+        if worker is None or worker.alive or time.monotonic() - worker.started < WORKER_RESTART_S:
+            return
+        log.warning("the trace embedding worker %s exited (%s); starting another", worker.pid,
+                    worker.process.exitcode)
+        self._workers_embedded += worker.embedded
+        self._start_worker()
 
     def _write_loop(self) -> None:
         while not self._stop.wait(self.store.config.flush_interval_s):
             try:
                 self.flush()
+                self._keep_worker()
                 self.backlog()  # warns once when the bound is crossed
             except Exception:  # keep the log; the next round retries
                 log.exception("trace ingestion failed")

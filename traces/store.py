@@ -3,7 +3,8 @@
 LanceDB holds the tables (a local directory by default, any LanceDB URI by configuration); the
 durable log (`traces.log`) makes each trace safe before its response returns; background threads
 move logged traces into LanceDB in batches, idempotently by request id, and embed the rows later in
-a pass of their own (`traces.ingest`), so neither capture nor reads ever wait for an embedding.
+a pass of their own (`traces.ingest`; a low-priority worker process, `traces.embed_worker`), so
+neither capture nor reads ever wait for an embedding.
 The tables' schemas derive from the row models (`traces/schemas.py`, via `traces/tables.py`);
 deciding whether a request becomes a trace is `traces/capture.py`'s job.
 
@@ -82,6 +83,12 @@ class TraceStoreConfig:
     """Which embedder (`traces.embedders.NAMES`); its version is stored with every vector."""
     embedder_cache: Path | None = None
     """Where built embedders are kept (None: ~/.cache/shoal/embedders)."""
+    embed_worker: bool = True
+    """Embed in a low-priority worker process the log's owner starts (`traces.embed_worker`),
+    off the owner's GIL; off: in a background thread of the owner."""
+    embed_niceness: int = 10
+    """How much lower than the owner's the worker's CPU priority is (`os.nice`), once it has
+    loaded its embedder: embedding takes only CPU that serving leaves."""
     embed_batch: int = 512
     """Rows per embedding batch: large enough to amortise a pass, small enough to write often."""
     read_wait_s: float = 5.0

@@ -139,7 +139,7 @@ def test_traces_bench_runs_small(tmp_path):
     from traces.bench import run_traces_bench
 
     report = run_traces_bench(tmp_path, traces=16, writers=(1, 4), embedder="static",
-                              compare=(), dedup_traces=10)
+                              compare=(), dedup_traces=10, modes=("thread",))
     assert [c["writers"] for c in report["concurrent"]] == [1, 4]
     for level in report["concurrent"]:
         path = level["trace_path_ms"]
