@@ -5,6 +5,7 @@ policy or is refused naming it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import pytest
@@ -16,6 +17,7 @@ from serve.discovery import NodeInfo, StaticDiscovery
 from serve.exceptions import NoRoute
 from serve.gateway.pipeline import Pipeline
 from serve.policy import RoutingPolicies, RoutingPolicyConfig
+from serve.records import node_id_of
 
 VERSION = "sha256:" + "ab" * 32
 SOFTWARE = "cd" * 32
@@ -23,8 +25,6 @@ SOFTWARE = "cd" * 32
 
 def node(i: int, start: int, end: int, attestation: dict | None = None) -> NodeInfo:
     key = SigningKey.generate(f"n{i}")
-    from serve.records import node_id_of
-
     return NodeInfo(node_id=node_id_of(key.public_hex), url=f"ws://127.0.0.1:{9000 + i}",
                     start=start, end=end, version=VERSION, public_key=key.public_hex,
                     attestation=attestation)
@@ -38,10 +38,9 @@ def test_attestation_binds_key_software_and_weights():
     good = make_attestation(attester, n.public_key, SOFTWARE, VERSION)
     assert verifier.verify(n.public_key, VERSION, good).software == SOFTWARE
     other = node(1, 0, 4)
-    payload = json.loads(__import__("base64").b64decode(good["payload"]))
+    payload = json.loads(base64.b64decode(good["payload"]))
     payload["predicate"]["software"]["sha256"] = "ee" * 32
-    tampered = {**good, "payload": __import__("base64").b64encode(
-        json.dumps(payload).encode()).decode()}
+    tampered = {**good, "payload": base64.b64encode(json.dumps(payload).encode()).decode()}
     cases = {
         "signature": (n.public_key, VERSION, make_attestation(rogue, n.public_key, SOFTWARE,
                                                               VERSION)),
