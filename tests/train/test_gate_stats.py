@@ -65,11 +65,11 @@ def test_a_damaged_model_is_refused_on_the_general_suite(tiny_model_dir, tmp_pat
     """Real generation end to end: the items are the suite's questions, each expecting what the
     production model itself answers, so production passes all of them; a copy with perturbed
     weights answers differently and the paired test refuses it. An undamaged copy passes."""
-    questions = load("general_gate")[:12]
+    questions = load("general_gate")[:10]
     model, tok = load_model(tiny_model_dir)
     from train.evaluate import generate
 
-    replies = generate(model, tok, questions, max_new_tokens=6)
+    replies = generate(model, tok, questions, max_new_tokens=4)
     own = [{**q, "check": "exact", "answer": [r]} for q, r in zip(questions, replies)]
     torch.manual_seed(0)
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_a_damaged_model_is_refused_on_the_general_suite(tiny_model_dir, tmp_pat
     tok.save_pretrained(tmp_path / "damaged")
 
     def report(directory):
-        return evaluate(directory, sets=(), items={"general_gate": own}, max_new_tokens=6)
+        return evaluate(directory, sets=(), items={"general_gate": own}, max_new_tokens=4)
 
     prod, damaged = report(tiny_model_dir), report(tmp_path / "damaged")
     assert metrics(prod) == {GENERAL: 1.0}
