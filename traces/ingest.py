@@ -313,6 +313,7 @@ class Ingestion:
             return
         log.warning("the trace embedding worker %s exited (%s); starting another", worker.pid,
                     worker.process.exitcode)
+        worker.stop(timeout=0)  # reaps it and closes its pipe
         self._workers_embedded += worker.embedded
         self._start_worker()
 
