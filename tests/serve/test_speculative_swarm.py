@@ -77,9 +77,11 @@ def test_greedy_text_identical_with_every_drafter(imported_default, tmp_path):
     draft_src = make_draft_model(checkout, tmp_path / "draft")
     draft_id = import_model(reg.store, draft_src, name="smollm2-draft-6l",
                             release_keys=[reg.keys["release"]]).version_id
-    spec = SwarmSpec(model=version_id, nodes=3, draft_model=draft_id)
+    # a key: the suffix index learns a caller's text for that caller's account only, and an
+    # open gateway cannot tell callers apart (docs/privacy.md)
+    spec = SwarmSpec(model=version_id, nodes=3, draft_model=draft_id, api_keys=["sk-spec"])
     with LocalSwarm(spec, reg.path.parent, 30).start() as swarm:
-        api = OpenAI(base_url=f"{swarm.base_url}/v1", api_key="-", max_retries=0)
+        api = OpenAI(base_url=f"{swarm.base_url}/v1", api_key="sk-spec", max_retries=0)
         rates = {}
         for prompt in PROMPTS:
             texts = {}
