@@ -512,8 +512,14 @@ class TraceStore:
 
 
 
+TIMESTAMP_RANGE = (datetime(1678, 1, 1), datetime(2262, 1, 1))
+"""Times DataFusion's nanosecond timestamps can hold; a bound outside is clamped to it (no trace
+is older or newer, so the query selects the same rows)."""
+
+
 def _timestamp(at: datetime) -> str:
     """A LanceDB (DataFusion) timestamp literal for `at`, in UTC; a naive time is taken as UTC."""
-    if at.tzinfo is not None:
-        at = at.astimezone(UTC).replace(tzinfo=None)
-    return f"TIMESTAMP '{at.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+    low, high = (bound.replace(tzinfo=UTC) for bound in TIMESTAMP_RANGE)
+    at = min(max(at if at.tzinfo else at.replace(tzinfo=UTC), low), high)  # before converting:
+    at = at.astimezone(UTC).replace(tzinfo=None)  # 0001-01-01 east of UTC is no UTC time at all
+    return f"TIMESTAMP '{at.year:04d}-{at:%m-%d %H:%M:%S.%f}'"

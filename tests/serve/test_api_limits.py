@@ -263,6 +263,10 @@ def test_trace_queries_need_zoned_times_and_bounded_limits(store_state):
     r = client.get("/v1/traces", params={"since": "2026-01-01T00:00:00Z", "limit": 1000},
                    headers=who)
     assert r.status_code == 200 and r.json()["data"] == [], r.text
+    for far in ({"until": "0585-03-01T00:00:00Z"}, {"since": "0001-01-01T00:00:00+05:00",
+                                                    "until": "9999-12-31T23:59:59Z"}):
+        r = client.get("/v1/traces", params=far, headers=who)  # beyond nanosecond timestamps
+        assert r.status_code == 200 and r.json()["data"] == [], r.text
 
 
 def test_an_open_gateway_takes_any_key(tiny_model_dir):
