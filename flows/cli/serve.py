@@ -177,6 +177,7 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
                 help="batch lines that go on while interactive requests run")] =
             BATCH["busy_sessions"]) -> None:
     """Run the OpenAI-compatible gateway in front of the swarm (dashboard at /dashboard)."""
+    from flows.erasure import erase_derived
     from registry.signing import load_key
     from serve.gateway.server import run_gateway
 
@@ -208,7 +209,7 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
                               dashboard=DashboardConfig(registry_url=cfg.registry_url,
                                                         trust_dir=cfg.trust_dir,
                                                         prefect_ui_url=prefect_ui)),
-                key=signing_key)
+                key=signing_key, erasure_hooks=[erase_derived(cfg.home)] if traces else [])
 
 
 @command(cli)

@@ -80,7 +80,7 @@ async def stop_runtime(runtime: "Runtime") -> None:
     await runtime.engine.pipeline.stop()
 
 
-def build_app(cfg: GatewayConfig, key: SigningKey | None = None):
+def build_app(cfg: GatewayConfig, key: SigningKey | None = None, erasure_hooks=()):
     """The gateway's FastAPI app. `key` signs everything the gateway sends to nodes and its
     verdicts (None: a new key for this process)."""
     from serve.gateway.api import GatewayState, create_app
@@ -93,12 +93,11 @@ def build_app(cfg: GatewayConfig, key: SigningKey | None = None):
     if cfg.traces_dir is not None:
         from traces.store import TraceStore, TraceStoreConfig
 
-        from flows.erasure import with_derived_erasure
-
         state.traces = TraceStore(TraceStoreConfig(uri=str(cfg.traces_dir / "lancedb"),
                                                    log_dir=cfg.traces_dir / "log"))
-        # an erasure through the API also withdraws the datasets and cache of the home
-        with_derived_erasure(state.traces, cfg.traces_dir.parent)
+        # what others derived from the traces (the CLI passes curation's datasets and cache),
+        # so an erasure through the API removes it too
+        state.traces.erasure_hooks.extend(erasure_hooks)
     from serve.gateway.drafting import attach
 
     consent = attach(state.traces, first)  # the suffix index learns only what consent allows
@@ -246,7 +245,10 @@ def build_drafters(cfg: GatewayConfig, draft_model_dir: Path | None = None) -> d
     return drafters
 
 
-def run_gateway(cfg: GatewayConfig, key: SigningKey | None = None) -> None:
+def run_gateway(cfg: GatewayConfig, key: SigningKey | None = None, erasure_hooks=()) -> None:
+    """Serve the gateway; `erasure_hooks` (`traces.store.TraceStore.erasure_hooks`) erase what
+    was derived from its trace store's rows elsewhere."""
     import uvicorn
 
-    uvicorn.run(build_app(cfg, key), host=cfg.host, port=cfg.port, log_level="warning")
+    uvicorn.run(build_app(cfg, key, erasure_hooks), host=cfg.host, port=cfg.port,
+                log_level="warning")
