@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from curate.config import SplitConfig
 from curate.dedup import normalize
 from curate.records import Record
+from curate.tool_calls import TOOL_CALL_RE, parse_tool_calls
 
 KINDS = ("sft", "dpo", "distill")
 
@@ -36,8 +37,6 @@ def _assistant(content: str, tool_calls: Sequence[dict] = ()) -> dict:
     blocks the calls were parsed from (the renderer writes the calls back itself)."""
     message: dict = {"role": "assistant", "content": content}
     if tool_calls:
-        from serve.gateway.chat_format import TOOL_CALL_RE
-
         message["content"] = TOOL_CALL_RE.sub("", content).strip()
         message["tool_calls"] = [dict(c) for c in tool_calls]
     return message
@@ -46,8 +45,6 @@ def _assistant(content: str, tool_calls: Sequence[dict] = ()) -> dict:
 def _correction(record: Record, text: str) -> dict:
     """A correction as an assistant turn: tool calls when it is only `<tool_call>` blocks (ids
     derived from the request, so the same traces give the same rows), else text."""
-    from serve.gateway.chat_format import TOOL_CALL_RE, parse_tool_calls
-
     calls = parse_tool_calls(text)
     if not calls or TOOL_CALL_RE.sub("", text).strip():
         return _assistant(text)

@@ -45,7 +45,7 @@ def _bare(text: str) -> str:
 def _api_call(text: str) -> dict | None:
     """The one tool call the gateway would return in `tool_calls` for this completion (None when
     it would return none, or several)."""
-    from serve.gateway.chat_format import parse_tool_calls
+    from curate.tool_calls import parse_tool_calls
 
     calls = parse_tool_calls(text)
     if len(calls) != 1:

@@ -8,13 +8,10 @@ Everything here is plain CPU work on the tokenizer; the API runs it in worker th
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from typing import Any
 
+from curate.tool_calls import TOOL_CALL_RE, parse_tool_calls  # noqa: F401 (re-exported)
 from serve.exceptions import ApiError
-
-TOOL_CALL_RE = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
 TOOLS_PROMPT = (
     "You can call these functions. To call one, answer only with\n"
     "<tool_call>{{\"name\": <function name>, \"arguments\": <JSON object>}}</tool_call>\n"
@@ -117,19 +114,6 @@ def _call_object(call: dict[str, Any]) -> tuple[str, Any]:
         except ValueError:
             pass  # kept as the text it was
     return str(function.get("name", "")), args
-
-
-def parse_tool_calls(text: str) -> list[dict[str, Any]]:
-    calls = []
-    for raw in TOOL_CALL_RE.findall(text):
-        try:
-            obj = json.loads(raw)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
-            calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {
-                "name": obj["name"], "arguments": json.dumps(obj.get("arguments", {}))}})
-    return calls
 
 
 class TextStream:
