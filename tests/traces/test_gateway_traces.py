@@ -49,7 +49,7 @@ def chat(swarm, who: str, text: str = "hello", **extra) -> dict:
 
 
 def stored(swarm, who: str) -> list[dict]:
-    r = call(swarm, who, "GET", "/v1/traces")
+    r = call(swarm, who, "GET", "/v1/traces", params={"limit": 1000})  # all of them
     assert r.status_code == 200, r.text
     return r.json()["data"]
 
