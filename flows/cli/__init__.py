@@ -37,7 +37,8 @@ ENTRIES: dict[str, tuple[str, str]] = {
                      "promote, roll out."),
     "tracker": ("serve", "Run the tracker that nodes announce to and gateways read."),
     "node": ("serve", "Serve layers START:END of a verified registry version."),
-    "gateway": ("serve", "Run the OpenAI-compatible gateway in front of the swarm."),
+    "gateway": ("serve", "Run the OpenAI-compatible gateway in front of the swarm (dashboard at "
+                "/dashboard)."),
     "relay": ("serve", "Relay loopback ports with a one-way delay each way (latency emulation)."),
     "up": ("serve", "Start a local swarm (tracker, NODES nodes, gateway) and serve until Ctrl-C "
                     "or SIGTERM,\nwhich stop every process it started; a crashed node is "

@@ -64,11 +64,11 @@ def _gate(kind: str, improve: list[str] | None, hold: list[str] | None) -> dict 
 
 
 Improve = Annotated[Optional[list[str]], typer.Option(
-    help="gate: METRIC=DELTA the candidate must gain (repeatable; replaces the default "
-         "tools_heldout.accuracy=0.05)")]
+    help="gate: METRIC=DELTA the candidate must gain, significantly (repeatable; replaces the "
+         "default tools_api_gate.accuracy=0.05)")]
 Hold = Annotated[Optional[list[str]], typer.Option(
-    help="gate: METRIC=DELTA the candidate may lose at most (repeatable; replaces the default "
-         "regression.accuracy=0.1)")]
+    help="gate: METRIC=DELTA the candidate may lose at most, and no significant loss "
+         "(repeatable; replaces the default general_gate.accuracy=0.05)")]
 Keys = Annotated[Optional[list[str]], typer.Option(
     "--key", help="signing key (repeatable; default: maintainer-release, and maintainer-staging "
                   "for the staging record)")]

@@ -207,7 +207,8 @@ def test_gate_options_replace_only_the_tables_they_name():
     assert _gate("sft", None, None) is None  # the kind's default gate
     default = GateConfig()
     assert _gate("sft", ["loglik.mean=0.5"], None) == {
-        "improve": {"loglik.mean": 0.5}, "hold": default.hold}
+        "improve": {"loglik.mean": 0.5}, "hold": default.hold, "alpha": default.alpha}
     assert _gate("sft", None, ["regression.accuracy=0.2", "json.accuracy=0"]) == {
-        "improve": default.improve, "hold": {"regression.accuracy": 0.2, "json.accuracy": 0.0}}
+        "improve": default.improve, "hold": {"regression.accuracy": 0.2, "json.accuracy": 0.0},
+        "alpha": default.alpha}
     assert _gate("distill", None, ["acceptance.rate=0.1"])["improve"] == {"acceptance.rate": 0.02}
