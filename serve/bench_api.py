@@ -54,7 +54,7 @@ class StubEngine:
         self.pipeline = _StubPipeline()
         self.token = next(i for i in range(len(head.tokenizer)) if i not in head.stop_ids)
 
-    async def generate(self, prompt, params, outcome, drafter=None, k=None) -> AsyncIterator:
+    async def generate(self, prompt, params, outcome, drafter=None, k=None, **_) -> AsyncIterator:
         from serve.sampling import Step
 
         self.requests += 1
