@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 EVIL_URL = "ws://127.0.0.1:1"
 """Where the attacker wants gateways to send traffic (nothing listens there)."""
 SIGNED = ("node_id", "public_key", "url", "start", "end", "version", "versions", "channel", "pid",
-          "sessions", "queue", "ms_per_token_layer", "stats", "issued_at")
+          "sessions", "queue", "ms_per_token_layer", "stats", "attestation", "issued_at")
 
 
 def canonical(obj: object) -> bytes:
@@ -102,7 +102,7 @@ def flood(http: httpx.Client, url: str, n: int) -> dict:
         record = {"node_id": k.node_id, "public_key": k.public, "url": EVIL_URL, "start": 0,
                   "end": 4, "version": version, "versions": [version], "channel": {}, "pid": None,
                   "sessions": 0, "queue": 0, "ms_per_token_layer": 0.0, "stats": {},
-                  "issued_at": time.time()}
+                  "attestation": None, "issued_at": time.time()}
         seen = answer(http.post(f"{url}/announce", json=k.sign(record)))
         label = str(seen["status"]) + (f":{seen['check']}" if seen["check"] else "")
         counts[label] = counts.get(label, 0) + 1
