@@ -12,9 +12,11 @@ carrying the log's tail.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,12 @@ from serve.up import free_port
 from train.config import TrainConfig
 from train.exceptions import LaunchError
 from train.records import StoppedSummary, TrainSummary, load_summary
+
+log = logging.getLogger("shoal.train")
+
+STALE_BUILD_LOCK_S = 15 * 60.0
+"""A torch extension build lock older than this is a killed build's (a real build of DeepSpeed's
+CPU communicator takes a minute or two here)."""
 
 
 @dataclass
@@ -66,8 +74,37 @@ def environment(topo: Topology) -> dict[str, str]:
     return env
 
 
+def extensions_root() -> Path:
+    """Where torch builds C++ extensions (DeepSpeed's CPU all-reduce is one), as torch decides."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory("", verbose=False))  # the root itself (made if missing)
+
+
+def remove_stale_build_locks(root: Path | None = None, *, older_than_s: float = STALE_BUILD_LOCK_S
+                             ) -> list[Path]:
+    """Remove extension build locks left by a build that was killed.
+
+    torch's extension builder takes a lock file in the extension's build directory and every later
+    build (each rank of each run) waits for it to go away, forever: one training run killed while it
+    built DeepSpeed's communicator would hang every run after it. The lock holds no owner to ask, so
+    its age decides."""
+    root = root or extensions_root()
+    removed = []
+    for lock in root.glob("*/lock"):
+        try:
+            if time.time() - lock.stat().st_mtime > older_than_s:
+                lock.unlink()
+                removed.append(lock)
+                log.warning("removed a stale extension build lock %s", lock)
+        except FileNotFoundError:
+            pass  # the build finished meanwhile
+    return removed
+
+
 def start(config: TrainConfig, topo: Topology) -> subprocess.Popen:
     """Write the config into the run directory and start the launcher (does not wait)."""
+    remove_stale_build_locks()
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.json"

@@ -20,6 +20,23 @@ def _question(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(6)) + "?"
 
 
+def noised_copy(model_dir: Path, out: Path, scale: float, seed: int = 0) -> Path:
+    """A copy of the model at `model_dir` with Gaussian noise of std `scale` on every parameter:
+    a deliberately damaged candidate for the gate to refuse."""
+    import torch
+
+    from train.evaluate import load_model
+
+    model, tok = load_model(model_dir)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 def make_sft(root: Path, n: int = 96, seed: int = 0) -> Path:
     rng = random.Random(seed)
     rows = [{"messages": [{"role": "user", "content": _question(rng)},

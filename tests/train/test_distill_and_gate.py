@@ -7,12 +7,11 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from curate.builders import split
 from curate.card import write_dataset
 from curate.config import SplitConfig
-from tests.train.conftest import CARD, WORDS
+from tests.train.conftest import CARD, WORDS, noised_copy
 from train.config import TrainConfig
 from train.evaluate import evaluate, load_model, metrics, score
 from train.gate import GateConfig, decide
@@ -101,13 +100,7 @@ def test_gate_accepts_the_trained_candidate_and_refuses_a_damaged_one(runs, tiny
     prod = metrics(evaluate(tiny_model_dir, heldout_rows=heldout, limit=limit))
     cand = metrics(evaluate(Path(config.output) / "model", heldout_rows=heldout, limit=limit))
     # a deliberately worse candidate: the production weights with noise added
-    model, tok = load_model(tiny_model_dir)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(tmp_path / "worse")
-    tok.save_pretrained(tmp_path / "worse")
+    noised_copy(tiny_model_dir, tmp_path / "worse", 0.05)
     worse = metrics(evaluate(tmp_path / "worse", heldout_rows=heldout, limit=limit))
     gate = GateConfig(improve={"loglik.mean": 0.5}, hold={"general_gate.accuracy": 0.5})
     assert decide(cand, prod, gate).accepted

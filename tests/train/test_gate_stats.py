@@ -3,8 +3,7 @@ not an improvement, a small significant loss is a regression, and a damaged mode
 
 from __future__ import annotations
 
-import torch
-
+from tests.train.conftest import noised_copy
 from train.evalsets import load
 from train.evaluate import evaluate, load_model, metrics, outcomes
 from train.gate import GateConfig, decide
@@ -71,12 +70,7 @@ def test_a_damaged_model_is_refused_on_the_general_suite(tiny_model_dir, tmp_pat
 
     replies = generate(model, tok, questions, max_new_tokens=4)
     own = [{**q, "check": "exact", "answer": [r]} for q, r in zip(questions, replies)]
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    model.save_pretrained(tmp_path / "damaged")
-    tok.save_pretrained(tmp_path / "damaged")
+    noised_copy(tiny_model_dir, tmp_path / "damaged", 0.5)
 
     def report(directory):
         return evaluate(directory, sets=(), items={"general_gate": own}, max_new_tokens=4)

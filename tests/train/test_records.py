@@ -114,3 +114,21 @@ def test_lineage_names_parent_datasets_config_and_eval():
     assert draft.lineage(None).training["eval_loss_before"] is None
     assert (draft.candidate_name("tiny"), draft.staging_channel) == ("tiny-draft",
                                                                      "staging-draft")
+
+
+def test_a_killed_builds_lock_is_removed_and_a_live_one_kept(tmp_path):
+    """A torch extension build killed mid-way leaves its lock, and every later DeepSpeed start
+    would wait for it forever; the launcher removes such a lock by its age and keeps a fresh one."""
+    import os
+    import time
+
+    from train.launch import STALE_BUILD_LOCK_S, remove_stale_build_locks
+
+    stale, live = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "other_ext" / "lock"
+    for lock in (stale, live):
+        lock.parent.mkdir()
+        lock.touch()
+    old = time.time() - STALE_BUILD_LOCK_S - 60
+    os.utime(stale, (old, old))
+    assert remove_stale_build_locks(tmp_path) == [stale]
+    assert not stale.exists() and live.exists()
