@@ -13,9 +13,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from serve.invite import Invite
 from serve.policy import RoutingPolicyConfig
+from serve.records import MAX_SKEW_S
 
 WireDtype = Literal["float32", "bfloat16", "float16"]
+TlsMode = Literal["auto", "on", "off"]
+"""Hop transport (serve/transport.py): ``auto`` is TLS (``wss://``, pinned to identity keys)
+unless bound to loopback; ``on`` always; ``off`` plain ``ws://``, dialled off loopback too."""
 DEFAULT_PROOF_CHUNKS = 16
 """Chunks a live-weight proof opens (`serve.proofs.DEFAULT_CHUNKS`)."""
 
@@ -83,6 +88,33 @@ class ChannelWatch(_Config):
     """How long an old version stays loaded after its last session ends."""
 
 
+class DhtConfig(_Config):
+    """This process's peer in a swarm's DHT (serve/dht.py) and the liveness of node records
+    there (docs/serving.md, Discovery without a tracker)."""
+
+    invite: Invite
+    """The swarm: name, membership secret, bootstrap peers (serve/invite.py)."""
+    host: str | None = None
+    """Address the UDP socket binds (None: the process's own `host`)."""
+    port: int = Field(0, ge=0, le=65535)
+    """UDP port (0: any free port; bootstrap peers need a fixed one)."""
+    ttl_s: float = Field(6.0, gt=0, le=MAX_SKEW_S)
+    """A record issued longer ago than this is dropped by storing peers and readers: a node
+    that stops announcing leaves every route within about this long."""
+    announce_s: float = Field(1.5, gt=0)
+    """Seconds between a node's announcements (well under `ttl_s`)."""
+    refresh_s: float = Field(1.0, gt=0)
+    """Seconds between a reader's lookups of the swarm's records."""
+    rpc_timeout_s: float = Field(1.0, gt=0)
+    """A DHT peer that has not answered after this long counts as gone for that request."""
+    ksize: int = Field(20, ge=1, le=64)
+    """Kademlia's k: peers that store each key, and bucket size."""
+    alpha: int = Field(3, ge=1, le=16)
+    """Kademlia's alpha: lookups in flight per step."""
+    max_nodes: int = Field(1024, ge=1)
+    """Most node records (and index entries) one peer stores for the swarm."""
+
+
 class NodeConfig(_Config):
     """One node process: which span of which version it serves, where, and its limits."""
 
@@ -99,9 +131,15 @@ class NodeConfig(_Config):
     host: str = "127.0.0.1"
     """Address to bind."""
     announce_url: str | None = None
-    """Address peers should dial (e.g. a latency relay in front of this node)."""
+    """Address peers should dial, as announced in the signed record: a ``ws(s)://`` URL, or a
+    host (``HOST`` or ``HOST:PORT``) the scheme and port are added to (None: the bind address).
+    Needed when `host` is a wildcard such as 0.0.0.0, or behind a relay or port forward."""
+    tls: TlsMode = "auto"
+    """Transport of the websocket port and of the links this node dials."""
     tracker_url: str | None = None
     """Tracker to announce to (None: no announcements)."""
+    dht: DhtConfig | None = None
+    """Announce into this swarm's DHT as well (None: tracker only)."""
     idle_timeout_s: float = Field(300.0, gt=0)
     """A session unused this long is dropped."""
     memory_budget_bytes: int = Field(2 << 30, gt=0)
@@ -202,6 +240,8 @@ class GatewayConfig(_Config):
     """The model's name in the API (`GET /v1/models`)."""
     tracker_url: str
     """Where nodes are discovered."""
+    dht: DhtConfig | None = None
+    """Discover nodes through this swarm's DHT instead of the tracker."""
     host: str = "127.0.0.1"
     """Address to bind (HTTP and the return port)."""
     port: int = Field(8000, ge=0, le=65535)
@@ -209,7 +249,11 @@ class GatewayConfig(_Config):
     return_port: int = Field(0, ge=0, le=65535)
     """Websocket port last hops answer on (0: any free port)."""
     return_url: str | None = None
-    """Address last hops dial to answer (e.g. a latency relay in front of the return port)."""
+    """Address last hops dial to answer, as signed into tickets: a ``ws(s)://`` URL or a host
+    (``HOST`` or ``HOST:PORT``; e.g. a relay in front of the return port). None: `host`, which
+    must then not be a wildcard."""
+    tls: TlsMode = "auto"
+    """Transport of the return port and of the links to nodes (serve/transport.py)."""
     api_keys: set[str] = Field(default_factory=set)
     """Accepted static bearer keys (empty: open; a trace store's accounts replace them)."""
     timeout_s: float = Field(60.0, gt=0)

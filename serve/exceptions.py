@@ -70,6 +70,17 @@ class RecordRejected(ServeError):
         self.check, self.detail = check, detail
 
 
+class TransportRefused(ServeError, OSError):
+    """A connection refused before any frame was sent: plain ``ws://`` off loopback, a ``wss://``
+    peer with no key to pin, or a peer whose TLS certificate key is not the one its signed record
+    or ticket names (`check`: ``plain``, ``tls-pin``, ``tls-certificate``, ``scheme``). An
+    `OSError`, so senders treat it as an unreachable peer."""
+
+    def __init__(self, check: str, detail: str) -> None:
+        super().__init__(f"[{check}] {detail}")
+        self.check, self.detail = check, detail
+
+
 class VerdictNotPosted(ServeError):
     """A verdict could not be posted: no key to sign it with, or the tracker refused it (the
     message says which, with the tracker's answer)."""
@@ -86,3 +97,8 @@ class ApiError(ServeError):
                                                                        param, code)
         self.headers = headers or {}
         """Response headers the refusal needs (a 429's Retry-After)."""
+
+
+class InviteError(ServeError, ValueError):
+    """A swarm invite, a `--join` value or a sealed DHT value that cannot be used: malformed,
+    or not sealed with the swarm's key."""

@@ -3,6 +3,9 @@
 Both nodes (to their next hops and to gateways) and gateways (to first hops) send through a
 `Links` pool. A send on a connection the peer has closed is retried once on a fresh connection, so
 a restarted peer or relay costs one reconnect, not a failed request.
+
+A ``wss://`` peer is dialled only with the key its signed record or ticket names, and a connection
+is reused only for that same key (serve/transport.py pins the TLS certificate to it).
 """
 
 from __future__ import annotations
@@ -35,40 +38,46 @@ async def incoming(ws) -> AsyncIterator[tuple[wire.Message, object]]:
 
 class Links:
     def __init__(self, on_connect: Callable[[object], Awaitable[None]] | None = None,
-                 max_size: int = 64 << 20) -> None:
+                 max_size: int = 64 << 20, allow_plain: bool = False) -> None:
         self.max_size = max_size
         """Largest frame accepted back on these links."""
-        self._conns: dict[str, object] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.allow_plain = allow_plain
+        """Whether ``ws://`` may be dialled off loopback (`TlsMode` ``off``)."""
+        self._conns: dict[tuple[str, str], object] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._on_connect = on_connect
         self._readers: set[asyncio.Task] = set()
 
-    async def _connection(self, url: str, fresh: bool):
-        from websockets.asyncio.client import connect
+    async def _connection(self, url: str, peer_key: str, fresh: bool):
+        from serve.transport import dial
 
-        async with self._locks.setdefault(url, asyncio.Lock()):
-            conn = None if fresh else self._conns.get(url)
+        link = (url, peer_key)
+        async with self._locks.setdefault(link, asyncio.Lock()):
+            conn = None if fresh else self._conns.get(link)
             if conn is None:
-                conn = await asyncio.wait_for(connect(url, max_size=self.max_size, max_queue=4,
-                                                      compression=None, ping_interval=None),
+                conn = await asyncio.wait_for(dial(url, peer_key, allow_plain=self.allow_plain,
+                                                   max_size=self.max_size, max_queue=4,
+                                                   compression=None, ping_interval=None),
                                               timeout=CONNECT_TIMEOUT_S)
-                self._conns[url] = conn
+                self._conns[link] = conn
                 if self._on_connect is not None:  # e.g. read replies arriving on this link
                     task = asyncio.create_task(self._on_connect(conn))
                     self._readers.add(task)
                     task.add_done_callback(self._readers.discard)
             return conn
 
-    async def send(self, url: str, frame: bytes) -> None:
-        """Send `frame` to `url`; raises if the peer cannot be reached even on a new connection."""
+    async def send(self, url: str, frame: bytes, peer_key: str = "") -> None:
+        """Send `frame` to `url`, whose TLS certificate must carry `peer_key` (hex) for
+        ``wss://``; raises if the peer cannot be reached even on a new connection
+        (`TransportRefused` for a refused dial)."""
         from websockets.exceptions import ConnectionClosed
 
-        conn = await self._connection(url, fresh=False)
+        conn = await self._connection(url, peer_key, fresh=False)
         try:
             await conn.send(frame)
         except (ConnectionClosed, OSError):
-            self._conns.pop(url, None)
-            conn = await self._connection(url, fresh=True)
+            self._conns.pop((url, peer_key), None)
+            conn = await self._connection(url, peer_key, fresh=True)
             await conn.send(frame)
 
     async def close(self) -> None:

@@ -9,7 +9,8 @@ Sessions are dropped after an idle timeout or, least recently used first, when t
 the memory budget; a later request on a dropped session gets an `Error` with code
 ``session-evicted`` so the gateway re-prefills it elsewhere.
 
-The node announces itself (span, versions, address, public key, load, measured speed) to a tracker.
+The node announces itself (span, versions, address, public key, load, measured speed) to a tracker,
+or into the swarm's DHT (serve/dht_discovery.py), or both.
 It does not know about tokens, sampling or users.
 
 Rollout: with a `ChannelWatch` the node follows a registry channel. When the verified head names a
@@ -41,6 +42,7 @@ from serve.links import Links, incoming
 from serve.records import node_id_of, sign_record
 from serve.rollout import VersionSet, Watcher, follow
 from serve.span import SessionCache, SpanModel
+from serve.transport import advertised_url, server_context, tls_enabled
 
 log = logging.getLogger("shoal.node")
 MAX_GATEWAYS = 64
@@ -109,7 +111,8 @@ class Node:
         self.watcher = Watcher(config.watch) if config.watch else None
         self.key = key or SigningKey.generate("node")
         self.node_id = node_id_of(self.key.public_hex)
-        self.url = config.announce_url or f"ws://{config.host}:{config.port}"
+        self.tls = tls_enabled(config.tls, config.host)
+        self.url = advertised_url(config.host, config.port, config.announce_url, self.tls)
         self.sessions: dict[str, SessionCache] = {}
         self.session_owner: dict[str, str] = {}
         """Session -> the gateway key whose ticket opened it (no other key may use it)."""
@@ -125,7 +128,8 @@ class Node:
         """Per gateway key: its recent forwards, kept for its spot checks (one gateway's traffic
         cannot push out another's)."""
         self._queue: asyncio.Queue = asyncio.Queue()
-        self._links = Links(on_connect=_discard, max_size=1 << 20)
+        self._links = Links(on_connect=_discard, max_size=1 << 20,
+                            allow_plain=config.tls == "off")
         """Links to next hops and gateways: nothing legitimate comes back on them."""
         self._proving: OrderedDict[str, asyncio.Semaphore] = OrderedDict()
         """One proof at a time per gateway key: another key's challenges cannot keep a
@@ -149,12 +153,18 @@ class Node:
             torch.set_num_threads(self.config.threads)
         async with serve(self._handle, self.config.host, self.config.port,
                          max_size=self.config.max_frame_bytes, compression=None,
-                         ping_interval=None):
+                         ping_interval=None,
+                         ssl=server_context(self.key) if self.tls else None):
             log.info("node %s serving layers %d:%d on %s", self.node_id, self.config.start,
                      self.config.end, self.url)
             tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._sweeper())]
             if self.config.tracker_url:
                 tasks.append(asyncio.create_task(self._announcer()))
+            if self.config.dht is not None:
+                from serve.dht_discovery import announce_forever, peer_for
+
+                tasks.append(asyncio.create_task(announce_forever(
+                    peer_for(self.config.dht, self.config.host), self.key, self.info)))
             if self.watcher is not None:
                 tasks.append(asyncio.create_task(self._watch()))
             await asyncio.gather(*tasks)
@@ -226,15 +236,15 @@ class Node:
                about: bytes = b"") -> wire.Error:
         return auth.sign_error(self.key, request_id, code, text, node_id or self.node_id, about)
 
-    async def _send(self, url: str, frame: bytes) -> None:
-        await self._links.send(url, frame)
+    async def _send(self, url: str, frame: bytes, peer_key: str) -> None:
+        await self._links.send(url, frame, peer_key)
 
     async def _reply_error(self, job: Job, code: str, text: str,
                            node_id: str | None = None) -> None:
         """Tell the session's gateway (the ticket's signed reply address) that a hop failed."""
         error = self._error(job.request_id, code, text, node_id, about=job.order_digest)
         try:
-            await self._send(job.ticket.reply_to, wire.encode(error))
+            await self._send(job.ticket.reply_to, wire.encode(error), job.ticket.gateway_key)
         except Exception as exc:  # the gateway itself is gone: nothing to tell
             log.warning("cannot report %s to the gateway: %s", code, exc)
 
@@ -404,7 +414,7 @@ class Node:
             frame = wire.encode(wire.Forward(fwd.ticket, fwd.ticket_sig, fwd.order, fwd.order_tags,
                                              fwd.hop + 1, receipts, dtype), out, dtype)
             try:
-                await self._send(nxt.url, frame)
+                await self._send(nxt.url, frame, nxt.public_key)
             except Exception as exc:  # why it failed stays here: no port-scan oracle
                 log.warning("next hop %s unreachable: %s", nxt.node_id, exc)
                 await self._reply_error(job, "next-hop-failed", "the next hop is unreachable",
@@ -413,7 +423,7 @@ class Node:
         frame = wire.encode(auth.make_result(self.key, job.keys.gateway, job.request_id, receipts,
                                              job.order_digest, dtype), out, dtype)
         try:
-            await self._send(job.ticket.reply_to, frame)
+            await self._send(job.ticket.reply_to, frame, job.ticket.gateway_key)
         except Exception as exc:
             log.warning("gateway unreachable: %s", exc)
 

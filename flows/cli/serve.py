@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from flows.cli.base import DEFAULT_MODEL, command, config, fail
-from serve.config import (BatchConfig, ChannelWatch, DashboardConfig, GatewayConfig,
+from serve.config import (BatchConfig, ChannelWatch, DashboardConfig, DhtConfig, GatewayConfig,
                           NodeConfig, TrackerConfig, VerifierConfig, defaults)
 
 if TYPE_CHECKING:
@@ -34,6 +34,24 @@ TRACKER_PORT = TRACKER["port"]
 TRACKER_URL = f"http://127.0.0.1:{TRACKER_PORT}"
 """Where the commands look for the tracker unless told otherwise."""
 MB = 2**20
+HOST_HELP = "address to bind (0.0.0.0: every interface; then give --advertise)"
+TLS_HELP = ("hop transport: auto (wss:// unless bound to loopback), on (always wss://), off "
+            "(plain ws://, also to other hosts)")
+
+
+def _tls(mode: str) -> str:
+    if mode not in ("auto", "on", "off"):
+        raise typer.BadParameter(f"--tls {mode!r}: expected auto, on or off")
+    return mode
+
+
+def _identity(path: Path | None):
+    """The key in `path` (created if absent), or None for a new key per process."""
+    if path is None:
+        return None
+    from serve.identity import load_or_create
+
+    return load_or_create(path, config().key_passphrase)
 
 
 def _checkout(ref: str, role: str, span: tuple[int, int] | None = None
@@ -54,12 +72,31 @@ def _watch(channel: str | None, poll_s: float, grace_s: float) -> ChannelWatch |
                         models_dir=cfg.models_dir, poll_s=poll_s, drain_grace_s=grace_s)
 
 
+JOIN_HELP = ("a swarm invite (`shoal swarm invite`) or a DHT peer HOST:PORT to bootstrap from; "
+             "repeatable. Bare addresses join the open swarm. Discovery then runs on the DHT, "
+             "no tracker needed")
+
+
+def _dht(join: list[str] | None, port: int) -> DhtConfig | None:
+    """The DHT peer `--join` asks for (None without `--join`)."""
+    if not join:
+        return None
+    from serve.exceptions import InviteError
+    from serve.invite import join_invite
+
+    try:
+        return DhtConfig(invite=join_invite(join), port=port)
+    except InviteError as exc:
+        raise typer.BadParameter(f"--join: {exc}") from None
+
+
 def node_config(model: str, layers: str, port: int, tracker: str | None = NODE["tracker_url"],
                 announce_url: str | None = NODE["announce_url"],
                 threads: int | None = NODE["threads"],
                 memory_budget_mb: float = NODE["memory_budget_bytes"] / MB,
                 idle_timeout: float = NODE["idle_timeout_s"],
-                gateway_keys: list[str] | None = None) -> NodeConfig:
+                gateway_keys: list[str] | None = None, host: str = NODE["host"],
+                tls: str = NODE["tls"]) -> NodeConfig:
     """Resolve `model`, fetch and verify the span's files, and describe the node."""
     try:
         start, end = (int(x) for x in layers.split(":"))
@@ -67,7 +104,8 @@ def node_config(model: str, layers: str, port: int, tracker: str | None = NODE["
         raise typer.BadParameter(f"--layers {layers!r}: expected START:END") from None
     version_id, directory, _ = _checkout(model, "span", (start, end))
     return NodeConfig(directory=directory, start=start, end=end, version_id=version_id,
-                      port=port, announce_url=announce_url, tracker_url=tracker, threads=threads,
+                      port=port, host=host, tls=tls, announce_url=announce_url,
+                      tracker_url=tracker, threads=threads,
                       memory_budget_bytes=int(memory_budget_mb * MB), idle_timeout_s=idle_timeout,
                       gateway_keys=set(gateway_keys or []))
 
@@ -87,7 +125,9 @@ def chat(prompt: str, model: Annotated[str, typer.Option(help="name@channel or v
 # swarm processes --------------------------------------------------------------------------------
 
 @command(cli)
-def tracker(port: Annotated[int, typer.Option()] = TRACKER_PORT, ttl: float = TRACKER["ttl_s"],
+def tracker(port: Annotated[int, typer.Option()] = TRACKER_PORT,
+            host: Annotated[str, typer.Option(help=HOST_HELP)] = TRACKER["host"],
+            ttl: float = TRACKER["ttl_s"],
             verdict_key: Annotated[Optional[list[str]], typer.Option(
                 "--verdict-key", help="public key (hex) allowed to post verdicts; repeatable; "
                 "none: no verdicts are accepted")] = None,
@@ -95,7 +135,7 @@ def tracker(port: Annotated[int, typer.Option()] = TRACKER_PORT, ttl: float = TR
     """Run the tracker that nodes announce to and gateways read."""
     from serve.tracker import run_tracker
 
-    run_tracker(TrackerConfig(port=port, ttl_s=ttl, verdict_keys=set(verdict_key or []),
+    run_tracker(TrackerConfig(host=host, port=port, ttl_s=ttl, verdict_keys=set(verdict_key or []),
                               max_nodes=max_nodes))
 
 
@@ -105,7 +145,15 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
          port: Annotated[int, typer.Option()],
          tracker: Annotated[Optional[str], typer.Option(help="tracker URL")] =
          NODE["tracker_url"],
-         announce_url: Annotated[Optional[str], typer.Option()] = NODE["announce_url"],
+         host: Annotated[str, typer.Option(help=HOST_HELP)] = NODE["host"],
+         announce_url: Annotated[Optional[str], typer.Option(
+             "--advertise", "--announce-url", help="address other hosts dial, signed into the "
+             "node's record: HOST, HOST:PORT or a ws(s):// URL (default: --host)")] =
+         NODE["announce_url"],
+         tls: Annotated[str, typer.Option(help=TLS_HELP)] = NODE["tls"],
+         key: Annotated[Optional[Path], typer.Option(
+             help="the node's identity key, NAME.pem (created, mode 0600, if absent): the node "
+             "id survives restarts (default: a new key per process)")] = None,
          threads: Annotated[Optional[int], typer.Option(help="torch threads")] = NODE["threads"],
          memory_budget_mb: float = NODE["memory_budget_bytes"] / MB,
          idle_timeout: float = NODE["idle_timeout_s"],
@@ -114,26 +162,39 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
          watch_poll: float = WATCH["poll_s"], drain_grace: float = WATCH["drain_grace_s"],
          gateway_key: Annotated[Optional[list[str]], typer.Option(
              "--gateway-key", help="public key (hex) of a gateway this node works for; "
-             "repeatable (default: any gateway that signs its routes)")] = None) -> None:
+             "repeatable (default: any gateway that signs its routes)")] = None,
+         join: Annotated[Optional[list[str]], typer.Option("--join", help=JOIN_HELP)] = None,
+         dht_port: Annotated[int, typer.Option(help="UDP port of this node's DHT peer "
+                                               "(0: any)")] = 0) -> None:
     """Serve layers START:END of a verified registry version."""
     from serve.node import run_node
 
     node_cfg = node_config(model, layers, port, tracker, announce_url, threads, memory_budget_mb,
-                           idle_timeout, gateway_key)
+                           idle_timeout, gateway_key, host, _tls(tls))
     node_cfg.watch = _watch(watch, watch_poll, drain_grace)
-    run_node(node_cfg)
+    node_cfg.dht = _dht(join, dht_port)
+    run_node(node_cfg, key=_identity(key))
 
 
 @command(cli)
 def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
             tracker: Annotated[str, typer.Option()] = TRACKER_URL,
             port: Annotated[int, typer.Option()] = GATEWAY["port"],
+            host: Annotated[str, typer.Option(
+                help=HOST_HELP + " (the HTTP API and the return port)")] = GATEWAY["host"],
             return_port: int = GATEWAY["return_port"],
-            return_url: Optional[str] = GATEWAY["return_url"],
+            return_url: Annotated[Optional[str], typer.Option(
+                "--advertise", "--return-url", help="address last hops dial to answer, signed "
+                "into tickets: HOST, HOST:PORT or a ws(s):// URL (default: --host)")] =
+            GATEWAY["return_url"],
+            tls: Annotated[str, typer.Option(help=TLS_HELP)] = GATEWAY["tls"],
             api_key: Annotated[Optional[list[str]], typer.Option("--api-key")] = None,
             key: Annotated[Optional[str], typer.Option(
                 help="name of the key in $SHOAL_HOME/keys that signs routes and verdicts "
                 "(default: a new key per process)")] = None,
+            key_file: Annotated[Optional[Path], typer.Option(
+                help="signing key file NAME.pem instead of --key (created, mode 0600, if "
+                "absent)")] = None,
             trust_verdict_key: Annotated[Optional[list[str]], typer.Option(
                 "--trust-verdict-key", help="public key (hex) of another gateway or maintainer "
                 "whose verdicts evict here too; repeatable")] = None,
@@ -175,14 +236,19 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
             BATCH["max_sessions"],
             batch_busy_sessions: Annotated[int, typer.Option(
                 help="batch lines that go on while interactive requests run")] =
-            BATCH["busy_sessions"]) -> None:
+            BATCH["busy_sessions"],
+            join: Annotated[Optional[list[str]], typer.Option("--join", help=JOIN_HELP)] = None,
+            dht_port: Annotated[int, typer.Option(help="UDP port of this gateway's DHT peer "
+                                                  "(0: any)")] = 0) -> None:
     """Run the OpenAI-compatible gateway in front of the swarm (dashboard at /dashboard)."""
     from flows.erasure import erase_derived
     from registry.signing import load_key
     from serve.gateway.server import run_gateway
 
     cfg = config()
-    signing_key = load_key(cfg.keys_dir, key, cfg.key_passphrase) if key else None
+    if key and key_file:
+        fail("give --key NAME or --key-file FILE, not both")
+    signing_key = load_key(cfg.keys_dir, key, cfg.key_passphrase) if key else _identity(key_file)
     version_id, directory, manifest = _checkout(model, "head")
     draft_dir = trusted_dir = None
     if draft_model:
@@ -195,6 +261,8 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
                               spot_check_sessions=spot_check_sessions)
     run_gateway(GatewayConfig(directory=directory, version_id=version_id,
                               model_name=manifest.name, tracker_url=tracker, port=port,
+                              dht=_dht(join, dht_port),
+                              host=host, tls=_tls(tls),
                               return_port=return_port, return_url=return_url,
                               api_keys=set(api_key or []), chain=not naive,
                               wire_dtype=wire_dtype, timeout_s=timeout,

@@ -122,6 +122,7 @@ class Shadow:
             signed = chain[k]
             audit = auth.sign_audit(pipeline.key, fwd.request_id)
             answer = await pipeline.request(hop.url, audit, node_id=hop.node_id, timeout_s=10.0,
+                                            public_key=hop.public_key,
                                             expect=Expect([hop], wire.header_digest(audit)))
         except HopFailed as exc:
             if exc.code == "audit":  # no longer kept: counted, failed only when it is the rule

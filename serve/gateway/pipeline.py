@@ -31,10 +31,12 @@ import torch
 
 from registry.signing import SigningKey
 from serve import auth, wire
+from serve.config import TlsMode
 from serve.discovery import Discovery
 from serve.exceptions import FrameRejected, HopFailed, NoRoute, SessionEvicted, hop_error
 from serve.links import Links, incoming
 from serve.routing import best_route
+from serve.transport import advertised_url, server_context, tls_enabled
 
 log = logging.getLogger("shoal.gateway")
 
@@ -60,8 +62,11 @@ class Pipeline:
     def __init__(self, discovery: Discovery, num_layers: int, version: str | None, *,
                  host: str = "127.0.0.1", return_port: int = 0, return_url: str | None = None,
                  timeout_s: float = 60.0, wire_dtype: str = "float32", chain: bool = True,
-                 exclude_s: float = 60.0, key: SigningKey | None = None) -> None:
+                 exclude_s: float = 60.0, key: SigningKey | None = None,
+                 tls: TlsMode = "auto") -> None:
         self.discovery, self.num_layers, self.version = discovery, num_layers, version
+        self.tls = tls_enabled(tls, host)
+        """Whether the return port speaks TLS (serve/transport.py)."""
         self.key = key or SigningKey.generate("gateway")
         self.max_frame_bytes = 64 << 20
         """Largest frame accepted on the return port."""
@@ -103,7 +108,8 @@ class Pipeline:
         self.receipts: dict[str, list[wire.Receipt]] = {}
         """The receipt chain of recent traversals by request id (spot checks read them)."""
         self._tickets: dict[tuple, tuple[bytes, bytes]] = {}
-        self._links = Links(on_connect=self._handle_return)  # pongs come back on these links
+        # pongs come back on these links
+        self._links = Links(on_connect=self._handle_return, allow_plain=tls == "off")
         self._server = None
 
     async def start(self) -> None:
@@ -111,9 +117,10 @@ class Pipeline:
 
         self._server = await serve(self._handle_return, self.host, self.return_port,
                                    max_size=self.max_frame_bytes, compression=None,
-                                   ping_interval=None)
+                                   ping_interval=None,
+                                   ssl=server_context(self.key) if self.tls else None)
         port = self._server.sockets[0].getsockname()[1]
-        self.reply_to = self.return_url or f"ws://{self.host}:{port}"
+        self.reply_to = advertised_url(self.host, port, self.return_url, self.tls)
         self.return_port = port
 
     async def stop(self) -> None:
@@ -199,8 +206,8 @@ class Pipeline:
         while len(self.receipts) > 4096:
             self.receipts.pop(next(iter(self.receipts)))
 
-    async def _send(self, url: str, frame: bytes) -> None:
-        await self._links.send(url, frame)
+    async def _send(self, url: str, frame: bytes, peer_key: str) -> None:
+        await self._links.send(url, frame, peer_key)
 
     # routes --------------------------------------------------------------------------------------
 
@@ -233,20 +240,21 @@ class Pipeline:
 
     # traversal -----------------------------------------------------------------------------------
 
-    async def request(self, url: str, message, tensor=None, *, node_id: str,
+    async def request(self, url: str, message, tensor=None, *, node_id: str, public_key: str,
                       timeout_s: float | None = None, expect: "Expect | None" = None,
                       request_id: str | None = None) -> object:
         """Send one message and wait for the answer that carries its request id. `expect` says
         what the answer must match; by default, the node `node_id` at `url` answering exactly
-        this frame."""
+        this frame. `public_key` is the node's signed key: a ``wss://`` peer must present it."""
         request_id = request_id or message.request_id
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        self._expect[request_id] = expect or Expect([wire.Hop(node_id, url, 0, 1)],
+        self._expect[request_id] = expect or Expect([wire.Hop(node_id, url, 0, 1, public_key)],
                                                     wire.header_digest(message))
         try:
             try:
-                await self._send(url, wire.encode(message, tensor, self.wire_dtype))
+                await self._send(url, wire.encode(message, tensor, self.wire_dtype),
+                                 public_key)
             except Exception as exc:
                 raise HopFailed(node_id, f"unreachable ({exc})") from None
             return await asyncio.wait_for(future, timeout_s or self.timeout_s)
@@ -291,6 +299,7 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 hidden = await self.request(part[0].url, msg, hidden, node_id=part[0].node_id,
+                                            public_key=part[0].public_key,
                                             expect=expect, request_id=request_id)
             except TimeoutError:
                 raise HopFailed(await self._silent_node(part), "timed out") from None
@@ -312,6 +321,7 @@ class Pipeline:
             ping = wire.Ping(uuid.uuid4().hex)
             try:
                 await self.request(hop.url, ping, node_id=hop.node_id, timeout_s=2.0,
+                                   public_key=hop.public_key,
                                    expect=Expect([hop], wire.header_digest(ping)))
             except Exception:
                 return hop.node_id
@@ -321,7 +331,7 @@ class Pipeline:
         """Round-trip time in ms and the node's self-reported info."""
         t0 = time.perf_counter()
         ping = wire.Ping(uuid.uuid4().hex)
-        pong = await self.request(hop.url, ping, node_id=hop.node_id,
+        pong = await self.request(hop.url, ping, node_id=hop.node_id, public_key=hop.public_key,
                                   expect=Expect([hop], wire.header_digest(ping)))
         return 1000 * (time.perf_counter() - t0), pong.stats
 
@@ -341,7 +351,7 @@ class Pipeline:
         async def _close():
             for hop in route:
                 try:
-                    await self._send(hop.url, frame)
+                    await self._send(hop.url, frame, hop.public_key)
                 except Exception:
                     pass
         asyncio.get_running_loop().create_task(_close())

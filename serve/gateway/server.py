@@ -44,13 +44,19 @@ def build_runtime(cfg: GatewayConfig, version_id: str, directory: Path,
 
     head = Head(directory)
     key = key or SigningKey.generate("gateway")
-    discovery = TrackerDiscovery(cfg.tracker_url, key=key,
+    if cfg.dht is not None:
+        from serve.dht_discovery import DhtDiscovery, peer_for
+
+        discovery = DhtDiscovery(peer_for(cfg.dht, cfg.host), key=key,
                                  trusted_verdict_keys=cfg.trusted_verdict_keys)
+    else:
+        discovery = TrackerDiscovery(cfg.tracker_url, key=key,
+                                     trusted_verdict_keys=cfg.trusted_verdict_keys)
     pipeline = Pipeline(discovery, head.num_layers, version_id,
                         host=cfg.host, return_port=cfg.return_port if first else 0,
                         return_url=cfg.return_url if first else None,
                         timeout_s=cfg.timeout_s, wire_dtype=cfg.wire_dtype, chain=cfg.chain,
-                        key=key)
+                        key=key, tls=cfg.tls)
     runtime = Runtime(version_id, Engine(head, pipeline, build_drafters(cfg, draft_model_dir),
                                          cfg.drafter))
     if cfg.verify:

@@ -128,6 +128,7 @@ class Verifier:
         t0 = time.perf_counter()
         try:
             proof = await self.pipeline.request(node.url, challenge, node_id=node.node_id,
+                                                public_key=node.public_key,
                                                 timeout_s=max(5.0, 3 * self.config.deadline_s),
                                                 expect=Expect([hop_of(node)],
                                                               wire.header_digest(challenge)))

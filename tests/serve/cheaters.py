@@ -105,7 +105,8 @@ class Cheater(Node):
                                         wire.tensor_digest(out, dtype), version)
             result = auth.make_result(self.key, job.keys.gateway, job.request_id, [receipt],
                                       job.order_digest, dtype)
-            await self._send(job.ticket.reply_to, wire.encode(result, out, dtype))
+            await self._send(job.ticket.reply_to, wire.encode(result, out, dtype),
+                             job.ticket.gateway_key)
             return
         if self.mode in RATIONAL:
             fraction, honest_first = RATIONAL[self.mode]

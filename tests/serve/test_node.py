@@ -194,7 +194,7 @@ def test_a_node_never_signs_an_output_the_wire_cannot_carry(tiny_model_dir):
     job = node.admission.forward(f.forward(wire_dtype="float16"), h)
     sent = []
 
-    async def capture(url, data):
+    async def capture(url, data, peer_key):
         sent.append((url, data))
 
     node._send = capture

@@ -1,0 +1,143 @@
+"""The hop transport between hosts: TLS 1.3 pinned to the peer's identity key (serve/transport.py).
+
+Real websockets servers and clients on loopback, and a byte-recording TCP relay between them that
+plays the passive listener on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from registry.signing import SigningKey
+from serve.exceptions import TransportRefused
+from serve.identity import load_or_create
+from serve.links import Links
+from serve.transport import advertised_url, check_dial, dial, server_context, tls_enabled
+
+SECRET = b"hidden-state-bytes-" * 8
+
+
+async def _echo_server(key: SigningKey | None):
+    from websockets.asyncio.server import serve
+
+    async def echo(ws):
+        async for frame in ws:
+            await ws.send(frame)
+
+    return await serve(echo, "127.0.0.1", 0, compression=None,
+                       ssl=server_context(key) if key else None)
+
+
+async def _tap(target_port: int, seen: bytearray):
+    """A TCP relay to `target_port` that records every byte passing either way."""
+
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                seen.extend(data)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader, writer):
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def _port(server) -> int:
+    return server.sockets[0].getsockname()[1]
+
+
+def test_a_passive_listener_reads_plain_frames_but_not_tls_ones():
+    async def run(key):
+        server = await _echo_server(key)
+        seen = bytearray()
+        tap = await _tap(_port(server), seen)
+        scheme = "wss" if key else "ws"
+        conn = await dial(f"{scheme}://127.0.0.1:{_port(tap)}", key.public_hex if key else None,
+                          compression=None)
+        await conn.send(SECRET)
+        assert await conn.recv() == SECRET
+        await conn.close()
+        tap.close()
+        server.close()
+        return bytes(seen)
+
+    # the control: on ws:// the echo (server frames are not masked) is readable on the wire
+    assert SECRET in asyncio.run(run(None))
+    wire_bytes = asyncio.run(run(SigningKey.generate("node")))
+    assert len(wire_bytes) > len(SECRET)
+    assert SECRET[:19] not in wire_bytes
+
+
+def test_the_dialer_pins_the_certificate_to_the_signed_key():
+    node, other = SigningKey.generate("node"), SigningKey.generate("other")
+
+    async def run():
+        server = await _echo_server(node)
+        url = f"wss://127.0.0.1:{_port(server)}"
+        try:
+            with pytest.raises(TransportRefused) as refused:
+                await dial(url, other.public_hex)
+            assert refused.value.check == "tls-pin"
+            with pytest.raises(TransportRefused):
+                await dial(url, None)  # no key to pin: no connection at all
+            # a plain websocket client cannot talk to the TLS port
+            from websockets.asyncio.client import connect
+
+            with pytest.raises(Exception):
+                await asyncio.wait_for(connect(f"ws://127.0.0.1:{_port(server)}"), 5)
+            links = Links()
+            with pytest.raises(TransportRefused):
+                await links.send(url, SECRET, other.public_hex)
+            await links.send(url, SECRET, node.public_hex)
+            await links.close()
+        finally:
+            server.close()
+
+    asyncio.run(run())
+
+
+def test_plain_ws_off_loopback_is_refused_unless_asked_for():
+    with pytest.raises(TransportRefused) as refused:
+        check_dial("ws://10.0.0.2:7101", "ab" * 32, allow_plain=False)
+    assert refused.value.check == "plain"
+    check_dial("ws://10.0.0.2:7101", None, allow_plain=True)
+    check_dial("ws://127.0.0.1:7101", None, allow_plain=False)
+    with pytest.raises(TransportRefused):
+        check_dial("http://10.0.0.2:7101", "ab" * 32, allow_plain=True)
+
+
+def test_bind_and_advertise():
+    assert tls_enabled("auto", "127.0.0.1") is False
+    assert tls_enabled("auto", "0.0.0.0") is True
+    assert tls_enabled("on", "127.0.0.1") is True
+    assert tls_enabled("off", "10.0.0.2") is False
+    assert advertised_url("0.0.0.0", 7101, "10.0.0.2", True) == "wss://10.0.0.2:7101"
+    assert advertised_url("0.0.0.0", 7101, "relay.example:9000", True) == \
+        "wss://relay.example:9000"
+    assert advertised_url("10.0.0.2", 7101, None, False) == "ws://10.0.0.2:7101"
+    assert advertised_url("::1", 7101, None, False) == "ws://[::1]:7101"
+    assert advertised_url("0.0.0.0", 7101, "ws://10.0.0.9:1", True) == "ws://10.0.0.9:1"
+    with pytest.raises(ValueError, match="--advertise"):
+        advertised_url("0.0.0.0", 7101, None, True)
+
+
+def test_a_key_file_is_created_private_then_reused(tmp_path):
+    from registry.exceptions import KeyError_
+
+    path = tmp_path / "keys" / "node.pem"
+    first = load_or_create(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create(path).public_hex == first.public_hex
+    path.chmod(0o644)
+    with pytest.raises(KeyError_, match="too open"):
+        load_or_create(path)
+    with pytest.raises(KeyError_, match="NAME.pem"):
+        load_or_create(tmp_path / "node.key")
