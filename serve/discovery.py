@@ -144,6 +144,49 @@ class Discovery(Protocol):
         ...
 
 
+class RecordFilter:
+    """What every reader of relayed node records does with a batch of them: verify each
+    (`check_record`), keep the newest per node, refuse one older than a record already read
+    from that node (a rollback), and log each refused node and check once."""
+
+    def __init__(self, source: str, max_age_s: float = MAX_SKEW_S) -> None:
+        self.source, self.max_age_s = source, max_age_s
+        self._newest: dict[str, float] = {}
+        """node id -> the newest issued_at read: an older record of it is a rollback."""
+        self._logged: set[tuple[str, str]] = set()
+
+    def select(self, entries: Iterable[Any], now: float
+               ) -> list[tuple[NodeRecord, dict[str, Any]]]:
+        """(record, entry as relayed) of each node whose newest entry verifies."""
+        best: dict[str, tuple[NodeRecord, dict[str, Any]]] = {}
+        for entry in entries:
+            try:
+                record = check_record(entry, now=now, max_age_s=self.max_age_s)
+            except RecordRejected as exc:
+                node_id = entry.get("node_id") if isinstance(entry, dict) else None
+                self._log_once(str(node_id)[:64], exc)
+                continue
+            if record.issued_at < self._newest.get(record.node_id, 0.0):
+                self._log_once(record.node_id, RecordRejected(
+                    "replay", f"{self.source} relays an older record than one already read"))
+                continue
+            held = best.get(record.node_id)
+            if held is None or record.issued_at > held[0].issued_at:
+                best[record.node_id] = (record, entry)
+        self._newest = {k: v for k, v in self._newest.items() if v >= now - self.max_age_s}
+        for node_id, (record, _) in best.items():
+            self._newest[node_id] = record.issued_at
+        return list(best.values())
+
+    def _log_once(self, node_id: str, exc: RecordRejected) -> None:
+        if (node_id, exc.check) in self._logged:
+            return
+        if len(self._logged) > 4096:  # bounded; a flood of ids only restarts the log
+            self._logged.clear()
+        self._logged.add((node_id, exc.check))
+        log.warning("dropping the record of node %r from %s: %s", node_id, self.source, exc)
+
+
 class TrackerDiscovery:
     """Discovery through a tracker's HTTP API, verifying everything the tracker says."""
 
@@ -161,34 +204,13 @@ class TrackerDiscovery:
             {key.public_hex} if key is not None else set())
         self.max_age_s = max_age_s
         self._http = httpx.AsyncClient(timeout=timeout_s)
-        self._newest: dict[str, float] = {}
-        """node id -> the newest issued_at read: an older record of it is a rollback."""
-        self._logged: set[tuple[str, str]] = set()
+        self._records = RecordFilter(self.url, max_age_s)
 
     async def nodes(self) -> list[NodeInfo]:
         entries = await self._listing()
         now = time.time()
-        best: dict[str, tuple[NodeRecord, dict[str, Any]]] = {}
-        for entry in entries:
-            try:
-                record = check_record(entry, now=now, max_age_s=self.max_age_s)
-            except RecordRejected as exc:
-                node_id = entry.get("node_id") if isinstance(entry, dict) else None
-                self._log_once(str(node_id)[:64], exc)
-                continue
-            if record.issued_at < self._newest.get(record.node_id, 0.0):
-                self._log_once(record.node_id, RecordRejected(
-                    "replay", "the tracker lists an older record than one already read"))
-                continue
-            held = best.get(record.node_id)
-            if held is None or record.issued_at > held[0].issued_at:
-                best[record.node_id] = (record, entry)
-        self._newest = {k: v for k, v in self._newest.items() if v >= now - self.max_age_s}
-        out = []
-        for node_id, (record, entry) in best.items():
-            self._newest[node_id] = record.issued_at
-            out.append(self._node(record, entry, now))
-        return out
+        return [self._node(record, entry, now)
+                for record, entry in self._records.select(entries, now)]
 
     async def _listing(self) -> list:
         async with self._http.stream("GET", f"{self.url}/nodes") as response:
@@ -208,34 +230,7 @@ class TrackerDiscovery:
         return entries
 
     def _node(self, record: NodeRecord, entry: dict[str, Any], now: float) -> NodeInfo:
-        status, verdict, claims = "ok", None, []
-        posted = entry.get("verdicts")
-        if not isinstance(posted, list):
-            posted = [entry.get("verdict")] if entry.get("verdict") is not None else []
-        for v in posted[:MAX_VERDICTS_PER_NODE]:
-            try:
-                checked = check_verdict(v, self.trusted, now=now)
-                if checked.node_id != record.node_id:
-                    raise RecordRejected("node-mismatch", f"about {checked.node_id}")
-                status, verdict = "evicted", v
-            except RecordRejected as exc:
-                claims.append(_claim(v, exc))
-        if status == "ok" and entry.get("status") not in (None, "ok") and not claims:
-            claims.append(f"the tracker says {str(entry.get('status'))[:32]!r} without a "
-                          "signed verdict")
-        last_seen = entry.get("last_seen")
-        return NodeInfo(**record.model_dump(), signature=entry["signature"], status=status,
-                        verdict=verdict, claims=claims,
-                        last_seen=float(last_seen) if isinstance(last_seen, (int, float)) and
-                        not isinstance(last_seen, bool) else 0.0)
-
-    def _log_once(self, node_id: str, exc: RecordRejected) -> None:
-        if (node_id, exc.check) in self._logged:
-            return
-        if len(self._logged) > 4096:  # bounded; a flood of ids only restarts the log
-            self._logged.clear()
-        self._logged.add((node_id, exc.check))
-        log.warning("dropping the record of node %r from %s: %s", node_id, self.url, exc)
+        return weigh_verdicts(record, entry, self.trusted, now)
 
     async def report(self, node_id: str, status: str, check: str, detail: str = "",
                      evidence: dict | None = None) -> None:
@@ -252,6 +247,32 @@ class TrackerDiscovery:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def weigh_verdicts(record: NodeRecord, entry: dict[str, Any], trusted: frozenset[str],
+                   now: float) -> NodeInfo:
+    """The `NodeInfo` of a verified record, with the verdicts relayed beside it weighed: one
+    signed by a `trusted` key evicts, any other is a claim (and so is a relay's bare status)."""
+    status, verdict, claims = "ok", None, []
+    posted = entry.get("verdicts")
+    if not isinstance(posted, list):
+        posted = [entry.get("verdict")] if entry.get("verdict") is not None else []
+    for v in posted[:MAX_VERDICTS_PER_NODE]:
+        try:
+            checked = check_verdict(v, trusted, now=now)
+            if checked.node_id != record.node_id:
+                raise RecordRejected("node-mismatch", f"about {checked.node_id}")
+            status, verdict = "evicted", v
+        except RecordRejected as exc:
+            claims.append(_claim(v, exc))
+    if status == "ok" and entry.get("status") not in (None, "ok") and not claims:
+        claims.append(f"the tracker says {str(entry.get('status'))[:32]!r} without a "
+                      "signed verdict")
+    last_seen = entry.get("last_seen")
+    return NodeInfo(**record.model_dump(), signature=entry["signature"], status=status,
+                    verdict=verdict, claims=claims,
+                    last_seen=float(last_seen) if isinstance(last_seen, (int, float)) and
+                    not isinstance(last_seen, bool) else 0.0)
 
 
 def _claim(v: Any, exc: RecordRejected) -> str:

@@ -1,0 +1,323 @@
+"""One process's peer in a swarm's Kademlia DHT: the `kademlia` package (asyncio, UDP via
+`rpcudp`), with storage that checks every value before keeping it.
+
+What lives in the DHT, all sealed with the swarm's key (serve/invite.py):
+
+- ``node/<id>``: node `id`'s latest signed record (`serve.records`);
+- ``index``: the swarm's membership index. A node announces by storing its record under both
+  keys; a storing peer of the index verifies the record and *merges* it (one entry per node id),
+  so no store can erase another node from the index. A lookup of the index answers the ids and
+  issue times of the members it holds.
+
+A storing peer refuses (and a reader drops) anything that does not open with the swarm's key for
+exactly that DHT key, that `check_record` refuses (id = hash of key, signature, canonical form,
+issued within the record TTL), that sits under another node's key, or that is not newer than the
+record it holds for that node (a replay). Readers ask every one of the k peers closest to a key
+and merge what they answer, so one storing peer cannot hide a node; readers verify every record
+again themselves (serve/dht_discovery.py).
+
+The DHT layer itself is open: a process without the invite can exchange routing messages with
+the swarm's peers (and so learn their UDP addresses), but cannot compute the swarm's keys, read
+its values or store any. Every datagram is bounded and any error while handling one costs that
+datagram only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Iterator
+
+from kademlia.crawling import NodeSpiderCrawl
+from kademlia.network import Server
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+from kademlia.storage import IStorage
+
+from serve.config import DhtConfig
+from serve.discovery import check_record
+from serve.exceptions import InviteError, RecordRejected
+from serve.invite import KEY_BYTES, Peer, SwarmKeys
+
+log = logging.getLogger("shoal.dht")
+
+MAX_DATAGRAM = 60_000
+"""Larger datagrams are dropped unread (a loopback datagram holds at most 65,507 bytes)."""
+MAX_VALUE_BYTES = 7_800
+"""Largest sealed value stored (a request datagram of `rpcudp` holds at most 8 KiB)."""
+
+
+def _strict_json(data: bytes) -> Any:
+    def no_constant(name: str) -> float:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(data, parse_constant=no_constant)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise RecordRejected("json", "the value is not JSON") from None
+
+
+class SwarmStorage(IStorage):
+    """The values this peer stores for the swarm, each checked on the way in (`accept`).
+
+    Node keys hold one record each; the index holds one entry per node id. Both are bounded by
+    `max_nodes`; entries older than the TTL are dropped whenever the storage is read."""
+
+    def __init__(self, keys: SwarmKeys, ttl_s: float, max_nodes: int) -> None:
+        self.keys, self.ttl_s, self.max_nodes = keys, ttl_s, max_nodes
+        self.records: dict[bytes, tuple[str, float, bytes]] = {}
+        """DHT key -> (node id, issued at, the value as sealed by the node)."""
+        self.index: dict[str, tuple[float, bytes]] = {}
+        """Node id -> (issued at, its record as sealed for the index key)."""
+
+    def accept(self, dkey: Any, value: Any) -> bool:
+        """Keep `value` under `dkey` if it passes every check; False (logged) otherwise."""
+        try:
+            self._accept(dkey, value, time.time())
+            return True
+        except (RecordRejected, InviteError) as exc:
+            log.debug("refused a store: %s", exc)
+            return False
+
+    def _accept(self, dkey: Any, value: Any, now: float) -> None:
+        if not isinstance(dkey, bytes) or len(dkey) != KEY_BYTES:
+            raise RecordRejected("key", "a DHT key is 20 bytes")
+        if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
+            raise RecordRejected("size", f"a value is bytes, at most {MAX_VALUE_BYTES}")
+        record = check_record(_strict_json(self.keys.open(dkey, value)), now=now,
+                              max_age_s=self.ttl_s)
+        if dkey == self.keys.index:
+            held = self.index.get(record.node_id)
+            table_size = len(self.index)
+        elif dkey == self.keys.node_key(record.node_id):
+            held = self.records.get(dkey)
+            held = held[1:] if held else None
+            table_size = len(self.records)
+        else:
+            raise RecordRejected("key", f"the record of {record.node_id} is stored under "
+                                 "another key")
+        if held is not None and record.issued_at <= held[0]:
+            raise RecordRejected("replay", f"the record of {record.node_id} is not newer than "
+                                 "the one held")
+        if held is None and table_size >= self.max_nodes:
+            self._purge(now)
+            if len(self.index if dkey == self.keys.index else self.records) >= self.max_nodes:
+                raise RecordRejected("full", f"this peer holds {self.max_nodes} nodes")
+        if dkey == self.keys.index:
+            self.index[record.node_id] = (record.issued_at, value)
+        else:
+            self.records[dkey] = (record.node_id, record.issued_at, value)
+
+    def _purge(self, now: float) -> None:
+        cutoff = now - self.ttl_s
+        self.records = {k: v for k, v in self.records.items() if v[1] >= cutoff}
+        self.index = {k: v for k, v in self.index.items() if v[0] >= cutoff}
+
+    # the kademlia storage interface ----------------------------------------------------------
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.accept(key, value)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._purge(time.time())
+        if key == self.keys.index:
+            if not self.index:
+                return default
+            members = [[node_id, issued] for node_id, (issued, _) in self.index.items()]
+            return self.keys.seal(key, json.dumps({"members": members}).encode())
+        held = self.records.get(key) if isinstance(key, bytes) else None
+        return held[2] if held else default
+
+    def __getitem__(self, key: bytes) -> bytes:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every stored value as a store request would carry it (kademlia hands these to peers
+        that join closer to a key)."""
+        self._purge(time.time())
+        items = [(k, v[2]) for k, v in self.records.items()]
+        items += [(self.keys.index, sealed) for _, sealed in self.index.values()]
+        return iter(items)
+
+    def iter_older_than(self, seconds_old: float) -> list:
+        return []  # records live for seconds and are re-announced by their nodes
+
+
+def _node_tuple(item: Any) -> bool:
+    return (isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], bytes)
+            and len(item[0]) == KEY_BYTES and isinstance(item[1], str)
+            and isinstance(item[2], int) and 0 < item[2] < 65536)
+
+
+class SwarmProtocol(KademliaProtocol):
+    """Kademlia's protocol with every input checked: stores go through `SwarmStorage.accept`,
+    malformed requests and answers are dropped instead of raising in the event loop."""
+
+    def __init__(self, source_node: Node, storage: SwarmStorage, ksize: int,
+                 timeout_s: float) -> None:
+        super().__init__(source_node, storage, ksize)
+        self._wait_timeout = timeout_s
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if len(data) <= MAX_DATAGRAM:
+            super().datagram_received(data, addr)
+
+    async def _solve_datagram(self, datagram: bytes, address: tuple) -> None:
+        try:
+            await super()._solve_datagram(datagram, address)
+        except Exception as exc:  # a malformed datagram costs itself only
+            log.debug("dropped a datagram from %s: %s", address, type(exc).__name__)
+
+    async def _accept_request(self, msg_id: bytes, data: Any, address: tuple) -> None:
+        try:
+            await super()._accept_request(msg_id, data, address)
+        except Exception as exc:
+            log.debug("dropped a request from %s: %s", address, type(exc).__name__)
+
+    def welcome_if_new(self, node: Node) -> None:
+        if isinstance(node.id, bytes) and len(node.id) == KEY_BYTES and node.id != \
+                self.source_node.id:
+            super().welcome_if_new(node)
+
+    def rpc_store(self, sender: tuple, nodeid: Any, key: Any, value: Any) -> bool:
+        if isinstance(nodeid, bytes) and len(nodeid) == KEY_BYTES:
+            self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
+        return self.storage.accept(key, value)
+
+    def handle_call_response(self, result: tuple, node: Node) -> tuple:
+        """Kademlia's bookkeeping, after the answer is checked: anything but a list of node
+        triples or a ``{"value": bytes}`` counts as no answer."""
+        ok, data = result
+        if ok and not (isinstance(data, (bool, bytes))
+                       or (isinstance(data, dict) and set(data) == {"value"}
+                           and isinstance(data["value"], bytes))
+                       or (isinstance(data, list) and len(data) <= 64
+                           and all(_node_tuple(n) for n in data))):
+            result = (False, None)
+        return super().handle_call_response(result, node)
+
+
+class DhtPeer:
+    """This process's DHT peer for one swarm: listen, join through the invite's peers, store,
+    and read what the k closest peers hold."""
+
+    def __init__(self, config: DhtConfig) -> None:
+        self.config = config
+        self.keys = SwarmKeys(config.invite)
+        self.storage = SwarmStorage(self.keys, config.ttl_s, config.max_nodes)
+        self.server = Server(ksize=config.ksize, alpha=config.alpha, storage=self.storage)
+        self.server._create_protocol = lambda: SwarmProtocol(
+            self.server.node, self.storage, config.ksize, config.rpc_timeout_s)
+        self.address: Peer | None = None
+        self._started = asyncio.Lock()
+
+    @property
+    def protocol(self) -> SwarmProtocol:
+        return self.server.protocol
+
+    async def start(self) -> "DhtPeer":
+        """Listen (once) and try the bootstrap peers; joining is retried by `join`."""
+        async with self._started:
+            if self.address is None:
+                await self.server.listen(self.config.port, self.config.host or "127.0.0.1")
+                host, port = self.server.transport.get_extra_info("sockname")[:2]
+                self.address = Peer(host=host, port=port)
+                log.info("DHT peer of swarm %r on udp %s", self.keys.swarm, self.address)
+                await self.join()
+        return self
+
+    def known_peers(self) -> int:
+        return sum(len(b) for b in self.protocol.router.buckets)
+
+    async def join(self) -> int:
+        """Bootstrap through the invite's peers when this peer knows none (at start, and after
+        every peer it knew went away); returns the peers known."""
+        if self.known_peers() == 0:
+            others = [(p.host, p.port) for p in self.config.invite.peers if p != self.address]
+            if others:
+                try:
+                    await self.server.bootstrap(others)
+                except Exception as exc:  # an unreachable bootstrap peer is normal
+                    log.debug("bootstrap failed: %s", exc)
+        return self.known_peers()
+
+    async def _nearest(self, dkey: bytes) -> list[Node]:
+        target = Node(dkey)
+        nearest = self.protocol.router.find_neighbors(target, self.config.ksize)
+        if not nearest:
+            return []
+        crawl = NodeSpiderCrawl(self.protocol, target, nearest, self.config.ksize,
+                                self.config.alpha)
+        return await crawl.find()
+
+    async def put(self, dkey: bytes, value: bytes) -> int:
+        """Store `value` here and on the k peers closest to `dkey`; how many accepted it."""
+        stored = int(self.storage.accept(dkey, value))
+        peers = await self._nearest(dkey)
+        answers = await asyncio.gather(*(self.protocol.call_store(n, dkey, value)
+                                         for n in peers))
+        return stored + sum(1 for ok, data in answers if ok and data is True)
+
+    async def get_all(self, dkey: bytes) -> list[bytes]:
+        """What this peer and each of the k peers closest to `dkey` hold under it."""
+        values = []
+        local = self.storage.get(dkey)
+        if local is not None:
+            values.append(local)
+        peers = await self._nearest(dkey)
+        answers = await asyncio.gather(*(self.protocol.call_find_value(n, Node(dkey))
+                                         for n in peers))
+        values += [data["value"] for ok, data in answers if ok and isinstance(data, dict)]
+        return values
+
+    async def announce(self, signed_record: dict[str, Any]) -> int:
+        """Store a node's signed record under its key and in the index; the peers (this one
+        included) that accepted the index entry."""
+        await self.join()
+        plain = json.dumps(signed_record, separators=(",", ":")).encode()
+        node_key = self.keys.node_key(str(signed_record.get("node_id")))
+        for_node, for_index = (self.keys.seal(node_key, plain),
+                               self.keys.seal(self.keys.index, plain))
+        if len(for_node) > MAX_VALUE_BYTES:
+            raise RecordRejected("size", f"a record of {len(plain)} bytes does not fit a "
+                                 "datagram")
+        _, accepted = await asyncio.gather(self.put(node_key, for_node),
+                                           self.put(self.keys.index, for_index))
+        return accepted
+
+    async def member_ids(self) -> dict[str, float]:
+        """Node id -> newest issue time, merged from every index the closest peers hold."""
+        members: dict[str, float] = {}
+        for sealed in await self.get_all(self.keys.index):
+            try:
+                listing = _strict_json(self.keys.open(self.keys.index, sealed))
+                for node_id, issued in listing["members"][:self.config.max_nodes]:
+                    if isinstance(node_id, str) and len(node_id) <= 64 and isinstance(
+                            issued, (int, float)) and issued > members.get(node_id, 0.0):
+                        members[node_id] = float(issued)
+            except (InviteError, RecordRejected, KeyError, TypeError, ValueError):
+                continue  # a peer's bad answer costs its own answer only
+        return members
+
+    async def records(self) -> list[Any]:
+        """Every record the closest peers hold for the indexed members, opened but not yet
+        verified (readers verify each one)."""
+        ids = list(await self.member_ids())
+        found = await asyncio.gather(*(self.get_all(self.keys.node_key(i)) for i in ids))
+        out = []
+        for node_id, values in zip(ids, found):
+            for sealed in values:
+                try:
+                    out.append(_strict_json(self.keys.open(self.keys.node_key(node_id),
+                                                           sealed)))
+                except (InviteError, RecordRejected):
+                    continue
+        return out
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -1,0 +1,125 @@
+"""Discovery without a tracker: `DhtDiscovery` reads the swarm's signed node records from its DHT
+(serve/dht.py), and `announce_forever` is a node's side, storing its record there again and again
+before it expires.
+
+A reader trusts the DHT no more than the tracker: every record it is handed goes through the same
+`RecordFilter` as the tracker's listing (id = hash of key, signature, canonical form, issued
+within the DHT's record TTL, never older than one already read from that node). A node that stops
+announcing drops out of the view once its last record is older than the TTL, so a dead node
+leaves routes within ``ttl_s + refresh_s``; a node that comes back is a new entry to the
+gateway's verifier, which checks it before it carries traffic like any node new to that gateway.
+
+Verdicts this gateway signs (`report`) evict here; they are kept by this reader (the tracker is
+where verdicts are shared between gateways today).
+
+The view is refreshed in the background every `refresh_s`, so a route never waits on the DHT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Iterable
+
+from serve.config import DhtConfig
+from serve.dht import DhtPeer
+from serve.discovery import (MAX_VERDICTS_PER_NODE, NodeInfo, RecordFilter, split_reason,
+                             weigh_verdicts)
+from serve.exceptions import VerdictNotPosted
+from serve.records import NodeRecord, sign_record, sign_verdict
+
+if TYPE_CHECKING:
+    from registry.signing import SigningKey
+
+log = logging.getLogger("shoal.dht")
+_peers: dict[str, DhtPeer] = {}
+
+
+def peer_for(config: DhtConfig, host: str = "127.0.0.1") -> DhtPeer:
+    """The one DHT peer of this process for `config` (a gateway's runtimes share it), bound to
+    `config.host` or else to `host`, the process's own address."""
+    config = config if config.host else config.model_copy(update={"host": host})
+    name = config.model_dump_json()
+    if name not in _peers:
+        _peers[name] = DhtPeer(config)
+    return _peers[name]
+
+
+class DhtDiscovery:
+    """`serve.discovery.Discovery` over a swarm's DHT, verifying every record it reads."""
+
+    def __init__(self, peer: DhtPeer, *, key: SigningKey | None = None,
+                 trusted_verdict_keys: Iterable[str] = ()) -> None:
+        """`key` signs this gateway's verdicts (without one, `report` raises); verdicts by `key`
+        and by `trusted_verdict_keys` evict."""
+        self.peer = peer
+        self.key = key
+        self.trusted = frozenset(k.lower() for k in trusted_verdict_keys) | (
+            {key.public_hex} if key is not None else set())
+        self.ttl_s = peer.config.ttl_s
+        self._records = RecordFilter(f"the DHT of swarm {peer.keys.swarm!r}", self.ttl_s)
+        self._view: list[tuple[NodeRecord, dict[str, Any]]] = []
+        self._verdicts: dict[str, list[dict[str, Any]]] = {}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.refreshes = 0
+        """Completed lookups of the swarm's records (benchmarks read it)."""
+
+    async def nodes(self) -> list[NodeInfo]:
+        if self._task is None:
+            self._task = asyncio.create_task(self._refresh_forever())
+        await self._ready.wait()
+        now = time.time()
+        return [weigh_verdicts(record, {**entry, "last_seen": record.issued_at,
+                                        "verdicts": self._verdicts.get(record.node_id, [])},
+                               self.trusted, now)
+                for record, entry in self._view if record.issued_at >= now - self.ttl_s]
+
+    async def refresh(self) -> None:
+        """Look the swarm's records up now and replace the view with the ones that verify."""
+        await self.peer.start()
+        await self.peer.join()
+        entries = await self.peer.records()
+        self._view = self._records.select(entries, time.time())
+        self.refreshes += 1
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # a DHT hiccup keeps the last view (it expires by itself)
+                log.warning("DHT lookup failed: %s", exc)
+            finally:
+                self._ready.set()
+            await asyncio.sleep(self.peer.config.refresh_s)
+
+    async def report(self, node_id: str, status: str, check: str, detail: str = "",
+                     evidence: dict | None = None) -> None:
+        """Sign a verdict with this gateway's key and keep it: the node is evicted here."""
+        if self.key is None:
+            raise VerdictNotPosted(f"no signing key to sign the verdict on {node_id}")
+        check, detail = split_reason(check, detail)
+        kept = self._verdicts.setdefault(node_id, [])
+        kept.append(sign_verdict(self.key, node_id, status, check, detail, evidence))
+        del kept[:-MAX_VERDICTS_PER_NODE]
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def announce_forever(peer: DhtPeer, key: SigningKey,
+                           info: Callable[[], dict[str, Any]]) -> None:
+    """A node's announcements: its freshly signed record every `announce_s`, for as long as it
+    runs (a failed round is logged and the next one tries again)."""
+    await peer.start()
+    while True:
+        try:
+            accepted = await peer.announce(sign_record(key, info()))
+            if accepted <= 1:
+                log.info("the record is held by this peer only (no other DHT peer yet)")
+        except Exception as exc:
+            log.warning("DHT announcement failed: %s", exc)
+        await asyncio.sleep(peer.config.announce_s)

@@ -1,0 +1,185 @@
+"""The DHT's storing peers and readers refuse what they must: real `kademlia` peers on loopback
+UDP in one event loop, an insider (a member holding the invite) attacking the others."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from registry.signing import SigningKey
+from serve.config import DhtConfig
+from serve.dht import DhtPeer
+from serve.dht_discovery import DhtDiscovery
+from serve.exceptions import InviteError
+from serve.invite import (Peer, SwarmKeys, decode_invite, join_invite, new_invite, open_invite,
+                          parse_peer)
+from serve.records import node_id_of, sign_record
+from serve.up import free_port
+
+
+def info(key: SigningKey, url: str = "ws://127.0.0.1:1") -> dict:
+    return {"node_id": node_id_of(key.public_hex), "url": url, "start": 0, "end": 2,
+            "version": "v1", "versions": ["v1"], "channel": {}, "public_key": key.public_hex,
+            "pid": 1, "sessions": 0, "queue": 0, "ms_per_token_layer": 1.0, "stats": {},
+            "attestation": None}
+
+
+def sealed(keys: SwarmKeys, dkey: bytes, entry: dict) -> bytes:
+    return keys.seal(dkey, json.dumps(entry).encode())
+
+
+async def start_peers(n: int, invite=None) -> list[DhtPeer]:
+    ports = [free_port() for _ in range(n)]
+    invite = invite or new_invite("t", [Peer(host="127.0.0.1", port=ports[0])])
+    peers = [DhtPeer(DhtConfig(invite=invite, port=p, host="127.0.0.1")) for p in ports]
+    for p in peers:
+        await p.start()
+    for p in peers:
+        await p.join()
+    return peers
+
+
+async def stored_on(peers: list[DhtPeer], announcer: DhtPeer, dkey: bytes, value: bytes) -> int:
+    """Peers other than `announcer` that accept `value` under `dkey` (each asked directly)."""
+    from kademlia.node import Node
+
+    answers = await asyncio.gather(*(announcer.protocol.call_store(
+        Node(p.server.node.id, "127.0.0.1", p.address.port), dkey, value)
+        for p in peers if p is not announcer))
+    return sum(1 for ok, data in answers if ok and data is True)
+
+
+def test_invites_round_trip_and_refuse_garbage():
+    invite = new_invite("lab", [parse_peer("127.0.0.1:7001")])
+    again = decode_invite(invite.encode())
+    assert again == invite and len(again.secret) == 64
+    joined = join_invite([invite.encode(), "10.0.0.2:7002"])
+    assert joined.secret == invite.secret and [str(p) for p in joined.peers] == [
+        "127.0.0.1:7001", "10.0.0.2:7002"]
+    assert join_invite(["127.0.0.1:7001"]).secret == open_invite([]).secret  # the open swarm
+    for bad in (["shoal-invite1:!!!"], ["host-without-port"], ["example.com:80"],
+                [invite.encode(), invite.encode()]):
+        with pytest.raises(InviteError):
+            join_invite(bad)
+    keys, other = SwarmKeys(invite), SwarmKeys(new_invite("lab", []))
+    assert keys.index != other.index  # the keys depend on the secret
+    box = keys.seal(keys.index, b"x")
+    assert keys.open(keys.index, box) == b"x"
+    for wrong in (lambda: other.open(other.index, box), lambda: keys.open(keys.node_key("a"), box),
+                  lambda: keys.open(keys.index, b"plain text, not sealed")):
+        with pytest.raises(InviteError):
+            wrong()
+
+
+def test_storing_peers_refuse_forged_replayed_and_misplaced_records():
+    async def run() -> None:
+        peers = await start_peers(3)
+        honest, insider = peers[1], peers[2]
+        keys = honest.keys
+        node, other = SigningKey.generate("n"), SigningKey.generate("o")
+        node_id = node_id_of(node.public_hex)
+        assert await honest.announce(sign_record(node, info(node))) == 3
+        first = sign_record(node, info(node))
+        await asyncio.sleep(0.01)
+        newer = sign_record(node, info(node))
+        assert await honest.announce(newer) == 3
+        forged = {**newer, "url": "ws://evil:1", "issued_at": time.time()}
+        claims_id = {**sign_record(other, info(other)), "node_id": node_id}
+        other_rec = sign_record(other, info(other))
+        attempts = {
+            "forged signature": (keys.node_key(node_id), sealed(keys, keys.node_key(node_id),
+                                                                forged)),
+            "replayed older record": (keys.node_key(node_id),
+                                      sealed(keys, keys.node_key(node_id), first)),
+            "same record again": (keys.index, sealed(keys, keys.index, newer)),
+            "another key's id": (keys.node_key(node_id), sealed(keys, keys.node_key(node_id),
+                                                                claims_id)),
+            "under another node's key": (keys.node_key(node_id),
+                                         sealed(keys, keys.node_key(node_id), other_rec)),
+            "unsealed": (keys.index, json.dumps(other_rec).encode()),
+            "sealed for another key": (keys.index, sealed(keys, keys.node_key(node_id),
+                                                          other_rec)),
+            "stale": (keys.index, sealed(keys, keys.index, sign_record_at(other, -60))),
+        }
+        for what, (dkey, value) in attempts.items():
+            assert await stored_on(peers, insider, dkey, value) == 0, what
+        reader = DhtDiscovery(peers[0])
+        await reader.refresh()
+        listed = await reader.nodes()
+        assert [(n.node_id, n.url, n.issued_at) for n in listed] == [
+            (node_id, newer["url"], newer["issued_at"])]
+        # an insider's own record only adds an index entry: it erases nobody
+        assert await insider.announce(other_rec) == 3
+        await reader.refresh()
+        assert {n.node_id for n in await reader.nodes()} == {node_id, other_rec["node_id"]}
+        for p in peers:
+            p.stop()
+
+    asyncio.run(run())
+
+
+def sign_record_at(key: SigningKey, offset_s: float) -> dict:
+    """A record signed as if `offset_s` from now (negative: in the past)."""
+    from registry.signing import canonical_json
+    from serve.records import NodeRecord
+
+    body = NodeRecord.model_validate({**info(key), "issued_at": time.time() + offset_s}
+                                     ).model_dump(mode="json")
+    return {**body, "signature": key.sign_bytes(canonical_json(body))}
+
+
+def test_a_reader_merges_every_storing_peer_and_drops_expired_records():
+    async def run() -> None:
+        peers = await start_peers(4)
+        cfg = peers[0].config
+        node = SigningKey.generate("n")
+        await peers[1].announce(sign_record(node, info(node)))
+        # one storing peer forgets the node (or lies by omission): the others still list it
+        peers[2].storage.index.clear()
+        peers[2].storage.records.clear()
+        reader = DhtDiscovery(peers[0])
+        await reader.refresh()
+        assert [n.node_id for n in await reader.nodes()] == [node_id_of(node.public_hex)]
+        # a node that stops announcing is gone once its record is older than the TTL
+        short = DhtDiscovery(peers[3])
+        short.ttl_s = 0.2
+        await short.refresh()
+        assert await short.nodes()
+        await asyncio.sleep(0.3)
+        assert await short.nodes() == []
+        assert cfg.ttl_s >= 2 * cfg.announce_s  # a live node re-announces well before expiry
+        for p in peers:
+            p.stop()
+
+    asyncio.run(run())
+
+
+def test_malformed_datagrams_cost_nothing():
+    async def run() -> None:
+        import socket
+
+        import umsgpack
+
+        peers = await start_peers(2)
+        target = ("127.0.0.1", peers[0].address.port)
+        junk = [b"", b"\x00" * 5, b"\x00" + b"m" * 20 + b"\xc1", b"\x07" + b"m" * 20 + b"x",
+                b"\x00" + b"m" * 20 + umsgpack.packb(["store", [1, 2]]),
+                b"\x00" + b"m" * 20 + umsgpack.packb(["find_node", [b"x" * 40, [1]]]),
+                b"\x00" + b"m" * 20 + umsgpack.packb(["ping", [{"a": 1}]]),
+                b"\x00" + b"m" * 20 + b"\xff" * 70000]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for datagram in junk:
+                try:
+                    s.sendto(datagram, target)
+                except OSError:  # larger than a datagram holds
+                    pass
+        await asyncio.sleep(0.2)
+        node = SigningKey.generate("n")
+        assert await peers[1].announce(sign_record(node, info(node))) == 2  # still serving
+        for p in peers:
+            p.stop()
+
+    asyncio.run(run())
