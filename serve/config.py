@@ -14,9 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve.invite import Invite
-from serve.invite import Invite
 from serve.policy import RoutingPolicyConfig
-from serve.records import MAX_SKEW_S
 from serve.records import MAX_SKEW_S
 
 WireDtype = Literal["float32", "bfloat16", "float16"]
@@ -117,33 +115,6 @@ class DhtConfig(_Config):
     """Most node records (and index entries) one peer stores for the swarm."""
 
 
-class DhtConfig(_Config):
-    """This process's peer in a swarm's DHT (serve/dht.py) and the liveness of node records
-    there (docs/serving.md, Discovery without a tracker)."""
-
-    invite: Invite
-    """The swarm: name, membership secret, bootstrap peers (serve/invite.py)."""
-    host: str | None = None
-    """Address the UDP socket binds (None: the process's own `host`)."""
-    port: int = Field(0, ge=0, le=65535)
-    """UDP port (0: any free port; bootstrap peers need a fixed one)."""
-    ttl_s: float = Field(6.0, gt=0, le=MAX_SKEW_S)
-    """A record issued longer ago than this is dropped by storing peers and readers: a node
-    that stops announcing leaves every route within about this long."""
-    announce_s: float = Field(1.5, gt=0)
-    """Seconds between a node's announcements (well under `ttl_s`)."""
-    refresh_s: float = Field(1.0, gt=0)
-    """Seconds between a reader's lookups of the swarm's records."""
-    rpc_timeout_s: float = Field(1.0, gt=0)
-    """A DHT peer that has not answered after this long counts as gone for that request."""
-    ksize: int = Field(20, ge=1, le=64)
-    """Kademlia's k: peers that store each key, and bucket size."""
-    alpha: int = Field(3, ge=1, le=16)
-    """Kademlia's alpha: lookups in flight per step."""
-    max_nodes: int = Field(1024, ge=1)
-    """Most node records (and index entries) one peer stores for the swarm."""
-
-
 class NodeConfig(_Config):
     """One node process: which span of which version it serves, where, and its limits."""
 
@@ -167,8 +138,6 @@ class NodeConfig(_Config):
     """Transport of the websocket port and of the links this node dials."""
     tracker_url: str | None = None
     """Tracker to announce to (None: no announcements)."""
-    dht: DhtConfig | None = None
-    """Announce into this swarm's DHT as well (None: tracker only)."""
     dht: DhtConfig | None = None
     """Announce into this swarm's DHT as well (None: tracker only)."""
     idle_timeout_s: float = Field(300.0, gt=0)
@@ -271,8 +240,6 @@ class GatewayConfig(_Config):
     """The model's name in the API (`GET /v1/models`)."""
     tracker_url: str
     """Where nodes are discovered."""
-    dht: DhtConfig | None = None
-    """Discover nodes through this swarm's DHT instead of the tracker."""
     dht: DhtConfig | None = None
     """Discover nodes through this swarm's DHT instead of the tracker."""
     host: str = "127.0.0.1"

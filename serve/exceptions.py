@@ -102,8 +102,3 @@ class ApiError(ServeError):
 class InviteError(ServeError, ValueError):
     """A swarm invite, a `--join` value or a sealed DHT value that cannot be used: malformed,
     or not sealed with the swarm's key."""
-
-
-class InviteError(ServeError, ValueError):
-    """A swarm invite, a `--join` value or a sealed DHT value that cannot be used: malformed,
-    or not sealed with the swarm's key."""
