@@ -219,8 +219,12 @@ class BatchConfig(_Config):
     stagger_s: float = Field(0.01, ge=0, le=10)
     """Pause between starting two lines, so sessions enter the pipeline at different stages
     instead of moving in lockstep."""
-    max_file_bytes: int = Field(2 * 2**20, gt=0)
-    """Largest input file (the request body bound of the gateway applies first)."""
+    max_file_bytes: int = Field(64 * 2**20, gt=0)
+    """Largest input file (the gateway's upload bound, `ApiLimits.max_upload_bytes`, applies
+    first)."""
+    max_owner_bytes: int = Field(2**30, gt=0)
+    """Most bytes of files one owner may keep stored (an upload beyond is refused; deleting
+    files frees room)."""
     max_lines: int = Field(50_000, gt=0)
     """Most lines one input file may hold."""
     max_attempts: int = Field(3, ge=1, le=100)

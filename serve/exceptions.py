@@ -102,3 +102,12 @@ class ApiError(ServeError):
 class InviteError(ServeError, ValueError):
     """A swarm invite, a `--join` value or a sealed DHT value that cannot be used: malformed,
     or not sealed with the swarm's key."""
+
+
+class StorageFull(ServeError):
+    """An upload would take its owner's stored files past their allowance."""
+
+    def __init__(self, held: int, limit: int) -> None:
+        super().__init__(f"the files stored for this key hold {held} bytes; at most {limit} may "
+                         "be stored (delete files to make room)")
+        self.held, self.limit = held, limit

@@ -25,7 +25,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve.exceptions import ApiError
+from serve.exceptions import ApiError, StorageFull
 from serve.gateway.batches import ENDPOINTS, WINDOWS
 
 
@@ -74,8 +74,11 @@ def router(state, caller_of) -> APIRouter:
             raise ApiError(400, f"file holds {lines} lines; at most {limits.max_lines}",
                            param="file", code="too_many_lines")
         name = (file.filename or "upload.jsonl")[:256]
-        return await asyncio.to_thread(batches.store.add_file, request.state.owner, purpose,
-                                       name, content)
+        try:
+            return await asyncio.to_thread(batches.store.add_file, request.state.owner, purpose,
+                                           name, content, limits.max_owner_bytes)
+        except StorageFull as exc:
+            raise ApiError(400, str(exc), param="file", code="storage_limit_exceeded") from None
 
     @r.get("/v1/files")
     async def list_files(request: Request,

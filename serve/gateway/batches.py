@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from serve.exceptions import StorageFull
 from serve.gateway.statedb import StateDB
 from serve.gateway.usage import add_key_usage
 
@@ -128,10 +129,18 @@ class BatchStore:
 
     # files ----------------------------------------------------------------------------------
 
-    def add_file(self, owner: str, purpose: str, filename: str, content: bytes) -> dict:
+    def add_file(self, owner: str, purpose: str, filename: str, content: bytes,
+                 max_owner_bytes: int | None = None) -> dict:
+        """Store an owner's file; `StorageFull` if it would take the owner's stored files past
+        `max_owner_bytes` (checked in the same transaction as the insert)."""
         row = {"id": new_id("file-"), "owner": owner, "purpose": purpose, "filename": filename,
                "bytes": len(content), "created_at": int(time.time())}
         with self.db.transaction() as conn:
+            if max_owner_bytes is not None:
+                (held,), = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM files WHERE owner = ?",
+                                        (owner,)).fetchall()
+                if held + len(content) > max_owner_bytes:
+                    raise StorageFull(held, max_owner_bytes)
             conn.execute("INSERT INTO files VALUES (:id, :owner, :purpose, :filename, :bytes, "
                          ":created_at, :content)", {**row, "content": content})
         return file_object(row)

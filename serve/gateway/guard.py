@@ -3,12 +3,15 @@ route parses it.
 
 `Guard` is an ASGI middleware in front of the FastAPI app. For each request it
 
-1. refuses a declared body over `ApiLimits.max_body_bytes` with a 413, before reading it;
+1. refuses a declared body over `ApiLimits.max_body_bytes` (`max_upload_bytes` for a file upload)
+   with a 413, before reading it;
 2. authenticates the bearer key (from the header alone), so an unauthenticated caller never gets
    a large body parsed and validated; the caller's account lands in `request.state.caller`
    and who owns what the request makes and uses (`owner_of`) in `request.state.owner`;
 3. reads the body itself, up to the limit (413 beyond) and within `body_timeout_s` (408 after:
-   a client that trickles bytes holds no worker), and replays it to the route.
+   a client that trickles bytes holds no worker), and replays it to the route. Uploads, read only
+   once authenticated, get `upload_timeout_s`, and at most `max_uploads` are read at once (the
+   rest wait), so memory held by bodies stays bounded.
 
 Key lookups in the trace store run in a worker thread, at most `auth_lookups` at a time; requests
 that carry the same key while its lookup runs share it (when the store's cache of a busy key
@@ -42,6 +45,8 @@ PUBLIC_PATHS = frozenset({"/health", "/metrics", "/v1/rollout", "/openapi.json",
 """Paths that answer without a key (a key, when given, must still be valid). `/metrics` and
 `/v1/rollout` show their operational detail only to maintainer keys; the dashboard's shell holds
 no data (its views need a key)."""
+UPLOAD_PATHS = frozenset({("POST", "/v1/files")})
+"""Requests whose bodies are files (Batch API input), bounded by `ApiLimits.max_upload_bytes`."""
 
 
 class ApiLimits(BaseModel):
@@ -52,6 +57,13 @@ class ApiLimits(BaseModel):
     a few hundred thousand tokens."""
     body_timeout_s: float = Field(30.0, gt=0)
     """Time allowed to receive the whole body (408 after)."""
+    max_upload_bytes: int = Field(64 * 2**20, gt=0)
+    """Largest file upload body accepted (`UPLOAD_PATHS`; 413 beyond). Read only from an
+    authenticated caller."""
+    upload_timeout_s: float = Field(300.0, gt=0)
+    """Time allowed to receive a whole upload (408 after)."""
+    max_uploads: int = Field(2, gt=0)
+    """Upload bodies read at once (the rest wait their turn)."""
     max_key_chars: int = Field(256, gt=0)
     """Longer bearer keys are refused without a lookup."""
     auth_lookups: int = Field(4, gt=0)
@@ -204,19 +216,28 @@ class Guard:
 
     def __init__(self, app: Any, auth: Authenticator) -> None:
         self.app, self.auth, self.limits = app, auth, auth.limits
+        self._uploads: asyncio.Semaphore | None = None  # made in the server's event loop
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = (scope.get("method", ""), scope["path"]) in UPLOAD_PATHS
+        limit = self.limits.max_upload_bytes if upload else self.limits.max_body_bytes
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                        for k, v in scope.get("headers", [])}
-            self._check_declared_length(headers.get("content-length"))
+            self._check_declared_length(headers.get("content-length"), limit)
             caller = await self.auth.caller(headers.get("authorization", ""),
                                             required=scope["path"] not in PUBLIC_PATHS,
                                             client=(scope.get("client") or ("",))[0])
-            body = await self._read_body(receive)
+            if upload:
+                if self._uploads is None:
+                    self._uploads = asyncio.Semaphore(self.limits.max_uploads)
+                async with self._uploads:
+                    body = await self._read_body(receive, limit, self.limits.upload_timeout_s)
+            else:
+                body = await self._read_body(receive, limit, self.limits.body_timeout_s)
         except ApiError as exc:
             await error_response(exc)(scope, receive, send)
             return
@@ -233,37 +254,37 @@ class Guard:
 
         await self.app(scope, replay, send)
 
-    def _check_declared_length(self, declared: str | None) -> None:
+    def _check_declared_length(self, declared: str | None, limit: int) -> None:
         if declared is None:
             return
         if not declared.isdigit():
             raise ApiError(400, f"Content-Length {declared[:32]!r} is not a number",
                            code="invalid_content_length")
-        if int(declared) > self.limits.max_body_bytes:
-            raise self._too_large()
+        if int(declared) > limit:
+            raise self._too_large(limit)
 
-    def _too_large(self) -> ApiError:
-        return ApiError(413, f"request body is larger than {self.limits.max_body_bytes} bytes",
+    @staticmethod
+    def _too_large(limit: int) -> ApiError:
+        return ApiError(413, f"request body is larger than {limit} bytes",
                         code="request_too_large")
 
-    async def _read_body(self, receive: Any) -> bytes:
+    async def _read_body(self, receive: Any, limit: int, timeout_s: float) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        deadline = time.monotonic() + self.limits.body_timeout_s
+        deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
             except TimeoutError:
-                raise ApiError(408, f"request body not received within "
-                               f"{self.limits.body_timeout_s:g} s", code="request_timeout"
-                               ) from None
+                raise ApiError(408, f"request body not received within {timeout_s:g} s",
+                               code="request_timeout") from None
             if message["type"] == "http.disconnect":
                 raise ApiError(400, "client disconnected while sending the body")
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limits.max_body_bytes:
-                raise self._too_large()
+            if size > limit:
+                raise self._too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

@@ -135,6 +135,37 @@ def test_bad_uploads_are_refused(swarm):
                          completion_window="24h")
 
 
+def test_an_input_file_may_exceed_the_request_body_bound(swarm):
+    """Input files are bounded by the upload limit, not by the 2 MiB that bounds a prompt; the
+    same bytes as a chat request body are still refused."""
+    c = client(swarm)
+    line = chat_line("big", "x" * 1000)
+    big = jsonl([{**line, "custom_id": f"big{i}"} for i in range(3000)])
+    assert len(big) > 3 * 2**20
+    f = c.files.create(file=("big.jsonl", big), purpose="batch")
+    assert c.files.retrieve(f.id).bytes == len(big)
+    assert c.files.content(f.id).content == big
+    r = httpx.post(f"{swarm.base_url}/v1/chat/completions", content=big, timeout=60,
+                   headers={"Authorization": f"Bearer {KEYS[0]}",
+                            "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    c.files.delete(f.id)
+
+
+def test_an_owners_stored_files_are_bounded(tmp_path):
+    from serve.exceptions import StorageFull
+    from serve.gateway.batches import BatchStore
+    from serve.gateway.statedb import StateDB
+
+    store = BatchStore(StateDB(tmp_path / "state.db"))
+    first = store.add_file("alice", "batch", "a.jsonl", b"x" * 600, max_owner_bytes=1000)
+    with pytest.raises(StorageFull, match="600 bytes"):
+        store.add_file("alice", "batch", "b.jsonl", b"x" * 600, max_owner_bytes=1000)
+    store.add_file("bob", "batch", "b.jsonl", b"x" * 600, max_owner_bytes=1000)  # bob's own room
+    assert store.delete_file("alice", first["id"])
+    store.add_file("alice", "batch", "b.jsonl", b"x" * 600, max_owner_bytes=1000)
+
+
 def test_cancel_stops_new_lines(swarm):
     c = client(swarm)
     b = start(c, [chat_line(f"c{i}", f"story {i}", max_tokens=24) for i in range(40)])
