@@ -1,7 +1,8 @@
 """The verifying side: what a node, gateway or verifier runs before it believes the registry.
 
-A `RegistryClient` pins a root policy in its own state directory (trust on first use, or a root
-file handed over out of band), walks root rotations forward one version at a time, and remembers
+A `RegistryClient` pins a root policy in its own state directory (a root file handed over out of
+band, the registry's first root checked against a fingerprint handed over out of band, or, with
+neither, trust on first use), walks root rotations forward one version at a time, and remembers
 the newest snapshot and channel sequences it has seen. Every manifest, channel record and file it
 returns has passed the checks in `registry.policy` and `registry.channels`; anything else raises a
 `VerificationError` naming the failed check. Nothing here writes to the registry.
@@ -9,6 +10,7 @@ returns has passed the checks in `registry.policy` and `registry.channels`; anyt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,11 +36,22 @@ def parse_envelope(data: bytes, what: str) -> Envelope:
         raise VerificationError("envelope-schema", f"{what}: not a signed envelope ({exc})") from None
 
 
+def root_fingerprint(root_v1: bytes) -> str:
+    """A registry's fingerprint: the SHA-256 (hex) of its first root file, `root/1.root.json`,
+    exactly as stored (`sha256sum` computes it too). Short enough to hand over in an invite."""
+    return hashlib.sha256(root_v1).hexdigest()
+
+
 class RegistryClient:
     """Verified, read-only access to one registry."""
 
-    def __init__(self, store: Store, state_dir: Path, *, trusted_root: Path | None = None) -> None:
+    def __init__(self, store: Store, state_dir: Path, *, trusted_root: Path | None = None,
+                 fingerprint: str | None = None) -> None:
         self.store = store
+        self.fingerprint = fingerprint.strip().lower() if fingerprint else None
+        """The expected `root_fingerprint` of the store: when given, the first root is pinned
+        only if it matches, and a client already pinned refuses a store whose first root does
+        not (another registry at that address)."""
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self._root_path = state_dir / "root.json"
@@ -73,12 +86,14 @@ class RegistryClient:
         """The trusted root, updated forward through every newer root the store holds."""
         if self._policy is not None:
             return self._policy
+        if self.fingerprint is not None:
+            self._check_fingerprint()
         if self._root_path.exists():
             trusted = load_root(parse_envelope(self._root_path.read_bytes(), "pinned root"))
         elif not self.store.exists(layout.root(1)):
             raise NotFoundError(f"{self.store.url}: no registry here (no {layout.root(1)}); "
                                 "create one with `shoal registry init`")
-        else:  # trust on first use: pin the registry's first root
+        else:  # pin the first root: checked against the fingerprint, or on first use
             first = self.store.read(layout.root(1))
             trusted = verify_initial_root(parse_envelope(first, "root v1"))
             _atomic_write(self._root_path, first)
@@ -91,6 +106,18 @@ class RegistryClient:
                                     f"{trusted.expires}")
         self._policy = trusted
         return trusted
+
+    def _check_fingerprint(self) -> None:
+        try:
+            first = self.store.read(layout.root(1))
+        except NotFoundError:
+            raise NotFoundError(f"{self.store.url}: no registry here (no {layout.root(1)})"
+                                ) from None
+        got = root_fingerprint(first)
+        if got != self.fingerprint:
+            raise VerificationError("root-fingerprint", f"{self.store.url}: the first root "
+                                    f"hashes to {got[:16]}…, not the expected "
+                                    f"{self.fingerprint[:16]}…")
 
     # versions ----------------------------------------------------------------------------------
 

@@ -231,12 +231,36 @@ def registry_show() -> None:
     policy = current_root(cfg.store())
     names = {k.keyid: k.name for k in list_keys(cfg.keys_dir)}
     typer.echo(f"registry {policy.registry}  root v{policy.version}  expires {policy.expires}")
+    from registry.client import root_fingerprint
+    from registry.layout import root as root_file
+
+    typer.echo(f"  fingerprint {root_fingerprint(cfg.store().read(root_file(1)))}  "
+               "(--root-fingerprint on other hosts)")
     for role, entry in policy.roles.items():
         who = ", ".join(sorted(names.get(k, k[:16]) for k in entry.keyids))
         typer.echo(f"  {role:9} {entry.threshold} of {len(entry.keyids)}: {who}")
     if policy.revoked:
         typer.echo("  revoked   " + ", ".join(sorted(names.get(k, k[:16])
                                                     for k in policy.revoked)))
+
+
+@command(registry_app, "serve")
+def registry_serve(
+    host: Annotated[str, typer.Option(help="address to bind (0.0.0.0: every interface)")] =
+    "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8100,
+) -> None:
+    """Serve this host's registry tree read-only over HTTP: other hosts set
+    SHOAL_REGISTRY=http://HOST:PORT and pin it with --root-fingerprint (see `registry show`)."""
+    from registry.server import serve_registry
+
+    cfg = config()
+    if "://" in cfg.registry_url:
+        fail(f"the registry at {cfg.registry_url} is not a local directory; serve it with the "
+             "store's own server")
+    _require_registry(cfg)
+    typer.echo(f"serving {cfg.registry_url} on http://{host}:{port} (read-only)")
+    serve_registry(Path(cfg.registry_url), host, port)
 
 
 def _publish_root(cfg: ShoalConfig, new, signer_names: list[str] | None, old) -> None:

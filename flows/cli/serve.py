@@ -45,6 +45,21 @@ def _tls(mode: str) -> str:
     return mode
 
 
+FINGERPRINT_HELP = ("the registry's fingerprint (`shoal registry show`): its first root is "
+                    "pinned only if it matches, never on first use")
+
+
+def _pin_root(fingerprint: str | None) -> None:
+    """Pin the registry's root in this home's trust directory after checking it against
+    `fingerprint`, before anything else reads the registry (None: what is pinned already, or
+    trust on first use)."""
+    if fingerprint:
+        from registry.client import RegistryClient
+
+        cfg = config()
+        RegistryClient(cfg.store(), cfg.trust_dir, fingerprint=fingerprint).policy()
+
+
 def _identity(path: Path | None):
     """The key in `path` (created if absent), or None for a new key per process."""
     if path is None:
@@ -154,6 +169,8 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
          key: Annotated[Optional[Path], typer.Option(
              help="the node's identity key, NAME.pem (created, mode 0600, if absent): the node "
              "id survives restarts (default: a new key per process)")] = None,
+         root_fingerprint: Annotated[Optional[str], typer.Option(help=FINGERPRINT_HELP)] =
+         None,
          threads: Annotated[Optional[int], typer.Option(help="torch threads")] = NODE["threads"],
          memory_budget_mb: float = NODE["memory_budget_bytes"] / MB,
          idle_timeout: float = NODE["idle_timeout_s"],
@@ -169,6 +186,7 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
     """Serve layers START:END of a verified registry version."""
     from serve.node import run_node
 
+    _pin_root(root_fingerprint)
     node_cfg = node_config(model, layers, port, tracker, announce_url, threads, memory_budget_mb,
                            idle_timeout, gateway_key, host, _tls(tls))
     node_cfg.watch = _watch(watch, watch_poll, drain_grace)
@@ -195,6 +213,8 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
             key_file: Annotated[Optional[Path], typer.Option(
                 help="signing key file NAME.pem instead of --key (created, mode 0600, if "
                 "absent)")] = None,
+            root_fingerprint: Annotated[Optional[str], typer.Option(help=FINGERPRINT_HELP)] =
+            None,
             trust_verdict_key: Annotated[Optional[list[str]], typer.Option(
                 "--trust-verdict-key", help="public key (hex) of another gateway or maintainer "
                 "whose verdicts evict here too; repeatable")] = None,
@@ -249,6 +269,7 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
     if key and key_file:
         fail("give --key NAME or --key-file FILE, not both")
     signing_key = load_key(cfg.keys_dir, key, cfg.key_passphrase) if key else _identity(key_file)
+    _pin_root(root_fingerprint)
     version_id, directory, manifest = _checkout(model, "head")
     draft_dir = trusted_dir = None
     if draft_model:
