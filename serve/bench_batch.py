@@ -6,7 +6,10 @@ on one swarm (tracker, `nodes` node processes, the gateway with its scheduler, a
 3. **batch**: the same lines as one batch job (upload, create, poll until completed);
 4. **interactive latency**: `probes` short interactive requests one after another, on the idle
    swarm and then while a second batch of the same lines runs (p50/p95, with bootstrap 95 %
-   intervals: the samples are small).
+   intervals: the samples are small);
+5. **single-process batched `generate`**: the same lines through HF `generate` in this process,
+   `clients` prompts per left-padded batch, run before the swarm starts (the machine to itself):
+   what one machine holding the whole model does with the same work.
 
 Throughput counts the completion tokens of the answers (their `usage`) over the phase's wall time.
 Node utilisation is each node's compute time (its own `compute_s`, read from the tracker) over the
@@ -141,6 +144,36 @@ async def _batch(client, lines: list[dict], probe=None) -> dict:
             "latencies": latencies}
 
 
+def single_process_batched(directory: Path, lines: list[dict], batch: int) -> dict:
+    """Greedy HF `generate` over the lines' chat prompts, `batch` at a time (left-padded), in
+    this process; tokens are counted up to and including each row's end of sequence."""
+    import torch
+
+    from serve.local import LocalModel
+
+    local = LocalModel.load(directory)
+    tok = local.tokenizer
+    tok.padding_side = "left"
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    tokens, t0 = 0, time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(lines), batch):
+            group = lines[i:i + batch]
+            prompts = [local.chat_ids(x["body"]["messages"]) for x in group]
+            width = max(map(len, prompts))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            out = local.model.generate(ids, attention_mask=mask, do_sample=False,
+                                       max_new_tokens=max(x["body"]["max_tokens"] for x in group),
+                                       pad_token_id=pad)[:, width:]
+            for row in out.tolist():
+                ends = [k for k, t in enumerate(row) if t == tok.eos_token_id]
+                tokens += ends[0] + 1 if ends else len(row)
+    wall = time.perf_counter() - t0
+    return {"lines": len(lines), "batch": batch, "tokens": tokens, "wall_s": round(wall, 2),
+            "tok_s": round(tokens / wall, 2)}
+
+
 def run_batch_bench(cfg: BatchBenchConfig, shoal_cfg) -> dict:
     import openai
 
@@ -154,7 +187,8 @@ def run_batch_bench(cfg: BatchBenchConfig, shoal_cfg) -> dict:
                      batch_busy_sessions=cfg.busy_sessions)
     lines = [line(i, cfg.tokens) for i in range(cfg.lines)]
     random.Random(0).shuffle(lines)
-    results: dict = {}
+    full, _ = client_.checkout_role(version_id, shoal_cfg.models_dir, "full")
+    results: dict = {"single_process_generate": single_process_batched(full, lines, cfg.clients)}
     with LocalSwarm(spec, shoal_cfg.home, manifest.num_layers).start() as swarm:
 
         async def phases() -> None:
@@ -205,6 +239,8 @@ def run_batch_bench(cfg: BatchBenchConfig, shoal_cfg) -> dict:
                 round(results["concurrent_interactive"]["tok_s"] / one, 2),
             "batch_over_concurrent_interactive": round(
                 results["batch"]["tok_s"] / results["concurrent_interactive"]["tok_s"], 2),
+            "batch_over_single_process_generate": round(
+                results["batch"]["tok_s"] / results["single_process_generate"]["tok_s"], 2),
             "batch_node_utilisation": results["batch"]["utilisation"]["mean"],
             "interactive_p95_during_batch_over_idle": round(
                 lat["during_batch"]["p95"]["ms"] / lat["idle"]["p95"]["ms"], 2)}}
