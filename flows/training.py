@@ -36,20 +36,31 @@ def checkout(shoal: ShoalConfig, ref: str) -> tuple[str, str]:
 
 
 @task(name="deepspeed training", persist_result=False, cache_policy=NO_CACHE)
-def deepspeed_training(config_json: str, procs: int) -> "TrainSummary | StoppedSummary":
+def deepspeed_training(config_json: str, procs: int, hosts: dict | None = None
+                       ) -> "TrainSummary | StoppedSummary | None":
+    """`hosts`: the multi-host fields of `train.launch.Topology` (hostfile, node_rank,
+    master_addr, master_port) as plain values; None or empty: this host only."""
     from train.config import TrainConfig
     from train.launch import Topology, launch
 
     log = get_run_logger()
     config = TrainConfig.model_validate_json(config_json)
-    return launch(config, Topology(procs=procs),
+    hosts = dict(hosts or {})
+    if hosts.get("hostfile"):
+        hosts["hostfile"] = Path(hosts["hostfile"])
+    return launch(config, Topology(procs=procs, **hosts),
                   on_line=lambda line: log.info(line) if line.startswith("[train]") else None)
 
 
 @flow(name="train", persist_result=False)
 def train(home: str, kind: str = "sft", parent: str = "production",
-          datasets: list[str] | None = None, settings: dict | None = None, procs: int = 2) -> dict:
-    """Train a candidate from `parent` on curated datasets; returns the run record (`run.json`)."""
+          datasets: list[str] | None = None, settings: dict | None = None, procs: int = 2,
+          hosts: dict | None = None) -> dict:
+    """Train a candidate from `parent` on curated datasets; returns the run record (`run.json`).
+
+    With `hosts` (`deepspeed_training`), this host runs its share of a multi-host run; a host
+    other than node rank 0 returns only its run directory and ``worker``: rank 0's host writes
+    the weights, summary and record."""
     from curate.catalog import resolve
     from train.config import TrainConfig
     from train.records import RunRecord
@@ -60,7 +71,9 @@ def train(home: str, kind: str = "sft", parent: str = "production",
     run_dir = shoal.runs_dir / RunRecord.new_id()
     config = TrainConfig(kind=kind, model=parent_dir, datasets=[str(d) for d in dirs],
                          output=str(run_dir), **(settings or {}))
-    summary = deepspeed_training(config.model_dump_json(), procs)
+    summary = deepspeed_training(config.model_dump_json(), procs, hosts)
+    if summary is None:
+        return {"run_dir": str(run_dir), "worker": True}
     record = RunRecord.of(config, parent=parent_id, summary=summary)
     record.save(run_dir)
     return record.dump()
@@ -163,9 +176,12 @@ def register(home: str, run_dir: str, name: str | None = None,
 def improve(home: str, kind: str = "sft", parent: str = "production",
             datasets: list[str] | None = None, settings: dict | None = None, procs: int = 2,
             gate: dict | None = None, limit: int | None = None,
-            keys: list[str] | None = None) -> dict:
-    """train → evaluate → register: one candidate from curated data, gated into staging."""
-    meta = train(home, kind, parent, datasets, settings, procs)
+            keys: list[str] | None = None, hosts: dict | None = None) -> dict:
+    """train → evaluate → register: one candidate from curated data, gated into staging (on
+    node rank 0's host only, when `hosts` spreads the training over several)."""
+    meta = train(home, kind, parent, datasets, settings, procs, hosts)
+    if meta.get("worker"):
+        return {"run": meta, "eval": None, "registered": None}
     report = evaluate(home, meta["run_dir"], parent, gate, limit)
     registered = register(home, meta["run_dir"], keys=keys)
     return {"run": meta, "eval": report, "registered": registered}

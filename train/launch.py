@@ -46,6 +46,29 @@ class Topology:
     cpu: bool | None = None
     """Force the CPU accelerator (default: when no CUDA device is visible)."""
 
+    @property
+    def worker(self) -> bool:
+        """This host runs a share of a multi-host run but not rank 0: it writes no summary or
+        weights (rank 0's host collects them)."""
+        return self.node_rank is not None and self.node_rank > 0
+
+
+def write_hostfile(path: Path, nnodes: int, procs: int) -> Path:
+    """A hostfile of `nnodes` hosts with `procs` slots each, for launches without ssh: each host
+    is then started with its own `--node_rank`, and DeepSpeed reads only the world's shape from
+    the file, so the names are placeholders (``host-0`` …)."""
+    if nnodes < 1 or procs < 1:
+        raise ValueError(f"nnodes {nnodes} and procs {procs} must be at least 1")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"host-{i} slots={procs}\n" for i in range(nnodes)))
+    return path
+
+
+def hostfile_hosts(path: Path) -> int:
+    """The number of hosts a hostfile lists (comment and blank lines skipped)."""
+    lines = [ln.split("#", 1)[0].strip() for ln in Path(path).read_text().splitlines()]
+    return sum(1 for ln in lines if ln)
+
 
 def command(config_path: Path, topo: Topology) -> list[str]:
     cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner",
@@ -115,9 +138,10 @@ def start(config: TrainConfig, topo: Topology) -> subprocess.Popen:
 
 
 def wait(proc: subprocess.Popen, config: TrainConfig,
-         on_line: Callable[[str], None] | None = None) -> TrainSummary | StoppedSummary:
+         on_line: Callable[[str], None] | None = None, *, worker: bool = False
+         ) -> TrainSummary | StoppedSummary | None:
     """Stream the launcher's output into `launcher.log` (and `on_line`) until it exits; return the
-    run's summary."""
+    run's summary (None on a `worker` host, which writes none)."""
     tail: deque[str] = deque(maxlen=40)
     with open(Path(config.output) / "launcher.log", "a") as log:
         for line in proc.stdout:
@@ -127,9 +151,9 @@ def wait(proc: subprocess.Popen, config: TrainConfig,
                 on_line(line.rstrip())
     code = proc.wait()
     release_shared_memory(proc.args)
-    if code != 0 or not TrainSummary.path(config.output).is_file():
+    if code != 0 or not (worker or TrainSummary.path(config.output).is_file()):
         raise LaunchError(f"training exited with code {code}:\n" + "\n".join(tail))
-    return load_summary(config.output)
+    return None if worker else load_summary(config.output)
 
 
 def release_shared_memory(cmd: list[str]) -> list[Path]:
@@ -147,7 +171,8 @@ def release_shared_memory(cmd: list[str]) -> list[Path]:
 
 
 def launch(config: TrainConfig, topo: Topology | None = None,
-           on_line: Callable[[str], None] | None = None) -> TrainSummary | StoppedSummary:
-    """Train with DeepSpeed's launcher and return the run summary."""
+           on_line: Callable[[str], None] | None = None
+           ) -> TrainSummary | StoppedSummary | None:
+    """Train with DeepSpeed's launcher and return the run summary (None on a worker host)."""
     topo = topo or Topology()
-    return wait(start(config, topo), config, on_line)
+    return wait(start(config, topo), config, on_line, worker=topo.worker)

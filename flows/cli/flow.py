@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from flows.cli.base import DEFAULT_MODEL, command, config, group
+from flows.cli.base import DEFAULT_MODEL, command, config, fail, group
 
 cli = typer.Typer()
 """What this module adds to `shoal`: `demo` and the `flow` group."""
@@ -135,6 +135,18 @@ def train_run(
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="TrainConfig field, e.g. --set lr=1e-4 --set lora='{\"r\": 8}'")] = None,
     procs: Annotated[int, typer.Option(min=1, help="DeepSpeed processes on this host")] = 2,
+    hostfile: Annotated[Optional[Path], typer.Option(
+        help="DeepSpeed hostfile (`HOST slots=N` lines): with ssh, launch once here; without, "
+        "start each host with its --node-rank (docs/deploy.md)")] = None,
+    nnodes: Annotated[Optional[int], typer.Option(
+        min=1, help="hosts of a run without ssh, --procs each (a hostfile is written for you)")]
+    = None,
+    node_rank: Annotated[Optional[int], typer.Option(
+        min=0, help="this host's rank in a run without ssh (0 collects the model)")] = None,
+    master_addr: Annotated[str, typer.Option(
+        help="address of node rank 0, reachable from every host")] = "127.0.0.1",
+    master_port: Annotated[Optional[int], typer.Option(
+        help="port of node rank 0's rendezvous (the same on every host)")] = None,
     evaluate: Annotated[bool, typer.Option(help="then evaluate, gate and register")] = True,
     limit: Annotated[Optional[int], typer.Option(help="evaluate on the first N items per set")]
     = None,
@@ -143,16 +155,51 @@ def train_run(
     """Train a candidate with DeepSpeed; by default evaluate it, gate it and register it."""
     home, settings = str(config().home), _settings(set_ or [])
     gate = _gate(kind, improve, hold)
+    hosts = multi_host(procs, hostfile, nnodes, node_rank, master_addr, master_port,
+                       config().home / "run")
     from flows.training import improve as improve_flow
     from flows.training import train as train_flow
 
     if not evaluate:
-        meta = train_flow(home, kind, parent, dataset, settings, procs)
+        meta = train_flow(home, kind, parent, dataset, settings, procs, hosts)
+    else:
+        result = improve_flow(home, kind, parent, dataset, settings, procs, gate, limit, key,
+                              hosts)
+        meta = result["run"]
+    if meta.get("worker"):
+        typer.echo(f"node rank {node_rank}: share done; node rank 0's host has the model")
+    elif not evaluate:
         typer.echo(f"run {meta['run_dir']}  loss {meta['summary']['loss_first']:.4f} → "
                    f"{meta['summary']['loss_last']:.4f}")
-        return
-    result = improve_flow(home, kind, parent, dataset, settings, procs, gate, limit, key)
-    _print_outcome(result["eval"], result["registered"])
+    else:
+        _print_outcome(result["eval"], result["registered"])
+
+
+def multi_host(procs: int, hostfile: Path | None, nnodes: int | None, node_rank: int | None,
+               master_addr: str, master_port: int | None, run_dir: Path) -> dict | None:
+    """The multi-host fields of `train.launch.Topology` from `shoal flow train`'s options (None:
+    this host only). A run without ssh needs a node rank, a master address other hosts can reach
+    and a fixed port; --nnodes writes the hostfile when none is given."""
+    from train.launch import hostfile_hosts, write_hostfile
+
+    if hostfile is None and nnodes is None:
+        if node_rank is not None:
+            fail("--node-rank needs --nnodes or --hostfile")
+        return None
+    if hostfile is None:
+        hostfile = write_hostfile(run_dir / f"hostfile-{nnodes}x{procs}", nnodes, procs)
+    elif not hostfile.is_file():
+        fail(f"--hostfile {hostfile}: no such file")
+    hosts = hostfile_hosts(hostfile)
+    if nnodes is not None and nnodes != hosts:
+        fail(f"--nnodes {nnodes}, but {hostfile} lists {hosts} hosts")
+    if node_rank is not None:
+        if node_rank >= hosts:
+            fail(f"--node-rank {node_rank}: the run has {hosts} hosts (ranks 0..{hosts - 1})")
+        if master_port is None:
+            fail("a run without ssh needs --master-port, the same on every host")
+    return {"hostfile": str(hostfile), "node_rank": node_rank, "master_addr": master_addr,
+            "master_port": master_port}
 
 
 @command(flow_app, "evaluate")
