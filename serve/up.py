@@ -32,6 +32,7 @@ from serve.exceptions import ServeError
 
 if TYPE_CHECKING:
     from registry.signing import SigningKey
+    from serve.invite import Invite
 
 GATEWAY_KEY = "gateway"
 """Name of the swarm gateway's signing key in `<home>/keys`."""
@@ -130,6 +131,12 @@ class SwarmSpec:
     """Batch lines the gateway runs at once on an idle swarm (None: `BatchConfig`'s default)."""
     batch_busy_sessions: int | None = None
     """Batch lines that go on beside interactive requests (None: `BatchConfig`'s default)."""
+    dht: bool = False
+    """Discovery on a private DHT swarm instead of the tracker: no tracker process; every node
+    and gateway runs a DHT peer and joins with one invite whose bootstrap peers are the first
+    two nodes' (`LocalSwarm.invite`)."""
+    gateways: int = 1
+    """Gateway processes; each routes on its own (`LocalSwarm.base_urls`)."""
 
 
 def gateway_key(home: Path, passphrase: str | None = None) -> SigningKey:
@@ -155,6 +162,12 @@ class LocalSwarm:
         self.return_url = ""
         self.gateway_key: SigningKey | None = None
         """The key the swarm's gateway signs with (an in-process gateway may use it too)."""
+        self.base_urls: list[str] = []
+        """Every gateway's URL (`base_url` is the first)."""
+        self.invite: Invite | None = None
+        """The private swarm's invite (DHT discovery only)."""
+        self.dht_ports: dict[str, int] = {}
+        """Process name -> the UDP port of its DHT peer (DHT discovery only)."""
 
     def _spawn(self, name: str, args: list[str], module: str = "flows.cli") -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -172,14 +185,17 @@ class LocalSwarm:
     def start(self, wait_s: float = 180.0) -> "LocalSwarm":
         spec = self.spec
         spans = spec.spans or even_spans(self.num_layers, spec.nodes)
-        tracker_port = free_port()
-        self.tracker_url = f"http://127.0.0.1:{tracker_port}"
         self.gateway_key = gateway_key(self.home, spec.key_passphrase)
-        tracker_args = ["tracker", "--port", str(tracker_port),
-                        "--verdict-key", self.gateway_key.public_hex]
-        if spec.tracker_max_nodes is not None:
-            tracker_args += ["--max-nodes", str(spec.tracker_max_nodes)]
-        self._spawn("tracker", tracker_args)
+        if spec.dht:
+            self._make_invite(len(spans))
+        else:
+            tracker_port = free_port()
+            self.tracker_url = f"http://127.0.0.1:{tracker_port}"
+            tracker_args = ["tracker", "--port", str(tracker_port),
+                            "--verdict-key", self.gateway_key.public_hex]
+            if spec.tracker_max_nodes is not None:
+                tracker_args += ["--max-nodes", str(spec.tracker_max_nodes)]
+            self._spawn("tracker", tracker_args)
         relays: list[tuple[int, int]] = []
         use_relay = spec.relay if spec.relay is not None else spec.delay_ms > 0
 
@@ -194,7 +210,7 @@ class LocalSwarm:
             port = free_port()
             self.node_ports.append(port)
             args = ["node", "--model", spec.model, "--layers", f"{start}:{end}", "--port",
-                    str(port), "--tracker", self.tracker_url, "--threads",
+                    str(port), *self._discovery_args(f"node{i}"), "--threads",
                     str(spec.threads_per_node), "--announce-url", f"ws://127.0.0.1:{relayed(port)}"]
             if spec.node_args:
                 args += spec.node_args[i]
@@ -205,11 +221,8 @@ class LocalSwarm:
         self.return_port = free_port()
         self.return_url = f"ws://127.0.0.1:{relayed(self.return_port)}"
         if spec.gateway:
-            gw_port = spec.port or free_port()
-            args = ["gateway", "--model", spec.model, "--tracker", self.tracker_url,
-                    "--port", str(gw_port), "--return-port", str(self.return_port),
-                    "--return-url", self.return_url, "--wire-dtype", spec.wire_dtype,
-                    "--timeout", str(spec.timeout_s), "--key", GATEWAY_KEY]
+            args = ["--wire-dtype", spec.wire_dtype, "--timeout", str(spec.timeout_s),
+                    "--key", GATEWAY_KEY]
             for key in spec.api_keys:
                 args += ["--api-key", key]
             args += ["--drafter", spec.drafter]
@@ -229,8 +242,17 @@ class LocalSwarm:
                 args += ["--batch-busy-sessions", str(spec.batch_busy_sessions)]
             if not spec.chain:
                 args.append("--naive")
-            self._spawn("gateway", args + self._watch_args())
-            self.base_url = f"http://127.0.0.1:{gw_port}"
+            for g in range(spec.gateways):
+                name = "gateway" if g == 0 else f"gateway{g}"
+                gw_port = (spec.port if g == 0 else 0) or free_port()
+                return_port = self.return_port if g == 0 else free_port()
+                return_url = self.return_url if g == 0 else f"ws://127.0.0.1:{return_port}"
+                self._spawn(name, ["gateway", "--model", spec.model,
+                                   *self._discovery_args(name), "--port", str(gw_port),
+                                   "--return-port", str(return_port), "--return-url",
+                                   return_url, *args, *self._watch_args()])
+                self.base_urls.append(f"http://127.0.0.1:{gw_port}")
+            self.base_url = self.base_urls[0]
         if relays:
             self.set_delay(spec.delay_ms)
             self._spawn("relay", ["relay", "--delay-ms", str(spec.delay_ms), "--delay-file",
@@ -238,6 +260,22 @@ class LocalSwarm:
         self._write_state()
         self.wait_ready(wait_s, spans)
         return self
+
+    def _make_invite(self, nodes: int) -> None:
+        """A new private swarm: a DHT port for every process, the first two nodes' as the
+        invite's bootstrap peers."""
+        from serve.invite import Peer, new_invite
+
+        names = [f"node{i}" for i in range(nodes)] + ["gateway"] + [
+            f"gateway{g}" for g in range(1, self.spec.gateways)]
+        self.dht_ports = {name: free_port() for name in names}
+        self.invite = new_invite("local", [Peer(host="127.0.0.1", port=self.dht_ports[n])
+                                           for n in names[:min(2, nodes)]])
+
+    def _discovery_args(self, name: str) -> list[str]:
+        if self.invite is None:
+            return ["--tracker", self.tracker_url]
+        return ["--join", self.invite.encode(), "--dht-port", str(self.dht_ports[name])]
 
     def _watch_args(self) -> list[str]:
         spec = self.spec
@@ -267,10 +305,11 @@ class LocalSwarm:
                                      f"{self.log_dir / (name + '.log')}")
             try:
                 if self.spec.gateway:
-                    r = httpx.get(f"{self.base_url}/health", timeout=2)
-                    if r.status_code == 200:
+                    waiting = [u for u in self.base_urls
+                               if httpx.get(f"{u}/health", timeout=2).status_code != 200]
+                    if not waiting:
                         return
-                    last = r.text
+                    last = f"no route yet at {', '.join(waiting)}"
                 else:
                     nodes = httpx.get(f"{self.tracker_url}/nodes", timeout=2).json()
                     if len(nodes) == len(spans):

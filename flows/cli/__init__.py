@@ -6,6 +6,7 @@
 | `serve`    | `chat`, `tracker`, `node`, `gateway`, `relay`, `up`, `verify`, `status`, `usage` |
 | `flow`     | `demo`, `flow …` (curate, train, evaluate, register)                   |
 | `traces`   | `traces …`, `grants …`                                                 |
+| `swarm`    | `swarm invite` (private swarms on the DHT)                             |
 | `bench`    | `bench …` (swarm, registry, traces, curate, train)                     |
 
 Each module holds its commands in one typer app, `cli`, and declares them with `base.command`
@@ -58,6 +59,7 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "traces": ("traces", "Consented traces: list, export, delete, erase; the embedder."),
     "grants": ("traces", "Consent grants of contributors."),
     "flow": ("flow", "Prefect flows: curate, train, evaluate, register."),
+    "swarm": ("swarm", "Private swarms on the DHT: invites."),
 }
 
 Command = TyperCommand | TyperGroup
