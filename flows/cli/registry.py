@@ -263,6 +263,20 @@ def registry_serve(
     serve_registry(Path(cfg.registry_url), host, port)
 
 
+@command(registry_app, "pin")
+def registry_pin(fingerprint: Annotated[str, typer.Argument(
+        help="the registry's fingerprint, from `shoal registry show` on a trusted host")]) -> None:
+    """Pin $SHOAL_REGISTRY's root in this home's trust state, only if its first root matches
+    FINGERPRINT; every later command here (gateway, node, flow train, chat) then trusts that
+    root and the rotations it signs, never a first use."""
+    from registry.client import RegistryClient
+
+    cfg = config()
+    policy = RegistryClient(cfg.store(), cfg.trust_dir, fingerprint=fingerprint).policy()
+    typer.echo(f"pinned registry {policy.registry} root v{policy.version} from "
+               f"{cfg.registry_url}")
+
+
 def _publish_root(cfg: ShoalConfig, new, signer_names: list[str] | None, old) -> None:
     from registry.publish import rotate_root
 

@@ -352,9 +352,13 @@ def up(nodes: int = 3, model: str = DEFAULT_MODEL, port: int = GATEWAY["port"],
 # inspection -------------------------------------------------------------------------------------
 
 @command(cli)
-def verify(node_url: Annotated[str, typer.Option("--node", help="ws://host:port of the node")],
+def verify(node_url: Annotated[str, typer.Option(
+               "--node", help="ws://host:port or wss://host:port of the node")],
            model: Annotated[str, typer.Option(help="the version the node claims to serve")] =
            DEFAULT_MODEL,
+           node_key: Annotated[str, typer.Option(
+               help="the node's public key (hex, `public_key` of its record): a wss:// node "
+               "must present it")] = "",
            fingerprint: bool = True, challenges: int = 3,
            deadline: float = VERIFIER["deadline_s"]) -> None:
     """Challenge one node: live-weight proofs (and a canary fingerprint) against the registry."""
@@ -376,7 +380,7 @@ def verify(node_url: Annotated[str, typer.Option("--node", help="ws://host:port 
         pipeline = Pipeline(StaticDiscovery([]), head.num_layers, version_id)
         await pipeline.start()
         try:
-            _, info = await pipeline.ping(wire.Hop("?", node_url, 0, 1))
+            _, info = await pipeline.ping(wire.Hop("?", node_url, 0, 1, node_key))
             try:  # the node's own signed record: its id must be the hash of its key
                 record = verify_record(info)
             except RecordRejected as exc:

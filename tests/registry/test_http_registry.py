@@ -68,3 +68,23 @@ def test_a_server_that_alters_a_blob_is_caught(tiny_registry, tmp_path):
         client = RegistryClient(Store(url), tmp_path / "trust", fingerprint=fingerprint)
         with pytest.raises(VerificationError, match="config.json"):
             client.checkout_role(version_id, tmp_path / "models", "span", (0, 2))
+
+
+def test_shoal_registry_pin_checks_the_fingerprint_over_http(tiny_registry, tmp_path,
+                                                             monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    reg, _ = tiny_registry
+    fingerprint = root_fingerprint((reg.path / "root" / "1.root.json").read_bytes())
+    with served(reg.path) as url:
+        monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("SHOAL_REGISTRY", url)
+        wrong = CliRunner().invoke(app, ["registry", "pin", "ab" * 32])
+        assert wrong.exit_code == 1 and "root-fingerprint" in wrong.output
+        assert not (tmp_path / "home" / "trust" / "root.json").exists()
+        right = CliRunner().invoke(app, ["registry", "pin", fingerprint])
+        assert right.exit_code == 0, right.output
+        assert (tmp_path / "home" / "trust" / "root.json").read_bytes() == \
+            (reg.path / "root" / "1.root.json").read_bytes()
