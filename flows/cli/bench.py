@@ -1,5 +1,5 @@
 """`shoal bench …`: the benchmarks, programs that write JSON (and a PNG plot) to an output
-directory: swarm, api, batch, registry, traces, curate, train.
+directory: swarm, api, batch, discovery, registry, traces, curate, train.
 
 Each benchmark lives next to the code it measures (`serve.bench`, `registry.bench`,
 `traces.bench`, `curate.bench`, `train.bench`); these commands parse the options, run it and print
@@ -157,3 +157,20 @@ def bench_batch(model: str = DEFAULT_MODEL, nodes: int = 3, lines: int = 500, to
         batch_sessions=batch_sessions, busy_sessions=busy_sessions), config())
     typer.echo(json.dumps(report["summary"], indent=2))
     typer.echo(f"wrote {Path(out) / 'batch.json'}")
+
+
+@command(bench_app, "discovery")
+def bench_discovery(nodes: Annotated[str, typer.Option(
+                        help="announcer processes per run, comma-separated")] = "3,10",
+                    lookup_s: Annotated[float, typer.Option(
+                        help="seconds of back-to-back lookups per run")] = 5.0,
+                    kills: Annotated[int, typer.Option(
+                        help="processes killed per run, each removal timed")] = 3,
+                    out: Annotated[str, typer.Option()] = "bench-out") -> None:
+    """DHT discovery: process start to visible, death to removal, full lookups per second."""
+    from serve.bench_discovery import DiscoveryBenchConfig, run_discovery_bench
+
+    report = run_discovery_bench(DiscoveryBenchConfig(
+        sizes=_split("--nodes", nodes, int), lookup_s=lookup_s, kills=kills, out_dir=Path(out)))
+    typer.echo(json.dumps(report["summary"], indent=2))
+    typer.echo(f"wrote {Path(out) / 'discovery.json'} and {Path(out) / 'discovery.png'}")
