@@ -47,6 +47,9 @@ MAX_DATAGRAM = 60_000
 """Larger datagrams are dropped unread (a loopback datagram holds at most 65,507 bytes)."""
 MAX_VALUE_BYTES = 7_800
 """Largest sealed value stored (a request datagram of `rpcudp` holds at most 8 KiB)."""
+LOOKUPS_IN_FLIGHT = 4
+"""Keys a reader looks up at once: each lookup is ~2k datagrams, and a burst of all of them
+overflows UDP receive buffers (answers lost, lookups timing out)."""
 
 
 def _strict_json(data: bytes) -> Any:
@@ -215,6 +218,11 @@ class DhtPeer:
             self.server.node, self.storage, config.ksize, config.rpc_timeout_s)
         self.address: Peer | None = None
         self._started = asyncio.Lock()
+        self._lookups = asyncio.Semaphore(LOOKUPS_IN_FLIGHT)
+        for name in ("rpcudp.protocol", "kademlia.protocol"):
+            # a peer that does not answer is routine in a DHT (it died); the library logs every
+            # such request at ERROR and WARNING, which would bury the process's own log
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
     @property
     def protocol(self) -> SwarmProtocol:
@@ -269,9 +277,10 @@ class DhtPeer:
         local = self.storage.get(dkey)
         if local is not None:
             values.append(local)
-        peers = await self._nearest(dkey)
-        answers = await asyncio.gather(*(self.protocol.call_find_value(n, Node(dkey))
-                                         for n in peers))
+        async with self._lookups:
+            peers = await self._nearest(dkey)
+            answers = await asyncio.gather(*(self.protocol.call_find_value(n, Node(dkey))
+                                             for n in peers))
         values += [data["value"] for ok, data in answers if ok and isinstance(data, dict)]
         return values
 

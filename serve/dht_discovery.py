@@ -78,11 +78,18 @@ class DhtDiscovery:
                 for record, entry in self._view if record.issued_at >= now - self.ttl_s]
 
     async def refresh(self) -> None:
-        """Look the swarm's records up now and replace the view with the ones that verify."""
+        """Look the swarm's records up now: the view becomes the ones that verify, plus the
+        unexpired records of nodes this lookup missed (a lost datagram is not a departure)."""
         await self.peer.start()
         await self.peer.join()
         entries = await self.peer.records()
-        self._view = self._records.select(entries, time.time())
+        now = time.time()
+        fresh = {record.node_id: (record, entry)
+                 for record, entry in self._records.select(entries, now)}
+        for record, entry in self._view:
+            if record.node_id not in fresh and record.issued_at >= now - self.ttl_s:
+                fresh[record.node_id] = (record, entry)
+        self._view = list(fresh.values())
         self.refreshes += 1
 
     async def _refresh_forever(self) -> None:

@@ -323,7 +323,10 @@ def up(nodes: int = 3, model: str = DEFAULT_MODEL, port: int = GATEWAY["port"],
                 "channel --model names, e.g. production)")] = None,
        pin: Annotated[bool, typer.Option(
            "--pin", help="serve --model's version as it is now and follow no channel")] = False,
-       watch_poll: float = WATCH["poll_s"]) -> None:
+       watch_poll: float = WATCH["poll_s"],
+       dht: Annotated[bool, typer.Option(
+           "--dht", help="no tracker: the processes find each other on a new private DHT "
+           "swarm")] = False) -> None:
     """Start a local swarm (tracker, NODES nodes, gateway) and serve until Ctrl-C or SIGTERM,
     which stop every process it started; a crashed node is reported and restarted."""
     from serve.up import LocalSwarm, SwarmSpec, serve_until_stopped
@@ -338,9 +341,9 @@ def up(nodes: int = 3, model: str = DEFAULT_MODEL, port: int = GATEWAY["port"],
     swarm = LocalSwarm(SwarmSpec(model=model, nodes=nodes, port=port, delay_ms=delay_ms,
                                  api_keys=list(api_key or []), traces=traces,
                                  key_passphrase=cfg.key_passphrase, watch=follow,
-                                 watch_poll_s=watch_poll), cfg.home, layers)
+                                 watch_poll_s=watch_poll, dht=dht), cfg.home, layers)
     following = f"following {follow!r}" if follow else "pinned to its version"
-    typer.echo(f"starting tracker, {nodes} nodes and the gateway, {following} "
+    typer.echo(f"starting {'' if dht else 'tracker, '}{nodes} nodes and the gateway, {following} "
                f"(logs: {swarm.log_dir})…")
     status = serve_until_stopped(
         swarm, lambda line: typer.echo(line, err=True), on_ready=lambda: typer.echo(

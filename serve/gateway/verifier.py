@@ -12,7 +12,8 @@ is checked by spot checks (`serve.gateway.audit`): a secret random fraction of s
 mirrored on the trusted copy and audited when it ends.
 
 Admission pins a node's (key, address, span); a record that changes any of them is a new node until
-it passes again. Any error while checking a node is a failed check (fail closed).
+it passes again, and so is a node that left discovery and came back. Any error while checking a
+node is a failed check (fail closed).
 
 A node that fails any check is evicted: excluded from every route at once, reported to the tracker
 with a signed verdict (so other gateways can avoid it), and the sessions running through it are
@@ -324,7 +325,9 @@ class Verifier:
     async def run(self, poll_s: float = 0.3) -> None:
         while True:
             try:
-                for node in await self.pipeline.discovery.nodes():
+                listed = await self.pipeline.discovery.nodes()
+                self.departed({n.node_id for n in listed})
+                for node in listed:
                     if self.pipeline.version and not node.serves(self.pipeline.version):
                         continue
                     t = self.trust.get(node.node_id)
@@ -337,6 +340,15 @@ class Verifier:
             except Exception as exc:  # discovery hiccups must not stop verification
                 log.warning("verifier round failed: %s", exc)
             await asyncio.sleep(poll_s)
+
+    def departed(self, listed: set[str]) -> None:
+        """Trusted nodes that discovery no longer lists (their records expired: they died or
+        left) are new again, so one that comes back, same key and address or not, carries no
+        traffic before it passes a check."""
+        for t in self.trust.values():
+            if t.status == "trusted" and t.node_id not in listed:
+                log.info("node %s left discovery; it is checked again if it returns", t.node_id)
+                t.status, t.passed, t.next_check = "new", 0, 0.0
 
     def _new_claims(self, node: NodeInfo) -> bool:
         """Whether discovery lists eviction claims about `node` not acted on yet (verdicts by

@@ -183,3 +183,17 @@ def test_malformed_datagrams_cost_nothing():
             p.stop()
 
     asyncio.run(run())
+
+
+def test_a_node_that_left_discovery_is_checked_again_before_traffic():
+    from serve.discovery import NodeInfo
+    from serve.gateway.verifier import Trust, Verifier, pin_of
+
+    node = NodeInfo(**info(SigningKey.generate("n")), issued_at=time.time())
+    verifier = Verifier(None, None, None, None)
+    verifier.trust[node.node_id] = Trust(node.node_id, status="trusted", passed=5,
+                                         pinned=pin_of(node), next_check=1e12)
+    verifier.departed({node.node_id})
+    assert verifier.admits(node)  # still listed: nothing changes
+    verifier.departed(set())
+    assert not verifier.admits(node) and verifier.trust[node.node_id].next_check == 0.0
