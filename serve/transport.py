@@ -81,6 +81,19 @@ def advertised_url(host: str, port: int, advertise: str | None, tls: bool) -> st
     return f"{scheme}://{target}:{port}"
 
 
+def advertised_host(advertise: str | None) -> str | None:
+    """Only the host of an `--advertise` value (a URL, ``HOST:PORT`` or ``HOST``): what a second
+    listener of the same process, on a port of its own, advertises."""
+    if not advertise:
+        return None
+    if "://" in advertise:
+        host = urlsplit(advertise).hostname
+        return f"[{host}]" if host and ":" in host else host
+    if advertise.startswith("["):
+        return advertise.split("]", 1)[0] + "]"
+    return advertise.rsplit(":", 1)[0] if advertise.count(":") == 1 else advertise
+
+
 def certificate(key: SigningKey) -> bytes:
     """A self-signed certificate (PEM) for `key`: subject and issuer name the key's hex, and the
     subject public key is the identity key itself (what dialers pin)."""

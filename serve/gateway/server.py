@@ -22,6 +22,7 @@ from serve.config import GatewayConfig
 from serve.policy import RoutingPolicies
 from serve.rollout import VersionSet, Watcher
 from serve.rollout import follow as follow_channel
+from serve.transport import advertised_host
 
 if TYPE_CHECKING:
     from serve.gateway.api import GatewayState, Runtime
@@ -35,7 +36,7 @@ def build_runtime(cfg: GatewayConfig, version_id: str, directory: Path,
     """Head, pipeline, engine and verifier for one version (the pipeline is not started yet).
 
     The first runtime answers on the configured return port / URL (a relay may sit in front);
-    runtimes added by a rollout get a port of their own."""
+    runtimes added by a rollout get a port of their own on the same advertised host."""
     from serve.discovery import TrackerDiscovery
     from serve.gateway.api import Runtime
     from serve.gateway.engine import Engine
@@ -54,7 +55,7 @@ def build_runtime(cfg: GatewayConfig, version_id: str, directory: Path,
                                      trusted_verdict_keys=cfg.trusted_verdict_keys)
     pipeline = Pipeline(discovery, head.num_layers, version_id,
                         host=cfg.host, return_port=cfg.return_port if first else 0,
-                        return_url=cfg.return_url if first else None,
+                        return_url=cfg.return_url if first else advertised_host(cfg.return_url),
                         timeout_s=cfg.timeout_s, wire_dtype=cfg.wire_dtype, chain=cfg.chain,
                         key=key, tls=cfg.tls)
     runtime = Runtime(version_id, Engine(head, pipeline, build_drafters(cfg, draft_model_dir),

@@ -13,7 +13,7 @@ from registry.signing import SigningKey
 from serve.exceptions import TransportRefused
 from serve.identity import load_or_create
 from serve.links import Links
-from serve.transport import advertised_url, check_dial, dial, server_context, tls_enabled
+from serve.transport import advertised_host, advertised_url, check_dial, dial, server_context, tls_enabled
 
 SECRET = b"hidden-state-bytes-" * 8
 
@@ -127,6 +127,10 @@ def test_bind_and_advertise():
     assert advertised_url("0.0.0.0", 7101, "ws://10.0.0.9:1", True) == "ws://10.0.0.9:1"
     with pytest.raises(ValueError, match="--advertise"):
         advertised_url("0.0.0.0", 7101, None, True)
+    # a second listener of the process (a rollout's return port) keeps the advertised host
+    assert [advertised_host(a) for a in ("10.0.0.5", "10.0.0.5:7200", "wss://gw.example:7200",
+                                         "[::1]:7200", None)] == [
+        "10.0.0.5", "10.0.0.5", "gw.example", "[::1]", None]
 
 
 def test_a_key_file_is_created_private_then_reused(tmp_path):
