@@ -40,6 +40,8 @@ class SwarmBenchConfig:
     """Speculation sweep (empty: skip it). 'draft_model' needs `draft_model`."""
     draft_model: str | None = None
     spec_tokens: int = 48
+    spec_prompts: int | None = None
+    """Held-out prompts measured per workload (None: all of them)."""
 
 
 FILLER = ("Agents call tools, read files and write code; the swarm serves them token by token "
@@ -152,7 +154,7 @@ def run_swarm_bench(cfg: SwarmBenchConfig, shoal_cfg) -> dict:
 
                 results["speculation"] = await sweep_speculation(
                     swarm, pipeline, engine, head, cfg.delays_ms, cfg.drafters, cfg.spec_tokens,
-                    hops=cfg.nodes)
+                    hops=cfg.nodes, prompts_per_workload=cfg.spec_prompts)
             await pipeline.stop()
 
         asyncio.run(sweep())

@@ -1,8 +1,11 @@
 """The speculative-decoding part of `shoal bench swarm`.
 
 Two workloads ship with the project (`serve/workloads/`): *agentic* (tool-call JSON, code edits,
-repeated structure) and *open chat*. For each one-way delay, each workload and each drafter
-(none, prompt lookup, suffix index, draft model when given), the workload's prompts are generated
+repeated structure) and *open chat*. Each comes in two files kept apart: `NAME.tune.jsonl`, the
+only prompts anything may learn from, tune on or warm with (the suffix index's warm-up pass reads
+it), and `NAME.jsonl`, the held-out prompts every number is measured on (no prompt in both; the
+report names the files and the check). For each one-way delay, each workload and each drafter
+(none, prompt lookup, suffix index, draft model when given), the held-out prompts are generated
 greedily through the same node processes, and the naive mode without a drafter runs beside them.
 Reported per cell: tokens per traversal, decode tok/s, and the fraction of the latency limit
 
@@ -10,7 +13,7 @@ Reported per cell: tokens per traversal, decode tok/s, and the fraction of the l
 
 where tau is the measured tokens per traversal, n the number of hops and c the measured compute time
 per traversal of that drafter at zero delay. The suffix index is warmed with one pass over the
-workload first (it learns from what the swarm served).
+tuning prompts first (it learns from what the swarm served them), never over the measured ones.
 """
 
 from __future__ import annotations
@@ -22,18 +25,44 @@ from importlib import resources
 WORKLOADS = ("agentic", "open_chat")
 
 
-def load_workload(name: str) -> list[list[dict]]:
-    text = resources.files("serve").joinpath(f"workloads/{name}.jsonl").read_text()
+SPLITS = {"measure": "{}.jsonl", "tune": "{}.tune.jsonl"}
+"""File of each split of a workload: held-out prompts to measure on, and prompts to warm or tune
+with."""
+
+
+def load_workload(name: str, split: str = "measure") -> list[list[dict]]:
+    """The conversations of one split of a workload (`SPLITS`)."""
+    text = resources.files("serve").joinpath("workloads", SPLITS[split].format(name)).read_text()
     return [json.loads(line)["messages"] for line in text.splitlines() if line.strip()]
 
 
+def split_report() -> dict:
+    """Which files were measured and which warmed or tuned, and that they share no prompt (the
+    bench refuses to run when they do)."""
+    out = {}
+    for w in WORKLOADS:
+        measure = [json.dumps(m, sort_keys=True) for m in load_workload(w)]
+        tune = [json.dumps(m, sort_keys=True) for m in load_workload(w, "tune")]
+        shared = set(measure) & set(tune)
+        if shared:
+            raise ValueError(f"workload {w}: {len(shared)} prompt(s) in both the measured and the "
+                             "tuning split")
+        out[w] = {"measured": f"serve/workloads/{SPLITS['measure'].format(w)}",
+                  "measured_prompts": len(measure),
+                  "warmed_or_tuned_on": f"serve/workloads/{SPLITS['tune'].format(w)}",
+                  "tuning_prompts": len(tune), "shared_prompts": 0}
+    return out
+
+
 async def run_workload(engine, tokenizer, prompts: list[list[int]], drafter: str,
-                       tokens: int) -> dict:
+                       tokens: int, learn: bool = False) -> dict:
+    """Generate each prompt greedily with `drafter`; with `learn`, the suffix index keeps what
+    was served (only for the tuning split: a measured prompt never teaches a later cell)."""
     from serve.drafters.base import DraftScope
     from serve.gateway.engine import Outcome
     from serve.sampling import SamplingParams
 
-    scope = DraftScope(tenant="bench", learn=True)  # one tenant: the suffix index learns its text
+    scope = DraftScope(tenant="bench", learn=learn)  # one tenant, drafting from what it learnt
 
     params = SamplingParams(max_tokens=tokens, temperature=0.0)
     produced = traversals = 0
@@ -55,17 +84,21 @@ async def run_workload(engine, tokenizer, prompts: list[list[int]], drafter: str
 
 
 async def sweep_speculation(swarm, pipeline, engine, head, delays: list[float],
-                            drafters: list[str], tokens: int, hops: int) -> dict:
+                            drafters: list[str], tokens: int, hops: int,
+                            prompts_per_workload: int | None = None) -> dict:
     import asyncio
 
-    prompts = {w: [head.tokenizer.apply_chat_template(m, add_generation_prompt=True,
-                                                      tokenize=True, return_dict=True)
-                   ["input_ids"] for m in load_workload(w)] for w in WORKLOADS}
-    if "suffix" in drafters:  # learn from one pass of served outputs
+    def ids(split: str) -> dict[str, list[list[int]]]:
+        return {w: [head.tokenizer.apply_chat_template(m, add_generation_prompt=True,
+                                                       tokenize=True, return_dict=True)
+                    ["input_ids"] for m in load_workload(w, split)] for w in WORKLOADS}
+
+    results: dict = {"split": split_report()}
+    prompts = {w: p[:prompts_per_workload] for w, p in ids("measure").items()}
+    if "suffix" in drafters:  # learn from one pass of what the swarm serves the tuning prompts
         swarm.set_delay(0)
-        for w in WORKLOADS:
-            await run_workload(engine, head.tokenizer, prompts[w], "suffix", tokens)
-    results: dict = {}
+        for w, tuning in ids("tune").items():
+            await run_workload(engine, head.tokenizer, tuning, "suffix", tokens, learn=True)
     compute: dict = {}
     for delay in delays:
         swarm.set_delay(delay)
@@ -89,8 +122,10 @@ async def sweep_speculation(swarm, pipeline, engine, head, delays: list[float],
 
 
 def summarize_speculation(results: dict) -> dict:
-    out = {}
+    out = {"split": results["split"]}
     for w, by_delay in results.items():
+        if w == "split":
+            continue
         for delay, row in by_delay.items():
             best = max((d for d in row if d not in ("naive", "off")),
                        key=lambda d: row[d]["decode_tok_s"], default=None)

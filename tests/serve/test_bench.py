@@ -18,7 +18,7 @@ def test_swarm_bench_tiny(tmp_path_factory, tiny_model_dir, tmp_path):
     cfg = SwarmBenchConfig(model="tiny@production", nodes=3, delays_ms=[0, 5], concurrency=[1, 2],
                            decode_tokens=4, prompt_lengths=[8], out_dir=tmp_path / "out",
                            drafters=["off", "prompt_lookup", "suffix"], spec_tokens=6,
-                           proofs=True)
+                           spec_prompts=3, proofs=True)
     report = run_swarm_bench(cfg, ShoalConfig(home=home, registry_url=str(home / "registry")))
     saved = json.loads((tmp_path / "out" / "swarm.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
@@ -38,7 +38,11 @@ def test_swarm_bench_tiny(tmp_path_factory, tiny_model_dir, tmp_path):
     assert odds["p=1.0"] < odds["p=0.1"] < odds["p=0.01"]  # rarer cheating takes longer
     assert 0 < saved["summary"]["proofs"]["protocol_share_of_decode_time"] < 1
     spec = saved["results"]["speculation"]
-    assert set(spec) == {"agentic", "open_chat"}
+    assert set(spec) == {"split", "agentic", "open_chat"}
+    for w in ("agentic", "open_chat"):  # measured on held-out prompts, warmed on others
+        split = saved["summary"]["speculation"]["split"][w]
+        assert split["shared_prompts"] == 0 and split["tuning_prompts"] > 0
+        assert split["measured"] != split["warmed_or_tuned_on"]
     for row in spec["agentic"].values():
         assert set(row) == {"off", "prompt_lookup", "suffix", "naive"}
         assert all(0 < cell["fraction_of_limit"] for cell in row.values())
