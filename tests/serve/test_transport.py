@@ -13,7 +13,8 @@ from registry.signing import SigningKey
 from serve.exceptions import TransportRefused
 from serve.identity import load_or_create
 from serve.links import Links
-from serve.transport import advertised_host, advertised_url, check_dial, dial, server_context, tls_enabled
+from serve.transport import (advertised_host, advertised_url, check_dial, dial, server_context,
+                             tls_enabled)
 
 SECRET = b"hidden-state-bytes-" * 8
 
