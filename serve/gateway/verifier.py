@@ -29,6 +29,7 @@ import os
 import random
 import time
 import uuid
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,13 +97,22 @@ def hop_of(node: NodeInfo) -> wire.Hop:
     return wire.Hop(node.node_id, node.url, node.start, node.end, node.public_key)
 
 
+EVENTS_KEPT = 10_000
+"""Checks kept in memory for the dashboard and tests (a long-running gateway checks forever)."""
+
+
 class Verifier:
     def __init__(self, pipeline, manifest: Manifest, head, trusted_dir: Path | None,
                  config: VerifierConfig | None = None) -> None:
         self.pipeline, self.manifest, self.head = pipeline, manifest, head
         self.config = config or VerifierConfig()
         self.trust: dict[str, Trust] = {}
-        self.events: list[CheckResult] = []
+        self.events: deque[CheckResult] = deque(maxlen=EVENTS_KEPT)
+        """The latest checks (older ones are in the JSONL log, when configured)."""
+        self.checks = 0
+        """Checks recorded since start."""
+        self.failures = 0
+        """Failed checks recorded since start."""
         self.used_nonces: set[bytes] = set()
         self._claims_seen: dict[str, set[str]] = {}
         self._missing: dict[str, list[int]] = {}
@@ -278,6 +288,8 @@ class Verifier:
 
     def _record(self, verdict: CheckResult) -> None:
         self.events.append(verdict)
+        self.checks += 1
+        self.failures += not verdict.ok
         if self.on_verdict is not None:
             self.on_verdict(verdict.node_id, verdict.ok)
         if self.config.log_path is not None:
@@ -364,5 +376,4 @@ class Verifier:
             return {"nodes": {k: {"status": v.status, "reason": v.reason}
                               for k, v in self.trust.items()}}
         return {"nodes": {k: asdict(v) for k, v in self.trust.items()},
-                "events": len(self.events),
-                "failures": sum(not v.ok for v in self.events)}
+                "events": self.checks, "failures": self.failures}
