@@ -1,5 +1,5 @@
 """`shoal bench …`: the benchmarks, programs that write JSON (and a PNG plot) to an output
-directory: swarm, api, batch, discovery, registry, traces, curate, train.
+directory: swarm, api, batch, discovery, transport, registry, traces, curate, train.
 
 Each benchmark lives next to the code it measures (`serve.bench`, `registry.bench`,
 `traces.bench`, `curate.bench`, `train.bench`); these commands parse the options, run it and print
@@ -174,3 +174,22 @@ def bench_discovery(nodes: Annotated[str, typer.Option(
         sizes=_split("--nodes", nodes, int), lookup_s=lookup_s, kills=kills, out_dir=Path(out)))
     typer.echo(json.dumps(report["summary"], indent=2))
     typer.echo(f"wrote {Path(out) / 'discovery.json'} and {Path(out) / 'discovery.png'}")
+
+
+@command(bench_app, "transport")
+def bench_transport(sizes: Annotated[str, typer.Option(
+                        help="frame sizes in bytes, comma-separated (default: one token and a "
+                        "128-token prefill of SmolLM2 in fp32)")] = "2304,294912",
+                    rounds: int = 10, trips: Annotated[int, typer.Option(
+                        help="round trips per size, side and round")] = 50,
+                    connects: int = 10,
+                    out: Annotated[str, typer.Option()] = "bench-out") -> None:
+    """Hop transport: round trips and new connections on ws:// and on pinned wss:// (TLS 1.3),
+    side by side; the ratio with a 95 % interval."""
+    from serve.bench_transport import TransportBenchConfig, run_transport_bench
+
+    report = run_transport_bench(TransportBenchConfig(
+        sizes=_split("--sizes", sizes, int), rounds=rounds, trips=trips, connects=connects,
+        out_dir=Path(out)))
+    typer.echo(json.dumps(report["summary"], indent=2))
+    typer.echo(f"wrote {Path(out) / 'transport.json'} and {Path(out) / 'transport.png'}")

@@ -146,3 +146,13 @@ def test_a_key_file_is_created_private_then_reused(tmp_path):
         load_or_create(path)
     with pytest.raises(KeyError_, match="NAME.pem"):
         load_or_create(tmp_path / "node.key")
+
+
+def test_the_transport_benchmark_runs(tmp_path):
+    from serve.bench_transport import TransportBenchConfig, run_transport_bench
+
+    report = run_transport_bench(TransportBenchConfig(sizes=[1024], rounds=2, trips=3,
+                                                      connects=2, out_dir=tmp_path))
+    summary = report["summary"]
+    assert summary["round_trip"]["1024"]["ws_ms"] > 0 and summary["connect"]["wss_ms"] > 0
+    assert (tmp_path / "transport.json").exists() and (tmp_path / "transport.png").exists()
