@@ -92,21 +92,26 @@ async def _measure(cfg: DiscoveryBenchConfig, n: int, log_dir: Path) -> dict:
         for i in range(n):
             spawned.append(time.monotonic())
             procs.append(_announcer(member, log_dir, i))
+        seen: dict[str, tuple[float, float]] = {}
+        """node id -> (monotonic, wall) time the reader first listed it."""
+
+        async def watch() -> None:  # from the first spawn on, beside the announcers' start
+            deadline = time.monotonic() + 120
+            while len(seen) < n and time.monotonic() < deadline:
+                await reader.refresh()
+                for node in await reader.nodes():
+                    seen.setdefault(node.node_id, (time.monotonic(), time.time()))
+                await asyncio.sleep(0.02)  # a lookup with no peer yet never yields
+
+        watching = asyncio.create_task(watch())
         firsts = await asyncio.gather(*(_first_line(p) for p in procs))
-        seen: dict[str, float] = {}
-        by_id = {f["node_id"]: i for i, f in enumerate(firsts)}
-        deadline = time.monotonic() + 60
-        while len(seen) < n and time.monotonic() < deadline:
-            await reader.refresh()
-            now_wall, now = time.time(), time.monotonic()
-            for node in await reader.nodes():
-                if node.node_id in by_id and node.node_id not in seen:
-                    seen[node.node_id] = now
-                    firsts[by_id[node.node_id]]["visible_wall"] = now_wall
-        if len(seen) < n:
-            raise RuntimeError(f"only {len(seen)} of {n} announcers became visible")
-        start_to_visible = [seen[f["node_id"]] - spawned[i] for i, f in enumerate(firsts)]
-        announce_to_visible = [max(0.0, f["visible_wall"] - f["announced_at"]) for f in firsts]
+        await watching
+        missing = [f["node_id"] for f in firsts if f["node_id"] not in seen]
+        if missing:
+            raise RuntimeError(f"{len(missing)} of {n} announcers never became visible")
+        start_to_visible = [seen[f["node_id"]][0] - spawned[i] for i, f in enumerate(firsts)]
+        announce_to_visible = [max(0.0, seen[f["node_id"]][1] - f["announced_at"])
+                               for f in firsts]
         lookups, t0 = 0, time.monotonic()
         while time.monotonic() - t0 < cfg.lookup_s:
             await reader.refresh()
@@ -194,11 +199,20 @@ async def _announce(config: DhtConfig) -> None:
                 "public_key": key.public_hex, "pid": os.getpid(), "sessions": 0, "queue": 0,
                 "ms_per_token_layer": 1.0, "stats": {}, "attestation": None}
 
-    peer = await peer_for(config).start()
-    while await peer.announce(sign_record(key, info())) <= 1:
-        await asyncio.sleep(0.05)
-    print(json.dumps({"node_id": node_id, "announced_at": time.time()}), flush=True)
-    await announce_forever(peer, key, info)
+    async def orphaned() -> None:  # the benchmark died without stopping us: stop too
+        parent = os.getppid()
+        while os.getppid() == parent:
+            await asyncio.sleep(0.5)
+
+    async def announce() -> None:
+        peer = await peer_for(config).start()
+        while await peer.announce(sign_record(key, info())) <= 1:
+            await asyncio.sleep(0.05)
+        print(json.dumps({"node_id": node_id, "announced_at": time.time()}), flush=True)
+        await announce_forever(peer, key, info)
+
+    tasks = [asyncio.create_task(orphaned()), asyncio.create_task(announce())]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
 
 
 if __name__ == "__main__":

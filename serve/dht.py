@@ -12,9 +12,9 @@ What lives in the DHT, all sealed with the swarm's key (serve/invite.py):
 A storing peer refuses (and a reader drops) anything that does not open with the swarm's key for
 exactly that DHT key, that `check_record` refuses (id = hash of key, signature, canonical form,
 issued within the record TTL), that sits under another node's key, or that is not newer than the
-record it holds for that node (a replay). Readers ask every one of the k peers closest to a key
-and merge what they answer, so one storing peer cannot hide a node; readers verify every record
-again themselves (serve/dht_discovery.py).
+record it holds for that node (a replay). Readers ask every one of the k peers closest to the
+membership index and merge what they answer, so one storing peer cannot hide a node; readers
+verify every record again themselves (serve/dht_discovery.py).
 
 The DHT layer itself is open: a process without the invite can exchange routing messages with
 the swarm's peers (and so learn their UDP addresses), but cannot compute the swarm's keys, read
@@ -30,7 +30,7 @@ import logging
 import time
 from typing import Any, Iterator
 
-from kademlia.crawling import NodeSpiderCrawl
+from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
@@ -205,6 +205,16 @@ class SwarmProtocol(KademliaProtocol):
         return super().handle_call_response(result, node)
 
 
+class AllValuesCrawl(ValueSpiderCrawl):
+    """Kademlia's value lookup (alpha peers a step, closer each step), answering every value
+    the first step that finds any was given, instead of the most common one: sealed values never
+    repeat (random nonces), and the reader keeps the newest record that verifies. Nothing is
+    stored back."""
+
+    async def _handle_found_values(self, values: list) -> list:
+        return values
+
+
 class DhtPeer:
     """This process's DHT peer for one swarm: listen, join through the invite's peers, store,
     and read what the k closest peers hold."""
@@ -284,6 +294,20 @@ class DhtPeer:
         values += [data["value"] for ok, data in answers if ok and isinstance(data, dict)]
         return values
 
+    async def get_some(self, dkey: bytes) -> list[bytes]:
+        """What this peer holds under `dkey` and what Kademlia's value lookup finds: a few
+        datagrams where `get_all` sends ~2k."""
+        local = self.storage.get(dkey)
+        values = [local] if local is not None else []
+        target = Node(dkey)
+        nearest = self.protocol.router.find_neighbors(target, self.config.ksize)
+        if nearest:
+            async with self._lookups:
+                found = await AllValuesCrawl(self.protocol, target, nearest, self.config.ksize,
+                                             self.config.alpha).find()
+            values += [v for v in found or [] if isinstance(v, bytes)]
+        return values
+
     async def announce(self, signed_record: dict[str, Any]) -> int:
         """Store a node's signed record under its key and in the index; the peers (this one
         included) that accepted the index entry."""
@@ -314,10 +338,12 @@ class DhtPeer:
         return members
 
     async def records(self) -> list[Any]:
-        """Every record the closest peers hold for the indexed members, opened but not yet
-        verified (readers verify each one)."""
+        """The records found for the indexed members, opened but not yet verified (readers
+        verify each one). The index is read from every one of the k closest peers (so nobody
+        can hide a member); a member's record by Kademlia's value lookup (a stale or withheld
+        copy is outweighed by any newer one found)."""
         ids = list(await self.member_ids())
-        found = await asyncio.gather(*(self.get_all(self.keys.node_key(i)) for i in ids))
+        found = await asyncio.gather(*(self.get_some(self.keys.node_key(i)) for i in ids))
         out = []
         for node_id, values in zip(ids, found):
             for sealed in values:
