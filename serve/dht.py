@@ -7,7 +7,9 @@ What lives in the DHT, all sealed with the swarm's key (serve/invite.py):
 - ``index``: the swarm's membership index. A node announces by storing its record under both
   keys; a storing peer of the index verifies the record and *merges* it (one entry per node id),
   so no store can erase another node from the index. A lookup of the index answers the ids and
-  issue times of the members it holds.
+  issue times of the members it holds;
+- ``verdicts/<id>``: signed verdicts about node `id`, the newest per signing key (at most
+  `MAX_VERDICTS_PER_NODE` keys). Any member may post one; each reader decides whose it trusts.
 
 A storing peer refuses (and a reader drops) anything that does not open with the swarm's key for
 exactly that DHT key, that `check_record` refuses (id = hash of key, signature, canonical form,
@@ -28,6 +30,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, Iterator
 
 from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
@@ -37,7 +40,7 @@ from kademlia.protocol import KademliaProtocol
 from kademlia.storage import IStorage
 
 from serve.config import DhtConfig
-from serve.discovery import check_record
+from serve.discovery import MAX_VERDICTS_PER_NODE, check_record, check_verdict
 from serve.exceptions import InviteError, RecordRejected
 from serve.invite import KEY_BYTES, Peer, SwarmKeys
 
@@ -47,6 +50,8 @@ MAX_DATAGRAM = 60_000
 """Larger datagrams are dropped unread (a loopback datagram holds at most 65,507 bytes)."""
 MAX_VALUE_BYTES = 7_800
 """Largest sealed value stored (a request datagram of `rpcudp` holds at most 8 KiB)."""
+MAX_ANSWER_BYTES = 40_000
+"""A verdict lookup answers the newest verdicts that fit in this many bytes."""
 LOOKUPS_IN_FLIGHT = 4
 """Keys a reader looks up at once: each lookup is ~2k datagrams, and a burst of all of them
 overflows UDP receive buffers (answers lost, lookups timing out)."""
@@ -74,6 +79,9 @@ class SwarmStorage(IStorage):
         """DHT key -> (node id, issued at, the value as sealed by the node)."""
         self.index: dict[str, tuple[float, bytes]] = {}
         """Node id -> (issued at, its record as sealed for the index key)."""
+        self.verdicts: OrderedDict[bytes, dict[str, tuple[float, dict, bytes]]] = OrderedDict()
+        """Verdict key -> signing key -> (issued at, the verdict, as sealed): the newest by each
+        key; the nodes least recently posted about go first beyond `max_nodes`."""
 
     def accept(self, dkey: Any, value: Any) -> bool:
         """Keep `value` under `dkey` if it passes every check; False (logged) otherwise."""
@@ -89,8 +97,11 @@ class SwarmStorage(IStorage):
             raise RecordRejected("key", "a DHT key is 20 bytes")
         if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
             raise RecordRejected("size", f"a value is bytes, at most {MAX_VALUE_BYTES}")
-        record = check_record(_strict_json(self.keys.open(dkey, value)), now=now,
-                              max_age_s=self.ttl_s)
+        entry = _strict_json(self.keys.open(dkey, value))
+        if isinstance(entry, dict) and "by" in entry:
+            self._accept_verdict(dkey, entry, value, now)
+            return
+        record = check_record(entry, now=now, max_age_s=self.ttl_s)
         if dkey == self.keys.index:
             held = self.index.get(record.node_id)
             table_size = len(self.index)
@@ -113,6 +124,27 @@ class SwarmStorage(IStorage):
         else:
             self.records[dkey] = (record.node_id, record.issued_at, value)
 
+    def _accept_verdict(self, dkey: bytes, entry: dict, value: bytes, now: float) -> None:
+        """A verdict signed by the key it names, under its node's verdict key, newer than the
+        one held from that key. Whether the key is an authority is each reader's decision."""
+        by = entry.get("by")
+        if not isinstance(by, str):
+            raise RecordRejected("schema", "a verdict names its signing key")
+        verdict = check_verdict(entry, {by}, now=now)
+        if dkey != self.keys.verdict_key(verdict.node_id):
+            raise RecordRejected("key", f"a verdict on {verdict.node_id} under another key")
+        held = self.verdicts.get(dkey, {})
+        old = held.get(by)
+        if old is not None and verdict.issued_at <= old[0]:
+            raise RecordRejected("replay", "not newer than the verdict held from that key")
+        if old is None and len(held) >= MAX_VERDICTS_PER_NODE:
+            raise RecordRejected("full", f"{MAX_VERDICTS_PER_NODE} keys' verdicts held already")
+        held[by] = (verdict.issued_at, entry, value)
+        self.verdicts[dkey] = held
+        self.verdicts.move_to_end(dkey)
+        while len(self.verdicts) > self.max_nodes:
+            self.verdicts.popitem(last=False)
+
     def _purge(self, now: float) -> None:
         cutoff = now - self.ttl_s
         self.records = {k: v for k, v in self.records.items() if v[1] >= cutoff}
@@ -130,6 +162,14 @@ class SwarmStorage(IStorage):
                 return default
             members = [[node_id, issued] for node_id, (issued, _) in self.index.items()]
             return self.keys.seal(key, json.dumps({"members": members}).encode())
+        if isinstance(key, bytes) and key in self.verdicts:
+            answer, size = [], 0
+            for _, entry, sealed in sorted(self.verdicts[key].values(), key=lambda v: -v[0]):
+                size += len(sealed)
+                if size > MAX_ANSWER_BYTES:
+                    break
+                answer.append(entry)
+            return self.keys.seal(key, json.dumps({"verdicts": answer}).encode())
         held = self.records.get(key) if isinstance(key, bytes) else None
         return held[2] if held else default
 
@@ -145,6 +185,8 @@ class SwarmStorage(IStorage):
         self._purge(time.time())
         items = [(k, v[2]) for k, v in self.records.items()]
         items += [(self.keys.index, sealed) for _, sealed in self.index.values()]
+        items += [(k, sealed) for k, held in self.verdicts.items() for _, _, sealed in
+                  held.values()]
         return iter(items)
 
     def iter_older_than(self, seconds_old: float) -> list:
@@ -352,6 +394,34 @@ class DhtPeer:
                                                            sealed)))
                 except (InviteError, RecordRejected):
                     continue
+        return out
+
+    async def post_verdict(self, signed_verdict: dict[str, Any]) -> int:
+        """Store a signed verdict under its node's verdict key; the peers that accepted it."""
+        dkey = self.keys.verdict_key(str(signed_verdict.get("node_id")))
+        sealed = self.keys.seal(dkey, json.dumps(signed_verdict, separators=(",", ":")).encode())
+        if len(sealed) > MAX_VALUE_BYTES:
+            raise RecordRejected("size", f"a verdict of {len(sealed)} bytes does not fit a "
+                                 "datagram")
+        return await self.put(dkey, sealed)
+
+    async def verdicts(self, node_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Node id -> the verdicts found about it, opened but not verified (readers weigh
+        them: `serve.discovery.weigh_verdicts`)."""
+        found = await asyncio.gather(*(self.get_some(self.keys.verdict_key(i))
+                                       for i in node_ids))
+        out: dict[str, list[dict[str, Any]]] = {}
+        for node_id, values in zip(node_ids, found):
+            for sealed in values:
+                try:
+                    listing = _strict_json(self.keys.open(self.keys.verdict_key(node_id), sealed))
+                    posted = listing["verdicts"][:MAX_VERDICTS_PER_NODE]
+                except (InviteError, RecordRejected, KeyError, TypeError):
+                    continue
+                held = out.setdefault(node_id, [])
+                seen = {v.get("signature") for v in held}
+                held.extend(v for v in posted if isinstance(v, dict) and
+                            v.get("signature") not in seen)  # each peer answers the same ones
         return out
 
     def stop(self) -> None:

@@ -9,8 +9,11 @@ announcing drops out of the view once its last record is older than the TTL, so 
 leaves routes within ``ttl_s + refresh_s``; a node that comes back is a new entry to the
 gateway's verifier, which checks it before it carries traffic like any node new to that gateway.
 
-Verdicts this gateway signs (`report`) evict here; they are kept by this reader (the tracker is
-where verdicts are shared between gateways today).
+Verdicts are signed claims each gateway weighs, never orders: `report` signs one with this
+gateway's key, keeps it (the node is evicted here at once) and posts it to the DHT; every
+`VERDICT_REFRESH_S` a reader looks up the verdicts about the nodes it lists. One signed by this
+reader's key or a `trusted_verdict_keys` key evicts; any other is a claim in `NodeInfo.claims`, a
+reason for the verifier to check the node again at once.
 
 The view is refreshed in the background every `refresh_s`, so a route never waits on the DHT.
 """
@@ -18,6 +21,7 @@ The view is refreshed in the background every `refresh_s`, so a route never wait
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,13 +31,16 @@ from serve.config import DhtConfig
 from serve.dht import DhtPeer
 from serve.discovery import (MAX_VERDICTS_PER_NODE, NodeInfo, RecordFilter, split_reason,
                              weigh_verdicts)
-from serve.exceptions import VerdictNotPosted
+from serve.exceptions import RecordRejected, VerdictNotPosted
+from registry.signing import canonical_json
 from serve.records import NodeRecord, sign_record, sign_verdict
 
 if TYPE_CHECKING:
     from registry.signing import SigningKey
 
 log = logging.getLogger("shoal.dht")
+VERDICT_REFRESH_S = 5.0
+"""Seconds between a reader's lookups of the verdicts about the nodes it lists."""
 _peers: dict[str, DhtPeer] = {}
 
 
@@ -62,6 +69,10 @@ class DhtDiscovery:
         self._records = RecordFilter(f"the DHT of swarm {peer.keys.swarm!r}", self.ttl_s)
         self._view: list[tuple[NodeRecord, dict[str, Any]]] = []
         self._verdicts: dict[str, list[dict[str, Any]]] = {}
+        """Verdicts this gateway signed, by node id."""
+        self._posted: dict[str, list[dict[str, Any]]] = {}
+        """Verdicts found in the DHT, by node id (weighed, never obeyed as such)."""
+        self._verdicts_read = 0.0
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.refreshes = 0
@@ -73,9 +84,17 @@ class DhtDiscovery:
         await self._ready.wait()
         now = time.time()
         return [weigh_verdicts(record, {**entry, "last_seen": record.issued_at,
-                                        "verdicts": self._verdicts.get(record.node_id, [])},
+                                        "verdicts": self._verdicts_about(record.node_id)},
                                self.trusted, now)
                 for record, entry in self._view if record.issued_at >= now - self.ttl_s]
+
+    def _verdicts_about(self, node_id: str) -> list[dict[str, Any]]:
+        """Own verdicts first, then the DHT's (the same verdict once)."""
+        own = self._verdicts.get(node_id, [])
+        signatures = {v.get("signature") for v in own}
+        posted = [v for v in self._posted.get(node_id, []) if v.get("signature") not in
+                  signatures]
+        return (own + posted)[:MAX_VERDICTS_PER_NODE]
 
     async def refresh(self) -> None:
         """Look the swarm's records up now: the view becomes the ones that verify, plus the
@@ -90,6 +109,9 @@ class DhtDiscovery:
             if record.node_id not in fresh and record.issued_at >= now - self.ttl_s:
                 fresh[record.node_id] = (record, entry)
         self._view = list(fresh.values())
+        if time.monotonic() >= self._verdicts_read + VERDICT_REFRESH_S:
+            self._verdicts_read = time.monotonic()
+            self._posted = await self.peer.verdicts(list(fresh))
         self.refreshes += 1
 
     async def _refresh_forever(self) -> None:
@@ -104,13 +126,25 @@ class DhtDiscovery:
 
     async def report(self, node_id: str, status: str, check: str, detail: str = "",
                      evidence: dict | None = None) -> None:
-        """Sign a verdict with this gateway's key and keep it: the node is evicted here."""
+        """Sign a verdict with this gateway's key, keep it (the node is evicted here) and post
+        it to the DHT for other gateways to weigh; raises `VerdictNotPosted` without a key or
+        when no peer stored it. Evidence too large for a datagram is posted as its digest."""
         if self.key is None:
             raise VerdictNotPosted(f"no signing key to sign the verdict on {node_id}")
         check, detail = split_reason(check, detail)
+        signed = sign_verdict(self.key, node_id, status, check, detail, evidence)
         kept = self._verdicts.setdefault(node_id, [])
-        kept.append(sign_verdict(self.key, node_id, status, check, detail, evidence))
+        kept.append(signed)
         del kept[:-MAX_VERDICTS_PER_NODE]
+        try:
+            stored = await self.peer.post_verdict(signed)
+        except RecordRejected:
+            digest = hashlib.sha256(canonical_json(evidence or {})).hexdigest()
+            stored = await self.peer.post_verdict(sign_verdict(
+                self.key, node_id, status, check, detail[:500],
+                {"omitted": "too large for the DHT", "sha256": digest}))
+        if stored == 0:
+            raise VerdictNotPosted(f"no DHT peer stored the verdict on {node_id}")
 
     async def aclose(self) -> None:
         if self._task is not None:

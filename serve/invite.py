@@ -155,6 +155,9 @@ class SwarmKeys:
     def node_key(self, node_id: str) -> bytes:
         return self.key(f"node/{node_id}")
 
+    def verdict_key(self, node_id: str) -> bytes:
+        return self.key(f"verdicts/{node_id}")
+
     def seal(self, dht_key: bytes, plain: bytes) -> bytes:
         """`plain` encrypted and authenticated for `dht_key` (nonce || ciphertext || tag)."""
         nonce = os.urandom(NONCE_BYTES)

@@ -197,3 +197,40 @@ def test_a_node_that_left_discovery_is_checked_again_before_traffic():
     assert verifier.admits(node)  # still listed: nothing changes
     verifier.departed(set())
     assert not verifier.admits(node) and verifier.trust[node.node_id].next_check == 0.0
+
+
+def test_verdicts_are_claims_each_reader_weighs():
+    from serve.records import sign_verdict
+
+    async def run() -> None:
+        peers = await start_peers(3)
+        node, keys = SigningKey.generate("n"), peers[0].keys
+        node_id = node_id_of(node.public_hex)
+        await peers[2].announce(sign_record(node, info(node)))
+        judge, stranger = SigningKey.generate("gateway-a"), SigningKey.generate("gateway-b")
+        accuser = DhtDiscovery(peers[0], key=judge)
+        await accuser.refresh()
+        await accuser.report(node_id, "evicted", "merkle", "a bad Merkle path", {"item": 3})
+        assert [n.status for n in await accuser.nodes()] == ["evicted"]  # at once, here
+        trusting = DhtDiscovery(peers[1], trusted_verdict_keys=[judge.public_hex])
+        doubting = DhtDiscovery(peers[2], key=stranger)
+        await trusting.refresh()
+        await doubting.refresh()
+        (seen_by_trusting,) = await trusting.nodes()
+        (seen_by_doubting,) = await doubting.nodes()
+        assert seen_by_trusting.status == "evicted"
+        assert seen_by_trusting.verdict["evidence"] == {"item": 3}
+        assert seen_by_doubting.status == "ok" and len(seen_by_doubting.claims) == 1
+        # storing peers keep only verdicts signed by the key they name, under their node's key
+        good = sign_verdict(stranger, node_id, "evicted", "merkle")
+        forged = {**good, "check": "fingerprint"}
+        other = sign_verdict(stranger, "0" * 32, "evicted", "merkle")
+        for what, entry, dkey in [("forged", forged, keys.verdict_key(node_id)),
+                                  ("another node's key", other, keys.verdict_key(node_id)),
+                                  ("replayed", accuser._verdicts[node_id][0],
+                                   keys.verdict_key(node_id))]:
+            assert await stored_on(peers, peers[2], dkey, sealed(keys, dkey, entry)) == 0, what
+        for p in peers:
+            p.stop()
+
+    asyncio.run(run())
