@@ -42,6 +42,15 @@ def root_fingerprint(root_v1: bytes) -> str:
     return hashlib.sha256(root_v1).hexdigest()
 
 
+LOCAL_SCHEMES = frozenset({"", "file", "local", "memory"})
+"""Store URLs read on this machine: the only ones whose first root may be pinned on first use."""
+
+
+def _remote(url: str) -> bool:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return scheme not in LOCAL_SCHEMES
+
+
 class RegistryClient:
     """Verified, read-only access to one registry."""
 
@@ -55,9 +64,13 @@ class RegistryClient:
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self._root_path = state_dir / "root.json"
+        self._first_path = state_dir / "root.1.json"
+        """The first root exactly as pinned: what a fingerprint given later is checked against."""
         self._seen_path = state_dir / "seen.json"
         if trusted_root is not None and not self._root_path.exists():
-            verify_initial_root(parse_envelope(trusted_root.read_bytes(), str(trusted_root)))
+            given = trusted_root.read_bytes()
+            if verify_initial_root(parse_envelope(given, str(trusted_root))).version == 1:
+                _atomic_write(self._first_path, given)
             shutil.copyfile(trusted_root, self._root_path)
         self._policy: RootPolicy | None = None
         self.bytes_read = 0
@@ -86,16 +99,27 @@ class RegistryClient:
         """The trusted root, updated forward through every newer root the store holds."""
         if self._policy is not None:
             return self._policy
-        if self.fingerprint is not None:
-            self._check_fingerprint()
         if self._root_path.exists():
+            if self.fingerprint is not None:
+                self._check_fingerprint(self._pinned_first(), "the pinned first root")
             trusted = load_root(parse_envelope(self._root_path.read_bytes(), "pinned root"))
-        elif not self.store.exists(layout.root(1)):
-            raise NotFoundError(f"{self.store.url}: no registry here (no {layout.root(1)}); "
-                                "create one with `shoal registry init`")
         else:  # pin the first root: checked against the fingerprint, or on first use
-            first = self.store.read(layout.root(1))
+            try:
+                # read once: the bytes hashed are the bytes verified and pinned (a server that
+                # answers differently the second time gains nothing)
+                first = self.store.read(layout.root(1))
+            except NotFoundError:
+                raise NotFoundError(f"{self.store.url}: no registry here (no {layout.root(1)}); "
+                                    "create one with `shoal registry init`") from None
+            if self.fingerprint is not None:
+                self._check_fingerprint(first, f"{self.store.url}: the first root")
+            elif _remote(self.store.url):
+                raise VerificationError(
+                    "root-unpinned", f"{self.store.url} is read over the network and nothing "
+                    "pins its root: give its fingerprint (--root-fingerprint, or `shoal registry "
+                    "pin FINGERPRINT`; `shoal registry show` prints it on the registry's host)")
             trusted = verify_initial_root(parse_envelope(first, "root v1"))
+            _atomic_write(self._first_path, first)
             _atomic_write(self._root_path, first)
         while self.store.exists(layout.root(trusted.version + 1)):
             data = self.store.read(layout.root(trusted.version + 1))
@@ -107,17 +131,23 @@ class RegistryClient:
         self._policy = trusted
         return trusted
 
-    def _check_fingerprint(self) -> None:
-        try:
-            first = self.store.read(layout.root(1))
-        except NotFoundError:
-            raise NotFoundError(f"{self.store.url}: no registry here (no {layout.root(1)})"
-                                ) from None
+    def _pinned_first(self) -> bytes:
+        """The first root this trust directory pinned (a pin made before the first root was kept
+        apart is checkable only while it is still that root)."""
+        if self._first_path.exists():
+            return self._first_path.read_bytes()
+        pinned = self._root_path.read_bytes()
+        if load_root(parse_envelope(pinned, "pinned root")).version == 1:
+            return pinned
+        raise VerificationError("root-fingerprint", f"{self.state_dir} pinned a rotated root "
+                                "without its first one, so a fingerprint cannot be checked "
+                                "against it; pin again in a fresh trust directory")
+
+    def _check_fingerprint(self, first: bytes, what: str) -> None:
         got = root_fingerprint(first)
         if got != self.fingerprint:
-            raise VerificationError("root-fingerprint", f"{self.store.url}: the first root "
-                                    f"hashes to {got[:16]}…, not the expected "
-                                    f"{self.fingerprint[:16]}…")
+            raise VerificationError("root-fingerprint", f"{what} hashes to {got[:16]}…, not the "
+                                    f"expected {self.fingerprint[:16]}…")
 
     # versions ----------------------------------------------------------------------------------
 

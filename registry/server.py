@@ -16,21 +16,29 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from registry.exceptions import NotFoundError
 
 log = logging.getLogger("shoal.registry.server")
-HIDDEN = ("/tmp", "/.")
-"""Path prefixes never served: uploads in progress and dot files."""
+HIDDEN_TOP = frozenset({"tmp"})
+"""Top-level directories never served: uploads in progress. Dot files are never served either."""
 
 
 class _Handler(SimpleHTTPRequestHandler):
+    def hidden(self) -> bool:
+        """Whether the request names a path not served, judged on the path the server would open
+        (after `translate_path` has unquoted and normalised it: `//tmp/x`, `/a/../tmp/x` and
+        `/%74mp/x` are all `tmp/x`)."""
+        rel = os.path.relpath(self.translate_path(self.path), self.directory)
+        parts = [] if rel == "." else rel.split(os.sep)
+        return bool(parts) and (parts[0] in HIDDEN_TOP or parts[0] == ".."
+                                or any(p.startswith(".") for p in parts))
+
     def send_head(self):  # the one place both GET and HEAD pass through
-        path = self.path.split("?", 1)[0]
-        if any(path == p or path.startswith(p + "/") or (p == "/." and path.startswith(p))
-               for p in HIDDEN):
+        if self.hidden():
             self.send_error(404, "not served")
             return None
         return super().send_head()

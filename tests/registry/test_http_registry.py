@@ -43,7 +43,14 @@ def test_a_node_checks_out_its_span_over_http_pinned_by_fingerprint(tiny_registr
             {"manifest.json", *manifest.files_for("span", (0, 2))})
         RegistryClient(Store(str(reg.path)), tmp_path / "local").verify_dir(directory,
                                                                              partial=True)
-        assert httpx.get(f"{url}/tmp/").status_code == 404  # uploads in progress: not served
+        (reg.path / "tmp").mkdir(exist_ok=True)
+        (reg.path / "tmp" / "upload").write_bytes(b"half")
+        (reg.path / "root" / ".secret").write_bytes(b"dot file")
+        for path in ("/tmp/", "/tmp/upload", "//tmp/upload", "/root/../tmp/upload",
+                     "/%74mp/upload", "/root/.secret", "/root/%2esecret"):
+            # uploads in progress and dot files: not served, however the path is spelt
+            assert httpx.get(f"{url}{path}").status_code == 404, path
+        assert httpx.get(f"{url}/root/1.root.json").status_code == 200
 
 
 def test_a_wrong_fingerprint_pins_nothing(tiny_registry, tmp_path):
@@ -88,3 +95,67 @@ def test_shoal_registry_pin_checks_the_fingerprint_over_http(tiny_registry, tmp_
         assert right.exit_code == 0, right.output
         assert (tmp_path / "home" / "trust" / "root.json").read_bytes() == \
             (reg.path / "root" / "1.root.json").read_bytes()
+
+
+def test_a_server_that_changes_its_answer_cannot_slip_in_its_own_root(tiny_registry, tmp_path):
+    """The fingerprint is checked on the bytes that are pinned: a server that shows the genuine
+    first root once and its own next gets refused, and nothing is pinned."""
+    import http.server
+    import threading
+
+    from tests.conftest import make_registry
+
+    reg, version_id = tiny_registry
+    genuine = (reg.path / "root" / "1.root.json").read_bytes()
+    forged = (make_registry(tmp_path / "attacker").path / "root" / "1.root.json").read_bytes()
+    assert forged != genuine
+    answers = iter([genuine] + [forged] * 10)
+
+    class Flipping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = next(answers) if self.path.endswith("root/1.root.json") else None
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flipping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = RegistryClient(Store(f"http://127.0.0.1:{server.server_port}"),
+                                tmp_path / "trust", fingerprint=root_fingerprint(genuine))
+        try:
+            client.policy()
+        except Exception:
+            pass  # whatever else fails, the forged root must not be pinned
+        pinned = tmp_path / "trust" / "root.json"
+        assert not pinned.exists() or pinned.read_bytes() == genuine
+    finally:
+        server.shutdown()
+
+
+def test_a_network_registry_is_not_pinned_on_first_use(tiny_registry, tmp_path):
+    reg, version_id = tiny_registry
+    with served(reg.path) as url:
+        with pytest.raises(VerificationError, match="root-unpinned"):
+            RegistryClient(Store(url), tmp_path / "trust").manifest(version_id)
+        assert not (tmp_path / "trust" / "root.json").exists()
+
+
+def test_a_fingerprint_given_later_is_checked_against_the_pin(tiny_registry, tmp_path):
+    """A trust directory pinned to one registry does not pass a fingerprint check for another."""
+    from tests.conftest import make_registry
+
+    reg, version_id = tiny_registry
+    RegistryClient(Store(str(reg.path)), tmp_path / "trust").manifest(version_id)  # local: pinned
+    other = make_registry(tmp_path / "other").path
+    theirs = root_fingerprint((other / "root" / "1.root.json").read_bytes())
+    with pytest.raises(VerificationError, match="root-fingerprint"):  # the store matches; the pin not
+        RegistryClient(Store(str(other)), tmp_path / "trust", fingerprint=theirs).policy()
+    good = root_fingerprint((reg.path / "root" / "1.root.json").read_bytes())
+    RegistryClient(Store(str(reg.path)), tmp_path / "trust", fingerprint=good).policy()
