@@ -136,6 +136,10 @@ class NodeConfig(_Config):
     Needed when `host` is a wildcard such as 0.0.0.0, or behind a relay or port forward."""
     tls: TlsMode = "auto"
     """Transport of the websocket port and of the links this node dials."""
+    via: str | None = None
+    """``HOST:PORT`` of a NAT relay (serve/nat_relay.py) that peers reach this node through,
+    when it cannot accept connections itself: the node offers connections there and announces
+    ``wss://HOST:PORT/via/<id>``; TLS is on, end to end."""
     tracker_url: str | None = None
     """Tracker to announce to (None: no announcements)."""
     dht: DhtConfig | None = None

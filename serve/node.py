@@ -111,8 +111,9 @@ class Node:
         self.watcher = Watcher(config.watch) if config.watch else None
         self.key = key or SigningKey.generate("node")
         self.node_id = node_id_of(self.key.public_hex)
-        self.tls = tls_enabled(config.tls, config.host)
-        self.url = advertised_url(config.host, config.port, config.announce_url, self.tls)
+        self.tls = tls_enabled(config.tls, config.host) or config.via is not None
+        self.url = (f"wss://{config.via}/via/{self.node_id}" if config.via else
+                    advertised_url(config.host, config.port, config.announce_url, self.tls))
         self.sessions: dict[str, SessionCache] = {}
         self.session_owner: dict[str, str] = {}
         """Session -> the gateway key whose ticket opened it (no other key may use it)."""
@@ -154,7 +155,7 @@ class Node:
         async with serve(self._handle, self.config.host, self.config.port,
                          max_size=self.config.max_frame_bytes, compression=None,
                          ping_interval=None,
-                         ssl=server_context(self.key) if self.tls else None):
+                         ssl=server_context(self.key) if self.tls else None) as server:
             log.info("node %s serving layers %d:%d on %s", self.node_id, self.config.start,
                      self.config.end, self.url)
             tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._sweeper())]
@@ -167,6 +168,11 @@ class Node:
                     peer_for(self.config.dht, self.config.host), self.key, self.info)))
             if self.watcher is not None:
                 tasks.append(asyncio.create_task(self._watch()))
+            if self.config.via:  # reached through a NAT relay: keep offers open there
+                from serve.nat_relay import Offers
+
+                port = server.sockets[0].getsockname()[1]
+                tasks.append(asyncio.create_task(Offers(self.config.via, self.key, port).run()))
             await asyncio.gather(*tasks)
 
     async def _handle(self, ws) -> None:

@@ -22,10 +22,12 @@ It knows nothing about frames, sessions or models.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import functools
 import ipaddress
 import os
+import socket
 import ssl
 import tempfile
 from urllib.parse import urlsplit
@@ -174,13 +176,42 @@ def check_dial(url: str, expected_key: str | None, allow_plain: bool) -> None:
         raise TransportRefused("scheme", f"{url}: expected ws:// or wss://")
 
 
+async def _relayed_socket(host: str, port: int, node_id: str) -> socket.socket:
+    """A TCP connection to a NAT relay that has asked it for `node_id` (serve/nat_relay.py);
+    the TLS handshake with the node itself then runs over it."""
+    loop = asyncio.get_running_loop()
+    family, kind, proto, _, address = (await loop.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM))[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, address)
+        await loop.sock_sendall(sock, f"SHOAL-DIAL {node_id}\n".encode())
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def dial(url: str, expected_key: str | None, *, allow_plain: bool = False,
                **options: object) -> object:
-    """A websockets client connection to `url`, encrypted and pinned for ``wss://``."""
+    """A websockets client connection to `url`, encrypted and pinned for ``wss://``; a
+    ``wss://RELAY/via/<node id>`` URL is dialled through that NAT relay, TLS end to end."""
     from websockets.asyncio.client import connect
+
+    from serve.nat_relay import via_target
+    from serve.records import node_id_of
 
     check_dial(url, expected_key, allow_plain)
     tls = url.startswith("wss://")
+    parts = urlsplit(url)
+    relayed = via_target(parts.path)
+    if relayed is not None:
+        if not tls or node_id_of(expected_key or "") != relayed:
+            raise TransportRefused("relay", f"{url}: a relayed node is dialled with wss:// and "
+                                   "the key of the id it names")
+        options["sock"] = await _relayed_socket(parts.hostname or "", parts.port or 443,
+                                                relayed)
     conn = await connect(url, ssl=client_context() if tls else None, **options)
     if tls:
         try:

@@ -3,7 +3,7 @@
 | module     | adds to `shoal`                                                        |
 |------------|------------------------------------------------------------------------|
 | `registry` | `promote`, `rollback`, `keys …`, `model …`, `channel …`, `registry …`  |
-| `serve`    | `chat`, `tracker`, `node`, `gateway`, `relay`, `up`, `verify`, `status`, `usage` |
+| `serve`    | `chat`, `tracker`, `node`, `gateway`, `relay`, `nat-relay`, `up`, `verify`, `status`, `usage` |
 | `flow`     | `demo`, `flow …` (curate, train, evaluate, register)                   |
 | `traces`   | `traces …`, `grants …`                                                 |
 | `swarm`    | `swarm invite` (private swarms on the DHT)                             |
@@ -41,6 +41,8 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "gateway": ("serve", "Run the OpenAI-compatible gateway in front of the swarm (dashboard at "
                 "/dashboard)."),
     "relay": ("serve", "Relay loopback ports with a one-way delay each way (latency emulation)."),
+    "nat-relay": ("serve", "Relay connections to nodes behind NAT (`shoal node --via`), splicing "
+                           "TLS it cannot read."),
     "up": ("serve", "Start a local swarm (tracker, NODES nodes, gateway) and serve until Ctrl-C "
                     "or SIGTERM,\nwhich stop every process it started; a crashed node is "
                     "reported and restarted."),

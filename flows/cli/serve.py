@@ -166,6 +166,9 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
              "node's record: HOST, HOST:PORT or a ws(s):// URL (default: --host)")] =
          NODE["announce_url"],
          tls: Annotated[str, typer.Option(help=TLS_HELP)] = NODE["tls"],
+         via: Annotated[Optional[str], typer.Option(
+             help="HOST:PORT of a NAT relay (`shoal nat-relay`) peers reach this node through, "
+             "when it cannot accept connections (TLS end to end)")] = None,
          key: Annotated[Optional[Path], typer.Option(
              help="the node's identity key, NAME.pem (created, mode 0600, if absent): the node "
              "id survives restarts (default: a new key per process)")] = None,
@@ -191,6 +194,10 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
                            idle_timeout, gateway_key, host, _tls(tls))
     node_cfg.watch = _watch(watch, watch_poll, drain_grace)
     node_cfg.dht = _dht(join, dht_port)
+    if via:
+        if tls == "off":
+            fail("--via needs TLS: the relay must see only ciphertext")
+        node_cfg.via = via
     run_node(node_cfg, key=_identity(key))
 
 
@@ -310,6 +317,15 @@ def relay(routes: Annotated[list[str], typer.Argument(help="LISTEN:TARGET port p
     from serve.relay import run_relays
 
     run_relays([tuple(int(p) for p in r.split(":")) for r in routes], delay_ms, delay_file)
+
+
+@command(cli, "nat-relay")
+def nat_relay(host: Annotated[str, typer.Option(help=HOST_HELP)] = "0.0.0.0",
+              port: Annotated[int, typer.Option()] = 7300) -> None:
+    """Relay connections to nodes behind NAT (`shoal node --via`), splicing TLS it cannot read."""
+    from serve.nat_relay import RelayConfig, run_relay
+
+    run_relay(RelayConfig(host=host, port=port))
 
 
 @command(cli)

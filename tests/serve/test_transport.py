@@ -156,3 +156,60 @@ def test_the_transport_benchmark_runs(tmp_path):
     summary = report["summary"]
     assert summary["round_trip"]["1024"]["ws_ms"] > 0 and summary["connect"]["wss_ms"] > 0
     assert (tmp_path / "transport.json").exists() and (tmp_path / "transport.png").exists()
+
+
+async def _relay():
+    from serve.nat_relay import Relay, RelayConfig
+
+    relay = Relay(RelayConfig(host="127.0.0.1", port=0))
+    server = await asyncio.start_server(relay.handle, "127.0.0.1", 0)
+    return relay, server
+
+
+def test_a_node_behind_nat_is_reached_through_a_relay_that_cannot_read_or_impersonate():
+    from serve.nat_relay import Offers
+    from serve.records import node_id_of
+
+    node, impostor = SigningKey.generate("node"), SigningKey.generate("impostor")
+
+    async def run():
+        behind = await _echo_server(node)  # the node's own TLS port, on its loopback only
+        fake = await _echo_server(impostor)
+        relay, relay_server = await _relay()
+        seen = bytearray()
+        tap = await _tap(_port(relay_server), seen)  # the path between dialer and relay
+        via = f"127.0.0.1:{_port(tap)}"
+        offers = asyncio.create_task(Offers(via, node, _port(behind)).run())
+        try:
+            for _ in range(100):
+                if relay.offers:
+                    break
+                await asyncio.sleep(0.02)
+            url = f"wss://{via}/via/{node_id_of(node.public_hex)}"
+            conn = await dial(url, node.public_hex, compression=None)
+            await conn.send(SECRET)
+            assert await conn.recv() == SECRET
+            await conn.close()
+            assert relay.spliced == 1 and SECRET[:19] not in bytes(seen)
+            # a relay (or anyone) that splices to another key's server fails the pin
+            rogue = asyncio.create_task(Offers(via, node, _port(fake)).run())
+            await asyncio.sleep(0.2)
+            relay.offers[node_id_of(node.public_hex)][:] = relay.offers[
+                node_id_of(node.public_hex)][-1:]  # only the rogue's newest offer is left
+            with pytest.raises(TransportRefused, match="tls-pin"):
+                await dial(url, node.public_hex)
+            rogue.cancel()
+            with pytest.raises(TransportRefused, match="relay"):  # the id is not the key's
+                await dial(url, impostor.public_hex)
+            # an unsigned offer holds nothing at the relay
+            reader, writer = await asyncio.open_connection("127.0.0.1", _port(relay_server))
+            writer.write(f"SHOAL-OFFER {impostor.public_hex} 0 00\n".encode())
+            await writer.drain()
+            assert await reader.read() == b""
+            assert node_id_of(impostor.public_hex) not in relay.offers
+        finally:
+            offers.cancel()
+            for server in (behind, fake, relay_server, tap):
+                server.close()
+
+    asyncio.run(run())
