@@ -99,7 +99,7 @@ async def _measure(cfg: DiscoveryBenchConfig, n: int, log_dir: Path) -> dict:
             deadline = time.monotonic() + 120
             while len(seen) < n and time.monotonic() < deadline:
                 await reader.refresh()
-                for node in await reader.nodes():
+                for node in reader.listed():
                     seen.setdefault(node.node_id, (time.monotonic(), time.time()))
                 await asyncio.sleep(0.02)  # a lookup with no peer yet never yields
 
@@ -121,7 +121,10 @@ async def _measure(cfg: DiscoveryBenchConfig, n: int, log_dir: Path) -> dict:
         for i in range(min(cfg.kills, n)):
             os.killpg(procs[i].pid, signal.SIGKILL)
             died = time.monotonic()
-            while firsts[i]["node_id"] in {x.node_id for x in await reader.nodes()}:
+            while firsts[i]["node_id"] in {x.node_id for x in reader.listed()}:
+                if time.monotonic() > died + 10 * cfg.ttl_s:
+                    raise RuntimeError(f"a killed announcer is still listed after "
+                                       f"{10 * cfg.ttl_s:.0f} s")
                 await reader.refresh()
                 await asyncio.sleep(0.05)
             removal.append(time.monotonic() - died)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from registry.signing import SigningKey
 
 log = logging.getLogger("shoal.dht")
-VERDICT_REFRESH_S = 5.0
+VERDICT_REFRESH_S = 10.0
 """Seconds between a reader's lookups of the verdicts about the nodes it lists."""
 _peers: dict[str, DhtPeer] = {}
 
@@ -72,7 +72,6 @@ class DhtDiscovery:
         """Verdicts this gateway signed, by node id."""
         self._posted: dict[str, list[dict[str, Any]]] = {}
         """Verdicts found in the DHT, by node id (weighed, never obeyed as such)."""
-        self._verdicts_read = 0.0
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.refreshes = 0
@@ -82,6 +81,10 @@ class DhtDiscovery:
         if self._task is None:
             self._task = asyncio.create_task(self._refresh_forever())
         await self._ready.wait()
+        return self.listed()
+
+    def listed(self) -> list[NodeInfo]:
+        """The view as it stands: no lookup, and no background refresh started."""
         now = time.time()
         return [weigh_verdicts(record, {**entry, "last_seen": record.issued_at,
                                         "verdicts": self._verdicts_about(record.node_id)},
@@ -109,12 +112,17 @@ class DhtDiscovery:
             if record.node_id not in fresh and record.issued_at >= now - self.ttl_s:
                 fresh[record.node_id] = (record, entry)
         self._view = list(fresh.values())
-        if time.monotonic() >= self._verdicts_read + VERDICT_REFRESH_S:
-            self._verdicts_read = time.monotonic()
-            self._posted = await self.peer.verdicts(list(fresh))
         self.refreshes += 1
 
+    async def refresh_verdicts(self) -> None:
+        """Look up the verdicts posted about the nodes in the view."""
+        self._posted = await self.peer.verdicts([record.node_id for record, _ in self._view])
+
     async def _refresh_forever(self) -> None:
+        """The view every `refresh_s`; the verdicts every `VERDICT_REFRESH_S`, beside it (a
+        lookup of a key nobody holds asks all k peers, so they must not delay the view)."""
+        verdicts: asyncio.Task | None = None
+        next_verdicts = 0.0
         while True:
             try:
                 await self.refresh()
@@ -122,7 +130,16 @@ class DhtDiscovery:
                 log.warning("DHT lookup failed: %s", exc)
             finally:
                 self._ready.set()
+            if time.monotonic() >= next_verdicts and (verdicts is None or verdicts.done()):
+                next_verdicts = time.monotonic() + VERDICT_REFRESH_S
+                verdicts = asyncio.create_task(self._read_verdicts())
             await asyncio.sleep(self.peer.config.refresh_s)
+
+    async def _read_verdicts(self) -> None:
+        try:
+            await self.refresh_verdicts()
+        except Exception as exc:
+            log.warning("DHT verdict lookup failed: %s", exc)
 
     async def report(self, node_id: str, status: str, check: str, detail: str = "",
                      evidence: dict | None = None) -> None:

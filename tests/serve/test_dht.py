@@ -185,6 +185,48 @@ def test_malformed_datagrams_cost_nothing():
     asyncio.run(run())
 
 
+def test_a_member_gone_bad_cannot_break_or_blind_a_reader():
+    """A peer holding the invite answers every lookup with poison: contacts whose address would
+    make `sendto` raise (asyncio then closes the socket for good), an index of invented ids,
+    overflowing and far-future times, and junk under the node's own key. The reader keeps its
+    socket, drops what does not check, and still finds the honest node's record."""
+    async def run() -> None:
+        peers = await start_peers(4)
+        bad = peers[3]
+        node = SigningKey.generate("n")
+        honest_id = node_id_of(node.public_hex)
+        await peers[1].announce(sign_record(node, info(node)))
+        poison_contacts = [[bytes(20), "a\x00b", 4000], [b"\x01" * 20, "0.0.0.0", 4000],
+                           [b"\x02" * 20, "224.0.0.1", 4000]]
+        bad.protocol.rpc_find_node = lambda sender, nodeid, key: poison_contacts
+        listing = {"members": [["x", 1], ["f" * 32, 10 ** 400], ["e" * 32, time.time() + 10 ** 6],
+                               [honest_id], 5, "junk"]
+                   + [[f"{i:032x}", time.time()] for i in range(5000)]}
+        real_get = bad.storage.get
+
+        def lying_get(key, default=None):
+            if key == bad.keys.index:
+                return bad.keys.seal(key, json.dumps(listing).encode())
+            if real_get(key) is not None:
+                return b"junk under the node's key"
+            return default
+
+        bad.storage.get = lying_get
+        reader = peers[0]
+        members = await reader.member_ids()
+        assert honest_id in members and len(members) <= reader.config.max_nodes
+        assert "x" not in members and "f" * 32 not in members and "e" * 32 not in members
+        records = await reader.records()
+        assert honest_id in {r.get("node_id") for r in records}
+        assert reader.server.transport is not None and not reader.server.transport.is_closing()
+        other = SigningKey.generate("m")
+        assert await reader.announce(sign_record(other, info(other))) >= 2  # still serving
+        for p in peers:
+            p.stop()
+
+    asyncio.run(run())
+
+
 def test_a_node_that_left_discovery_is_checked_again_before_traffic():
     from serve.discovery import NodeInfo
     from serve.gateway.verifier import Trust, Verifier, pin_of
@@ -214,8 +256,9 @@ def test_verdicts_are_claims_each_reader_weighs():
         assert [n.status for n in await accuser.nodes()] == ["evicted"]  # at once, here
         trusting = DhtDiscovery(peers[1], trusted_verdict_keys=[judge.public_hex])
         doubting = DhtDiscovery(peers[2], key=stranger)
-        await trusting.refresh()
-        await doubting.refresh()
+        for reader in (trusting, doubting):
+            await reader.refresh()
+            await reader.refresh_verdicts()
         (seen_by_trusting,) = await trusting.nodes()
         (seen_by_doubting,) = await doubting.nodes()
         assert seen_by_trusting.status == "evicted"
