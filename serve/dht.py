@@ -27,8 +27,12 @@ datagram only.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import json
 import logging
+import math
+import re
 import time
 from collections import OrderedDict
 from typing import Any, Iterator
@@ -43,6 +47,7 @@ from serve.config import DhtConfig
 from serve.discovery import MAX_VERDICTS_PER_NODE, check_record, check_verdict
 from serve.exceptions import InviteError, RecordRejected
 from serve.invite import KEY_BYTES, Peer, SwarmKeys
+from serve.records import MAX_SKEW_S, NODE_ID_HEX
 
 log = logging.getLogger("shoal.dht")
 
@@ -55,6 +60,9 @@ MAX_ANSWER_BYTES = 40_000
 LOOKUPS_IN_FLIGHT = 4
 """Keys a reader looks up at once: each lookup is ~2k datagrams, and a burst of all of them
 overflows UDP receive buffers (answers lost, lookups timing out)."""
+_NODE_ID = re.compile(f"[0-9a-f]{{{NODE_ID_HEX}}}")
+"""A node id as `serve.records.node_id_of` makes it: index entries of any other form are
+dropped before a lookup is spent on them."""
 
 
 def _strict_json(data: bytes) -> Any:
@@ -193,9 +201,21 @@ class SwarmStorage(IStorage):
         return []  # records live for seconds and are re-announced by their nodes
 
 
+def _address_ok(host: Any) -> bool:
+    """A contact's address as a peer may hand it over: a unicast IPv4 address (anything else,
+    e.g. a string with a NUL, made the socket's `sendto` raise and asyncio close the transport
+    for good)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except (TypeError, ValueError):
+        return False
+    return (address.version == 4 and not address.is_unspecified and not address.is_multicast
+            and str(address) == host)
+
+
 def _node_tuple(item: Any) -> bool:
     return (isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], bytes)
-            and len(item[0]) == KEY_BYTES and isinstance(item[1], str)
+            and len(item[0]) == KEY_BYTES and isinstance(item[1], str) and _address_ok(item[1])
             and isinstance(item[2], int) and 0 < item[2] < 65536)
 
 
@@ -225,9 +245,13 @@ class SwarmProtocol(KademliaProtocol):
             log.debug("dropped a request from %s: %s", address, type(exc).__name__)
 
     def welcome_if_new(self, node: Node) -> None:
+        """Add a new contact to the routing table, and nothing more: kademlia's own version also
+        sends the newcomer every stored value it should hold, which made each datagram with a
+        fresh id cost a lookup per stored value (and turned this peer into a reflector). Records
+        are re-announced by their nodes every few seconds, so nothing needs handing over."""
         if isinstance(node.id, bytes) and len(node.id) == KEY_BYTES and node.id != \
-                self.source_node.id:
-            super().welcome_if_new(node)
+                self.source_node.id and _address_ok(node.ip) and self.router.is_new_node(node):
+            self.router.add_contact(node)
 
     def rpc_store(self, sender: tuple, nodeid: Any, key: Any, value: Any) -> bool:
         if isinstance(nodeid, bytes) and len(nodeid) == KEY_BYTES:
@@ -249,12 +273,23 @@ class SwarmProtocol(KademliaProtocol):
 
 class AllValuesCrawl(ValueSpiderCrawl):
     """Kademlia's value lookup (alpha peers a step, closer each step), answering every value
-    the first step that finds any was given, instead of the most common one: sealed values never
-    repeat (random nonces), and the reader keeps the newest record that verifies. Nothing is
-    stored back."""
+    the first step that finds a usable one was given, instead of the most common one: sealed
+    values never repeat (random nonces), and the reader keeps the newest record that verifies.
+    A value `usable` refuses (junk, sealed with another key, stale) does not end the lookup:
+    the crawl goes on to the next closest peers, so a peer placed next to a key cannot hide
+    its value by answering first. Nothing is stored back."""
 
-    async def _handle_found_values(self, values: list) -> list:
-        return values
+    def __init__(self, protocol, node, peers, ksize, alpha, usable) -> None:
+        super().__init__(protocol, node, peers, ksize, alpha)
+        self.usable = usable
+
+    async def _handle_found_values(self, values: list) -> list | None:
+        good = [v for v in values if isinstance(v, bytes) and self.usable(v)]
+        if good:
+            return good
+        if self.nearest.have_contacted_all():
+            return None
+        return await self.find()
 
 
 class DhtPeer:
@@ -336,17 +371,36 @@ class DhtPeer:
         values += [data["value"] for ok, data in answers if ok and isinstance(data, dict)]
         return values
 
-    async def get_some(self, dkey: bytes) -> list[bytes]:
+    def _opens(self, dkey: bytes, sealed: bytes) -> Any:
+        """The JSON sealed under `dkey`, or None when it does not open or parse."""
+        try:
+            return _strict_json(self.keys.open(dkey, sealed))
+        except Exception:
+            return None
+
+    def _fresh_record(self, dkey: bytes, sealed: bytes) -> bool:
+        """Whether `sealed` opens to a record issued within the records' lifetime (a peer that
+        answers with an old copy does not end the lookup for the current one)."""
+        record = self._opens(dkey, sealed)
+        issued = record.get("issued_at") if isinstance(record, dict) else None
+        return (isinstance(issued, (int, float)) and math.isfinite(issued)
+                and time.time() - self.config.ttl_s <= issued <= time.time() + MAX_SKEW_S)
+
+    async def get_some(self, dkey: bytes, usable=None) -> list[bytes]:
         """What this peer holds under `dkey` and what Kademlia's value lookup finds: a few
-        datagrams where `get_all` sends ~2k."""
+        datagrams where `get_all` sends ~2k. The lookup goes on past answers `usable` refuses
+        (default: values that do not open with the swarm's key)."""
         local = self.storage.get(dkey)
         values = [local] if local is not None else []
         target = Node(dkey)
         nearest = self.protocol.router.find_neighbors(target, self.config.ksize)
+        if usable is None:
+            def usable(v: bytes) -> bool:
+                return self._opens(dkey, v) is not None
         if nearest:
             async with self._lookups:
                 found = await AllValuesCrawl(self.protocol, target, nearest, self.config.ksize,
-                                             self.config.alpha).find()
+                                             self.config.alpha, usable).find()
             values += [v for v in found or [] if isinstance(v, bytes)]
         return values
 
@@ -366,18 +420,37 @@ class DhtPeer:
         return accepted
 
     async def member_ids(self) -> dict[str, float]:
-        """Node id -> newest issue time, merged from every index the closest peers hold."""
+        """Node id -> newest issue time, merged from every index the closest peers hold.
+
+        A listing is only its peer's claim, so each entry is checked (a node id's form, an issue
+        time within the records' lifetime), a peer's malformed answer costs that answer only,
+        and at most `max_nodes` ids are kept, those named by the most listings first (an honest
+        node is in every storing peer's index; ids one lying peer invents are in its own)."""
         members: dict[str, float] = {}
+        named: dict[str, int] = {}
+        now = time.time()
         for sealed in await self.get_all(self.keys.index):
-            try:
-                listing = _strict_json(self.keys.open(self.keys.index, sealed))
-                for node_id, issued in listing["members"][:self.config.max_nodes]:
-                    if isinstance(node_id, str) and len(node_id) <= 64 and isinstance(
-                            issued, (int, float)) and issued > members.get(node_id, 0.0):
-                        members[node_id] = float(issued)
-            except (InviteError, RecordRejected, KeyError, TypeError, ValueError):
+            listing = self._opens(self.keys.index, sealed)
+            entries = listing.get("members") if isinstance(listing, dict) else None
+            if not isinstance(entries, list):
                 continue  # a peer's bad answer costs its own answer only
-        return members
+            seen: set[str] = set()
+            for entry in entries[:self.config.max_nodes]:
+                try:
+                    node_id, issued = entry
+                    issued = float(issued)
+                except Exception:
+                    continue
+                if not (isinstance(node_id, str) and _NODE_ID.fullmatch(node_id)
+                        and math.isfinite(issued)
+                        and now - self.config.ttl_s <= issued <= now + MAX_SKEW_S):
+                    continue
+                if node_id not in seen:
+                    seen.add(node_id)
+                    named[node_id] = named.get(node_id, 0) + 1
+                members[node_id] = max(issued, members.get(node_id, 0.0))
+        keep = sorted(members, key=lambda i: (-named[i], -members[i]))[:self.config.max_nodes]
+        return {i: members[i] for i in keep}
 
     async def records(self) -> list[Any]:
         """The records found for the indexed members, opened but not yet verified (readers
@@ -385,7 +458,9 @@ class DhtPeer:
         can hide a member); a member's record by Kademlia's value lookup (a stale or withheld
         copy is outweighed by any newer one found)."""
         ids = list(await self.member_ids())
-        found = await asyncio.gather(*(self.get_some(self.keys.node_key(i)) for i in ids))
+        found = await asyncio.gather(*(self.get_some(
+            self.keys.node_key(i), functools.partial(self._fresh_record, self.keys.node_key(i)))
+            for i in ids))
         out = []
         for node_id, values in zip(ids, found):
             for sealed in values:
