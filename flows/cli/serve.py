@@ -378,6 +378,11 @@ def verify(node_url: Annotated[str, typer.Option(
            node_key: Annotated[str, typer.Option(
                help="the node's public key (hex, `public_key` of its record): a wss:// node "
                "must present it")] = "",
+           host: Annotated[str, typer.Option(
+               help=HOST_HELP + " (the port the node answers canaries on)")] = GATEWAY["host"],
+           advertise: Annotated[Optional[str], typer.Option(
+               help="address the node dials to answer canaries: HOST, HOST:PORT or a ws(s):// "
+               "URL (default: --host)")] = None,
            fingerprint: bool = True, challenges: int = 3,
            deadline: float = VERIFIER["deadline_s"]) -> None:
     """Challenge one node: live-weight proofs (and a canary fingerprint) against the registry."""
@@ -396,7 +401,8 @@ def verify(node_url: Annotated[str, typer.Option(
     head = Head(directory)
 
     async def run() -> bool:
-        pipeline = Pipeline(StaticDiscovery([]), head.num_layers, version_id)
+        pipeline = Pipeline(StaticDiscovery([]), head.num_layers, version_id, host=host,
+                            return_url=advertise)
         await pipeline.start()
         try:
             _, info = await pipeline.ping(wire.Hop("?", node_url, 0, 1, node_key))
