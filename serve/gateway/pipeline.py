@@ -40,6 +40,10 @@ from serve.transport import advertised_url, server_context, tls_enabled
 
 log = logging.getLogger("shoal.gateway")
 
+UNREACHABLE = "unreachable"
+"""`HopFailed.code` when a frame could not even be sent (the dial, or the TLS pin, failed): the
+node never saw it, so it is no evidence against the node; an on-path attacker can cause it."""
+
 
 @dataclass
 class Expect:
@@ -255,8 +259,8 @@ class Pipeline:
             try:
                 await self._send(url, wire.encode(message, tensor, self.wire_dtype),
                                  public_key)
-            except Exception as exc:
-                raise HopFailed(node_id, f"unreachable ({exc})") from None
+            except Exception as exc:  # nothing reached the node: no evidence against it
+                raise HopFailed(node_id, f"unreachable ({exc})", UNREACHABLE) from None
             return await asyncio.wait_for(future, timeout_s or self.timeout_s)
         finally:
             self._pending.pop(request_id, None)

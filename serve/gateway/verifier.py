@@ -42,7 +42,7 @@ from serve.config import VerifierConfig
 from serve.exceptions import HopFailed, ProofFailure
 from serve.proofs import check_proof
 from serve.discovery import NodeInfo
-from serve.gateway.pipeline import Expect
+from serve.gateway.pipeline import UNREACHABLE, Expect
 
 if TYPE_CHECKING:
     from serve.gateway.audit import Shadow
@@ -144,11 +144,13 @@ class Verifier:
                                                 expect=Expect([hop_of(node)],
                                                               wire.header_digest(challenge)))
         except HopFailed as exc:
-            if exc.code in ("wrong-version", "busy"):  # mid-rollout, or proving for another
+            if exc.code in ("wrong-version", "busy", UNREACHABLE):
+                # mid-rollout, proving for another, or never reached (`check` decides)
                 return CheckResult(node.node_id, "proof", False, exc.code, str(exc))
-            return CheckResult(node.node_id, "proof", False, "unreachable", str(exc))
-        except Exception as exc:
-            return CheckResult(node.node_id, "proof", False, "unreachable", str(exc))
+            return CheckResult(node.node_id, "proof", False, "no-answer", str(exc))
+        except Exception as exc:  # the challenge reached the node, which did not answer in time
+            return CheckResult(node.node_id, "proof", False, "no-answer",
+                               f"{type(exc).__name__}: {exc}"[:300])
         elapsed = time.perf_counter() - t0
         if not isinstance(proof, wire.Proof):
             return CheckResult(node.node_id, "proof", False, "protocol", "no proof in the answer")
@@ -194,10 +196,12 @@ class Verifier:
         try:
             out = await self.pipeline.traverse(session, [hop], inputs, 0, count=False)
         except HopFailed as exc:  # the node's signed frames already show what went wrong
-            check = exc.code if exc.code in ("malformed", "shortcut") else "unreachable"
+            check = exc.code if exc.code in ("malformed", "shortcut", UNREACHABLE) \
+                else "no-answer"
             return CheckResult(node.node_id, "fingerprint", False, check, str(exc))
         except Exception as exc:
-            return CheckResult(node.node_id, "fingerprint", False, "unreachable", str(exc))
+            return CheckResult(node.node_id, "fingerprint", False, "no-answer",
+                               f"{type(exc).__name__}: {exc}"[:300])
         finally:
             self.pipeline.close_session(session, [hop])
         if not isinstance(out, torch.Tensor) or out.shape != expected.shape:
@@ -230,6 +234,17 @@ class Verifier:
             t.next_check = time.monotonic() + 0.5
             return results
         t.busy = 0
+        if results and all(v.ok or v.check == UNREACHABLE for v in results) and not all(
+                v.ok for v in results):
+            # a frame never left this gateway (a refused dial or TLS pin): no evidence against
+            # the node, and an on-path attacker could cause it, so no eviction and no verdict;
+            # but no traffic either until a later check reaches it and passes
+            for v in results:
+                self._record(v)
+            if t.status == "trusted":
+                t.status, t.passed = "new", 0
+            t.next_check = time.monotonic() + self.config.new_interval_s
+            return results
         if results and results[0].check == "wrong-version":
             # not evidence of cheating, but no more routing for this version until it proves
             # again: a node cannot dodge proofs by claiming the version is gone

@@ -46,3 +46,48 @@ def test_honest_nodes_pass_a_thousand_checks(tiny_swarm):
     assert not verifier.pipeline.evicted
     worst = max(v.rel_error for v in canaries)
     assert worst < verifier.config.tolerance / 10, worst  # a wide margin under the tolerance
+
+
+def test_a_challenge_that_never_left_is_no_evidence(tiny_swarm):
+    """A dial that fails (a refused connection, a TLS pin an on-path attacker broke) never
+    reached the node: it is not evicted and no verdict is posted, but it gets no traffic until a
+    check reaches it and passes again."""
+    from registry.manifest import Manifest
+    from serve.discovery import TrackerDiscovery
+    from serve.gateway.head import Head
+    from serve.gateway.pipeline import Pipeline
+    from serve.gateway.verifier import Verifier, VerifierConfig
+
+    head_dir = next(p for p in (tiny_swarm.home / "models").iterdir()
+                    if p.name.endswith("-head"))
+    head = Head(head_dir)
+    manifest = Manifest.model_validate(
+        json.loads((head_dir / "manifest.json").read_text())["signed"])
+    reported = []
+
+    async def main():
+        discovery = TrackerDiscovery(tiny_swarm.tracker_url)
+        pipeline = Pipeline(discovery, head.num_layers, manifest.version_id)
+        await pipeline.start()
+
+        async def report(node_id, status, check, detail="", evidence=None):
+            reported.append((node_id, status, check))
+
+        discovery.report = report
+        verifier = Verifier(pipeline, manifest, head, None, VerifierConfig())
+        try:
+            node = next(n for n in await discovery.nodes() if n.status == "ok")
+            await verifier.check(node)
+            assert verifier.admits(node)
+            cut_off = node.model_copy(update={"url": "ws://127.0.0.1:9"})  # nothing listens
+            results = await verifier.check(cut_off)
+            assert [r.check for r in results] == ["unreachable"] and not results[0].ok
+            assert node.node_id not in pipeline.evicted and not reported
+            assert verifier.trust[node.node_id].status == "new"
+            assert not verifier.admits(cut_off) and not verifier.admits(node)
+            await verifier.check(node)  # reached again: proven, admitted
+            assert verifier.admits(node) and not reported
+        finally:
+            await pipeline.stop()
+
+    asyncio.run(main())
