@@ -111,8 +111,9 @@ class DhtConfig(_Config):
     """Kademlia's k: peers that store each key, and bucket size."""
     alpha: int = Field(3, ge=1, le=16)
     """Kademlia's alpha: lookups in flight per step."""
-    max_nodes: int = Field(1024, ge=1)
-    """Most node records (and index entries) one peer stores for the swarm."""
+    max_nodes: int = Field(1024, ge=1, le=1024)
+    """Most node records (and index entries) one peer stores for the swarm (at most 1024: a
+    larger index no longer fits the one datagram that answers a lookup)."""
 
 
 class NodeConfig(_Config):

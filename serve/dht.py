@@ -110,6 +110,11 @@ class SwarmStorage(IStorage):
             self._accept_verdict(dkey, entry, value, now)
             return
         record = check_record(entry, now=now, max_age_s=self.ttl_s)
+        if record.issued_at > now + self.ttl_s:
+            # readers allow clocks 30 s apart, but a stored entry lives until issued_at + ttl:
+            # dated far ahead, one signature would hold a slot for several lifetimes
+            raise RecordRejected("clock", f"the record of {record.node_id} is dated "
+                                 f"{record.issued_at - now:.0f} s ahead of this peer's clock")
         if dkey == self.keys.index:
             held = self.index.get(record.node_id)
             table_size = len(self.index)

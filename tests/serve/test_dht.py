@@ -277,3 +277,19 @@ def test_verdicts_are_claims_each_reader_weighs():
             p.stop()
 
     asyncio.run(run())
+
+
+def test_a_record_dated_ahead_cannot_hold_a_slot_for_long():
+    """Storing peers refuse records dated more than one lifetime ahead of their clock (a member
+    dating throw-away keys' records 30 s ahead held index slots six lifetimes long)."""
+    from unittest import mock
+
+    from serve.dht import SwarmStorage
+
+    keys = SwarmKeys(new_invite("t", [Peer(host="127.0.0.1", port=1)]))
+    storage = SwarmStorage(keys, ttl_s=6.0, max_nodes=8)
+    node = SigningKey.generate("n")
+    with mock.patch("time.time", return_value=time.time() + 20):  # the signer's clock
+        ahead = sign_record(node, info(node))
+    assert not storage.accept(keys.index, sealed(keys, keys.index, ahead))
+    assert storage.accept(keys.index, sealed(keys, keys.index, sign_record(node, info(node))))
