@@ -25,12 +25,16 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import re
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serve.exceptions import InviteError
+
+log = logging.getLogger("shoal.discovery")
 
 INVITE_PREFIX = "shoal-invite1:"
 """Every invite starts with this (the rest is base64url JSON), so it is never taken for an
@@ -120,15 +124,30 @@ def decode_invite(token: str) -> Invite:
         raise InviteError(f"the invite is malformed ({type(exc).__name__})") from None
 
 
+def _read_at_file(value: str) -> str:
+    """`@FILE` stands for the file's content (an invite kept out of the process's argv, which
+    any local user can read in /proc); anything else is itself."""
+    if not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).expanduser().read_text().strip()
+    except OSError as exc:
+        raise InviteError(f"--join {value}: cannot read the invite file ({exc.strerror})") from None
+
+
 def join_invite(values: list[str]) -> Invite:
-    """The swarm that `--join` values name: at most one invite token plus any `HOST:PORT`
-    peers (added to its bootstrap peers); without a token, the open swarm."""
+    """The swarm that `--join` values name: at most one invite token (or `@FILE` holding one)
+    plus any `HOST:PORT` peers (added to its bootstrap peers); without a token, the open swarm,
+    which anyone who can reach a peer may read and announce into (a warning says so)."""
+    values = [_read_at_file(v.strip()) for v in values]
     tokens = [v for v in values if v.strip().startswith(INVITE_PREFIX)]
     if len(tokens) > 1:
         raise InviteError("--join takes at most one invite (and any number of HOST:PORT peers)")
     peers = [parse_peer(v) for v in values if not v.strip().startswith(INVITE_PREFIX)]
     if tokens:
         return decode_invite(tokens[0]).with_peers(peers)
+    log.warning("--join without an invite: joining the open swarm, which anyone who reaches a "
+                "peer can read and announce into (`shoal swarm invite` makes a private one)")
     return open_invite(peers)
 
 

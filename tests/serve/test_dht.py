@@ -52,7 +52,7 @@ async def stored_on(peers: list[DhtPeer], announcer: DhtPeer, dkey: bytes, value
     return sum(1 for ok, data in answers if ok and data is True)
 
 
-def test_invites_round_trip_and_refuse_garbage():
+def test_invites_round_trip_and_refuse_garbage(tmp_path):
     invite = new_invite("lab", [parse_peer("127.0.0.1:7001")])
     again = decode_invite(invite.encode())
     assert again == invite and len(again.secret) == 64
@@ -60,6 +60,11 @@ def test_invites_round_trip_and_refuse_garbage():
     assert joined.secret == invite.secret and [str(p) for p in joined.peers] == [
         "127.0.0.1:7001", "10.0.0.2:7002"]
     assert join_invite(["127.0.0.1:7001"]).secret == open_invite([]).secret  # the open swarm
+    kept = tmp_path / "invite.txt"
+    kept.write_text(invite.encode() + "\n")
+    assert join_invite([f"@{kept}"]).secret == invite.secret  # the secret stays out of argv
+    with pytest.raises(InviteError, match="cannot read"):
+        join_invite([f"@{tmp_path / 'missing'}"])
     for bad in (["shoal-invite1:!!!"], ["host-without-port"], ["example.com:80"],
                 [invite.encode(), invite.encode()]):
         with pytest.raises(InviteError):
