@@ -6,18 +6,25 @@ a restarted peer or relay costs one reconnect, not a failed request.
 
 A ``wss://`` peer is dialled only with the key its signed record or ticket names, and a connection
 is reused only for that same key (serve/transport.py pins the TLS certificate to it).
+
+The pool holds at most `max_links` connections, least recently used closed first: the addresses a
+node dials for replies come from tickets anyone with a key may sign, so they must not be able to
+make it hold a descriptor (and a reader task) per address forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from serve import wire
 from serve.exceptions import WireError
 
 CONNECT_TIMEOUT_S = 5.0
+MAX_LINKS = 256
+"""Connections a pool keeps open at most."""
 log = logging.getLogger("shoal.links")
 
 
@@ -38,13 +45,16 @@ async def incoming(ws) -> AsyncIterator[tuple[wire.Message, object]]:
 
 class Links:
     def __init__(self, on_connect: Callable[[object], Awaitable[None]] | None = None,
-                 max_size: int = 64 << 20, allow_plain: bool = False) -> None:
+                 max_size: int = 64 << 20, allow_plain: bool = False,
+                 max_links: int = MAX_LINKS) -> None:
         self.max_size = max_size
         """Largest frame accepted back on these links."""
         self.allow_plain = allow_plain
         """Whether ``ws://`` may be dialled off loopback (`TlsMode` ``off``)."""
-        self._conns: dict[tuple[str, str], object] = {}
+        self._conns: OrderedDict[tuple[str, str], object] = OrderedDict()
+        """(url, peer key) -> connection, least recently used first."""
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.max_links = max_links
         self._on_connect = on_connect
         self._readers: set[asyncio.Task] = set()
 
@@ -54,12 +64,16 @@ class Links:
         link = (url, peer_key)
         async with self._locks.setdefault(link, asyncio.Lock()):
             conn = None if fresh else self._conns.get(link)
-            if conn is None:
+            if conn is not None:
+                self._conns.move_to_end(link)
+            else:
                 conn = await asyncio.wait_for(dial(url, peer_key, allow_plain=self.allow_plain,
                                                    max_size=self.max_size, max_queue=4,
                                                    compression=None, ping_interval=None),
                                               timeout=CONNECT_TIMEOUT_S)
                 self._conns[link] = conn
+                self._conns.move_to_end(link)
+                self._trim()
                 if self._on_connect is not None:  # e.g. read replies arriving on this link
                     task = asyncio.create_task(self._on_connect(conn))
                     self._readers.add(task)
@@ -79,6 +93,19 @@ class Links:
             self._conns.pop((url, peer_key), None)
             conn = await self._connection(url, peer_key, fresh=True)
             await conn.send(frame)
+
+    def _trim(self) -> None:
+        """Close the least recently used connections beyond `max_links`, and forget the locks
+        of links that are neither open nor being dialled."""
+        while len(self._conns) > self.max_links:
+            _, old = self._conns.popitem(last=False)
+            task = asyncio.create_task(old.close())
+            self._readers.add(task)
+            task.add_done_callback(self._readers.discard)
+        if len(self._locks) > 2 * self.max_links:
+            for link in [k for k, lock in self._locks.items()
+                         if k not in self._conns and not lock.locked()]:
+                del self._locks[link]
 
     async def close(self) -> None:
         for conn in list(self._conns.values()):

@@ -47,6 +47,8 @@ from serve.transport import advertised_url, server_context, tls_enabled
 log = logging.getLogger("shoal.node")
 MAX_GATEWAYS = 64
 """Gateway keys a node keeps per-gateway state (audit stores, proof slots) for."""
+MAX_PENDING_REPLIES = 256
+"""Error reports to gateways in flight at once (`Node._reply_error`)."""
 
 
 @dataclass
@@ -132,6 +134,8 @@ class Node:
         self._links = Links(on_connect=_discard, max_size=1 << 20,
                             allow_plain=config.tls == "off")
         """Links to next hops and gateways: nothing legitimate comes back on them."""
+        self._replies: set[asyncio.Task] = set()
+        """Error reports on their way to gateways (each in a task of its own)."""
         self._proving: OrderedDict[str, asyncio.Semaphore] = OrderedDict()
         """One proof at a time per gateway key: another key's challenges cannot keep a
         gateway's own from being answered."""
@@ -247,10 +251,25 @@ class Node:
 
     async def _reply_error(self, job: Job, code: str, text: str,
                            node_id: str | None = None) -> None:
-        """Tell the session's gateway (the ticket's signed reply address) that a hop failed."""
+        """Tell the session's gateway (the ticket's signed reply address) that a hop failed.
+
+        The report goes out from a task of its own, at most `MAX_PENDING_REPLIES` at once (more
+        are dropped, logged): the reply address is whatever the ticket's signer chose, so a
+        gateway key whose address stalls the dial must not hold the one worker that computes for
+        every session."""
         error = self._error(job.request_id, code, text, node_id, about=job.order_digest)
+        if len(self._replies) >= MAX_PENDING_REPLIES:
+            log.warning("dropped a %s report: %d reports are on their way", code,
+                        len(self._replies))
+            return
+        task = asyncio.create_task(self._deliver_error(
+            job.ticket.reply_to, wire.encode(error), job.ticket.gateway_key, code))
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+
+    async def _deliver_error(self, url: str, frame: bytes, peer_key: str, code: str) -> None:
         try:
-            await self._send(job.ticket.reply_to, wire.encode(error), job.ticket.gateway_key)
+            await self._send(url, frame, peer_key)
         except Exception as exc:  # the gateway itself is gone: nothing to tell
             log.warning("cannot report %s to the gateway: %s", code, exc)
 
