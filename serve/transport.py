@@ -151,11 +151,18 @@ def peer_public_key(ssl_object: ssl.SSLObject) -> str:
 
 
 def check_peer(conn: object, url: str, expected_key: str) -> None:
-    """Refuse a TLS connection whose certificate key is not `expected_key`."""
+    """Refuse a TLS connection whose certificate key is not `expected_key` (or whose certificate
+    cannot be read at all: whatever fails here is a refusal)."""
     ssl_object = conn.transport.get_extra_info("ssl_object")
     if ssl_object is None:
         raise TransportRefused("tls", f"{url}: the connection is not encrypted")
-    got = peer_public_key(ssl_object)
+    try:
+        got = peer_public_key(ssl_object)
+    except TransportRefused:
+        raise
+    except Exception as exc:  # a certificate OpenSSL took but `cryptography` cannot read
+        raise TransportRefused("tls-certificate", f"{url}: unreadable certificate "
+                               f"({type(exc).__name__})") from None
     if got != expected_key.lower():
         raise TransportRefused("tls-pin", f"{url} presented key {got[:16]}…, not the "
                                f"expected {expected_key[:16]}…")
@@ -216,7 +223,7 @@ async def dial(url: str, expected_key: str | None, *, allow_plain: bool = False,
     if tls:
         try:
             check_peer(conn, url, expected_key or "")
-        except TransportRefused:
+        except BaseException:  # refused (or cancelled meanwhile): never left open
             await conn.close()
             raise
     return conn
