@@ -61,6 +61,11 @@ def via_target(path: str) -> str | None:
         else None
 
 
+def _address(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if peer else ""
+
+
 async def splice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Copy `reader` into `writer` until either side ends."""
     try:
@@ -79,6 +84,11 @@ class RelayConfig:
     port: int = 7300
     max_offers_per_node: int = 8
     max_nodes: int = 1024
+    max_ids_per_address: int = 16
+    """Node ids one source address may hold offers for (keys are free to make: without this
+    one host could push every real node's offers out)."""
+    max_dials_per_address: int = 32
+    """Spliced connections one dialing address may hold open at once."""
     line_timeout_s: float = 10.0
     offer_wait_s: float = 5.0
     """How long a dialer waits for an offer when none is free (a node replaces each offer a
@@ -94,6 +104,12 @@ class Relay:
         self.offers: OrderedDict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] \
             = OrderedDict()
         self.spliced = 0
+        self._ids_by_address: dict[str, set[str]] = {}
+        """Source address -> the node ids it holds offers for."""
+        self._address_of: dict[str, str] = {}
+        """Node id -> the address its offers come from (the first one seen)."""
+        self._dialing: dict[str, int] = {}
+        """Dialing address -> its spliced connections now open."""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -122,14 +138,32 @@ class Relay:
         if not (fresh and signed):
             writer.close()
             return
+        address = _address(writer)
+        ids = self._ids_by_address.setdefault(address, set())
+        if node_id not in self.offers:
+            if len(ids) >= self.config.max_ids_per_address:
+                writer.close()
+                return
+            ids.add(node_id)
+            self._address_of[node_id] = address
         pool = self.offers.setdefault(node_id, [])
         self.offers.move_to_end(node_id)
         pool.append((reader, writer))
         while len(pool) > self.config.max_offers_per_node:
             pool.pop(0)[1].close()
         while len(self.offers) > self.config.max_nodes:
-            for _, w in self.offers.popitem(last=False)[1]:
+            dropped, pool = self.offers.popitem(last=False)
+            for _, w in pool:
                 w.close()
+            self._forget(dropped)
+
+    def _forget(self, node_id: str) -> None:
+        address = self._address_of.pop(node_id, None)
+        ids = self._ids_by_address.get(address)
+        if ids is not None:
+            ids.discard(node_id)
+            if not ids:
+                del self._ids_by_address[address]
 
     async def _take(self, node_id: str):
         """A live offer for `node_id`, waiting up to `offer_wait_s` for one; None if none came."""
@@ -145,6 +179,19 @@ class Relay:
             await asyncio.sleep(OFFER_POLL_S)
 
     async def _dial(self, node_id: str, reader, writer) -> None:
+        address = _address(writer)
+        if self._dialing.get(address, 0) >= self.config.max_dials_per_address:
+            writer.close()
+            return
+        self._dialing[address] = self._dialing.get(address, 0) + 1
+        try:
+            await self._pair(node_id, reader, writer)
+        finally:
+            self._dialing[address] -= 1
+            if not self._dialing[address]:
+                del self._dialing[address]
+
+    async def _pair(self, node_id: str, reader, writer) -> None:
         while (offer := await self._take(node_id)) is not None:
             node_reader, node_writer = offer
             if node_writer.is_closing() or node_reader.at_eof():

@@ -213,3 +213,48 @@ def test_a_node_behind_nat_is_reached_through_a_relay_that_cannot_read_or_impers
                 server.close()
 
     asyncio.run(run())
+
+
+def test_one_address_cannot_push_real_nodes_out_of_a_relay():
+    """Keys are free: a host signing offers for fresh keys fills only its own share of the relay,
+    and one dialing host holds a bounded number of spliced connections."""
+    from serve.nat_relay import Relay, RelayConfig, offer_line
+    from serve.records import node_id_of
+
+    async def run():
+        relay = Relay(RelayConfig(host="127.0.0.1", port=0, max_nodes=8, max_ids_per_address=4,
+                                  max_dials_per_address=2, offer_wait_s=0.2))
+        server = await asyncio.start_server(relay.handle, "127.0.0.1", 0)
+        port = _port(server)
+        real = SigningKey.generate("real")
+        relay.offers[node_id_of(real.public_hex)] = []  # a real node's entry, from elsewhere
+        writers = []
+        for _ in range(12):  # an attacker's fresh keys, all from one address
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(offer_line(SigningKey.generate("sybil")))
+            await writer.drain()
+            writers.append(writer)
+        await asyncio.sleep(0.2)
+        assert node_id_of(real.public_hex) in relay.offers
+        assert len(relay.offers) == 1 + 4  # the real node, and the attacker's share only
+        dialers = []
+        for _ in range(4):  # dials for an id with no offer wait; beyond 2 at once are refused
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"SHOAL-DIAL " + b"0" * 32 + b"\n")
+            await writer.drain()
+            dialers.append(reader)
+        await asyncio.sleep(0.05)
+        refused = [await _closed_soon(r) for r in dialers[2:]]
+        assert refused == [True, True]
+        for w in writers:
+            w.close()
+        server.close()
+
+    asyncio.run(run())
+
+
+async def _closed_soon(reader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 0.1) == b""
+    except asyncio.TimeoutError:
+        return False
