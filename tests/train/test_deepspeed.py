@@ -16,7 +16,7 @@ import torch
 from serve.up import free_port
 from tests.train.conftest import make_dpo, state
 from train.config import TrainConfig
-from train.launch import Topology, launch, start, wait
+from train.launch import Topology, launch, release_shared_memory, start, wait
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +136,7 @@ def test_a_killed_launch_resumes_from_its_last_checkpoint(runs, tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    release_shared_memory(proc.args)  # a killed run never unlinks its all-reduce segments
     resumed = launch(config.model_copy(update={"stop_after_steps": None, "save_every": 0}),
                      Topology(procs=2))
     text = (tmp_path / "run" / "launcher.log").read_text()
