@@ -429,16 +429,19 @@ class DhtPeer:
 
         A listing is only its peer's claim, so each entry is checked (a node id's form, an issue
         time within the records' lifetime), a peer's malformed answer costs that answer only,
-        and at most `max_nodes` ids are kept, those named by the most listings first (an honest
-        node is in every storing peer's index; ids one lying peer invents are in its own)."""
+        only ids named by at least half of the listings are kept, at most `max_nodes`, those
+        named by the most first (an honest node is in every storing peer's index; ids a lying
+        peer invents are in its own)."""
         members: dict[str, float] = {}
         named: dict[str, int] = {}
+        listings = 0
         now = time.time()
         for sealed in await self.get_all(self.keys.index):
             listing = self._opens(self.keys.index, sealed)
             entries = listing.get("members") if isinstance(listing, dict) else None
             if not isinstance(entries, list):
                 continue  # a peer's bad answer costs its own answer only
+            listings += 1
             seen: set[str] = set()
             for entry in entries[:self.config.max_nodes]:
                 try:
@@ -454,7 +457,12 @@ class DhtPeer:
                     seen.add(node_id)
                     named[node_id] = named.get(node_id, 0) + 1
                 members[node_id] = max(issued, members.get(node_id, 0.0))
-        keep = sorted(members, key=lambda i: (-named[i], -members[i]))[:self.config.max_nodes]
+        # an honest node's announcement reaches every one of the k closest peers, so it is in
+        # most listings; ids in fewer than half were invented by the peers that list them (who
+        # would otherwise make each refresh spend a lookup on every one)
+        quorum = (listings + 1) // 2
+        keep = sorted((i for i in members if named[i] >= quorum),
+                      key=lambda i: (-named[i], -members[i]))[:self.config.max_nodes]
         return {i: members[i] for i in keep}
 
     async def records(self) -> list[Any]:
