@@ -42,6 +42,8 @@ class SwarmBenchConfig:
     spec_tokens: int = 48
     spec_prompts: int | None = None
     """Held-out prompts measured per workload (None: all of them)."""
+    proof_rounds: int = 5
+    """Paired rounds (verification off, then on) per verifier setting in the proofs part."""
 
 
 FILLER = ("Agents call tools, read files and write code; the swarm serves them token by token "
@@ -148,7 +150,7 @@ def run_swarm_bench(cfg: SwarmBenchConfig, shoal_cfg) -> dict:
                 swarm.set_delay(0)
                 results["proofs"] = await bench_proofs(
                     pipeline, engine, head, manifest, directory,
-                    prompt_of(head.tokenizer, 16))
+                    prompt_of(head.tokenizer, 16), rounds=cfg.proof_rounds)
             if cfg.drafters:
                 from serve.bench_spec import sweep_speculation
 

@@ -18,7 +18,7 @@ def test_swarm_bench_tiny(tmp_path_factory, tiny_model_dir, tmp_path):
     cfg = SwarmBenchConfig(model="tiny@production", nodes=3, delays_ms=[0, 5], concurrency=[1, 2],
                            decode_tokens=4, prompt_lengths=[8], out_dir=tmp_path / "out",
                            drafters=["off", "prompt_lookup", "suffix"], spec_tokens=6,
-                           spec_prompts=3, proofs=True)
+                           spec_prompts=3, proofs=True, proof_rounds=2)
     report = run_swarm_bench(cfg, ShoalConfig(home=home, registry_url=str(home / "registry")))
     saved = json.loads((tmp_path / "out" / "swarm.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
