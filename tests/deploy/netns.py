@@ -20,11 +20,17 @@ from pathlib import Path
 
 
 def can_make_namespaces() -> str | None:
-    """None when namespaces can be made here, else why not."""
+    """None when namespaces can be made here, else why not: only the lack of root is a reason
+    to skip (CI runs the suite as root). As root, a missing or broken `ip` is a missing
+    dependency and raises, naming the package, instead of skipping the test."""
     if os.geteuid() != 0:
         return "network namespaces need root (CI runs the suite as root)"
-    if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
-        return "`ip netns` does not work here"
+    try:
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise RuntimeError("the deployment test needs `ip` (Debian package iproute2)") from None
+    if listed.returncode != 0:
+        raise RuntimeError(f"`ip netns list` failed as root: {listed.stderr.strip()[:300]}")
     return None
 
 
