@@ -10,19 +10,24 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_honest_nodes_pass_a_thousand_checks(tiny_swarm):
+def head_and_manifest(swarm):
+    """The gateway-side head of the swarm's version and its manifest, from the checkout."""
     from registry.manifest import Manifest
-    from serve.discovery import TrackerDiscovery
     from serve.gateway.head import Head
+
+    head_dir = next(p for p in (swarm.home / "models").iterdir() if p.name.endswith("-head"))
+    return Head(head_dir), Manifest.model_validate(
+        json.loads((head_dir / "manifest.json").read_text())["signed"])
+
+
+def test_honest_nodes_pass_a_thousand_checks(tiny_swarm):
+    from serve.discovery import TrackerDiscovery
     from serve.gateway.pipeline import Pipeline
     from serve.gateway.verifier import Verifier, VerifierConfig
 
-    models = tiny_swarm.home / "models"
-    head_dir = next(p for p in models.iterdir() if p.name.endswith("-head"))
-    full_dir = next(p for p in models.iterdir() if p.name.endswith("-full"))
-    head = Head(head_dir)
-    manifest = Manifest.model_validate(
-        json.loads((head_dir / "manifest.json").read_text())["signed"])
+    head, manifest = head_and_manifest(tiny_swarm)
+    full_dir = next(p for p in (tiny_swarm.home / "models").iterdir()
+                    if p.name.endswith("-full"))
 
     async def main():
         pipeline = Pipeline(TrackerDiscovery(tiny_swarm.tracker_url), head.num_layers,
@@ -52,17 +57,11 @@ def test_a_challenge_that_never_left_is_no_evidence(tiny_swarm):
     """A dial that fails (a refused connection, a TLS pin an on-path attacker broke) never
     reached the node: it is not evicted and no verdict is posted, but it gets no traffic until a
     check reaches it and passes again."""
-    from registry.manifest import Manifest
     from serve.discovery import TrackerDiscovery
-    from serve.gateway.head import Head
     from serve.gateway.pipeline import Pipeline
     from serve.gateway.verifier import Verifier, VerifierConfig
 
-    head_dir = next(p for p in (tiny_swarm.home / "models").iterdir()
-                    if p.name.endswith("-head"))
-    head = Head(head_dir)
-    manifest = Manifest.model_validate(
-        json.loads((head_dir / "manifest.json").read_text())["signed"])
+    head, manifest = head_and_manifest(tiny_swarm)
     reported = []
 
     async def main():
