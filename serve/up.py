@@ -257,8 +257,9 @@ class LocalSwarm:
             self.set_delay(spec.delay_ms)
             self._spawn("relay", ["relay", "--delay-ms", str(spec.delay_ms), "--delay-file",
                                   str(self.delay_file), *[f"{a}:{b}" for a, b in relays]])
-        self._write_state()
+        self._write_state(ready=False)
         self.wait_ready(wait_s, spans)
+        self._write_state(ready=True)
         return self
 
     def _make_invite(self, nodes: int) -> None:
@@ -321,12 +322,16 @@ class LocalSwarm:
         self.stop()
         raise ServeError(f"swarm not ready after {wait_s:.0f} s: {last}")
 
-    def _write_state(self) -> None:
+    def _write_state(self, *, ready: bool) -> None:
+        """`<home>/run/swarm.json`: addresses, pids, and whether the swarm has become ready
+        since its last (re)start. Replaced atomically, so a reader never sees half of it."""
         run = self.home / "run"
         run.mkdir(parents=True, exist_ok=True)
-        (run / "swarm.json").write_text(json.dumps({
-            "base_url": self.base_url, "tracker": self.tracker_url,
+        tmp = run / "swarm.json.tmp"
+        tmp.write_text(json.dumps({
+            "base_url": self.base_url, "tracker": self.tracker_url, "ready": ready,
             "pids": {n: p.pid for n, p in self.procs.items()}}, indent=1))
+        os.replace(tmp, run / "swarm.json")
 
     def restart(self, name: str) -> None:
         """Start a stopped or killed process again with the same arguments."""
@@ -334,8 +339,9 @@ class LocalSwarm:
         if proc.poll() is None:
             self.kill(name)
         self._spawn(name, proc.args[3:], module=proc.args[2])
-        self._write_state()
+        self._write_state(ready=False)
         self.wait_ready(120, [None] * len(self.node_ports))
+        self._write_state(ready=True)
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         """The last `lines` lines of a process's log."""

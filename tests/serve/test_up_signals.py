@@ -28,19 +28,22 @@ def start_up(home: Path, port: int) -> subprocess.Popen:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def children(home: Path, timeout_s: float = 60) -> dict[str, int]:
-    """The pids `shoal up` wrote, once it has spawned everything."""
+def children(home: Path, timeout_s: float = 60, *, ready: bool = False) -> dict[str, int]:
+    """The pids `shoal up` wrote, once it has spawned everything (and, with `ready`, once it
+    has itself seen the swarm ready: a node killed before then is a failed start, not a
+    crash to restart)."""
     state = home / "run" / "swarm.json"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            pids = json.loads(state.read_text())["pids"]
-        except (OSError, ValueError, KeyError):
-            pids = {}
-        if {"tracker", "gateway", "node0"} <= set(pids):
+            saved = json.loads(state.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        pids = saved.get("pids", {})
+        if {"tracker", "gateway", "node0"} <= set(pids) and (saved.get("ready") or not ready):
             return pids
         time.sleep(0.1)
-    raise AssertionError(f"shoal up wrote no state in {timeout_s} s")
+    raise AssertionError(f"shoal up wrote no {'ready ' if ready else ''}state in {timeout_s} s")
 
 
 def alive(pid: int) -> bool:
@@ -76,16 +79,8 @@ def test_crashed_node_is_restarted_and_sigterm_stops_all(tmp_path_factory, tiny_
     home = tiny_home(tmp_path_factory, tiny_model_dir)
     port = free_port()
     up = start_up(home, port)
-    pids = children(home)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+    pids = children(home, 120, ready=True)
+    assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
     os.killpg(pids["node0"], signal.SIGKILL)
     restarted = pids["node0"]
     deadline = time.monotonic() + 120
@@ -93,6 +88,7 @@ def test_crashed_node_is_restarted_and_sigterm_stops_all(tmp_path_factory, tiny_
         restarted = children(home)["node0"]
         time.sleep(0.3)
     assert restarted != pids["node0"], "node0 was not restarted"
+    children(home, 120, ready=True)
     assert alive(restarted)
     out = stop(up, signal.SIGTERM, {**pids, "node0-again": restarted})
     assert up.returncode == 0, out
