@@ -80,6 +80,10 @@ class Links:
                     task.add_done_callback(self._readers.discard)
             return conn
 
+    async def connect(self, url: str, peer_key: str = "") -> None:
+        """Open the connection to `url` now if none is open (what `send` would dial first)."""
+        await self._connection(url, peer_key, fresh=False)
+
     async def send(self, url: str, frame: bytes, peer_key: str = "") -> None:
         """Send `frame` to `url`, whose TLS certificate must carry `peer_key` (hex) for
         ``wss://``; raises if the peer cannot be reached even on a new connection

@@ -234,6 +234,9 @@ class Offers:
         self.key, self.local_port, self.pool = key, local_port, pool
         self._spliced: set[asyncio.Task] = set()
         """Connections being served (held here: the loop keeps only weak references)."""
+        self.placed = asyncio.Event()
+        """Set once an offer is at the relay: from then on the node can be dialled (it
+        announces itself only then; a dial before finds no offer and waits at the relay)."""
 
     async def run(self) -> None:
         await asyncio.gather(*(self._offer_forever() for _ in range(self.pool)))
@@ -245,6 +248,7 @@ class Offers:
                 reader, writer = await asyncio.open_connection(self.relay_host, self.relay_port)
                 writer.write(offer_line(self.key))
                 await writer.drain()
+                self.placed.set()
                 go = await reader.readline()
                 if go != b"GO\n":
                     writer.close()

@@ -163,8 +163,15 @@ class Node:
             log.info("node %s serving layers %d:%d on %s", self.node_id, self.config.start,
                      self.config.end, self.url)
             tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._sweeper())]
+            offers = None
+            if self.config.via:  # reached through a NAT relay: keep offers open there
+                from serve.nat_relay import Offers
+
+                port = server.sockets[0].getsockname()[1]
+                offers = Offers(self.config.via, self.key, port)
+                tasks.append(asyncio.create_task(offers.run()))
             if self.config.tracker_url:
-                tasks.append(asyncio.create_task(self._announcer()))
+                tasks.append(asyncio.create_task(self._announcer(offers)))
             if self.config.dht is not None:
                 from serve.dht_discovery import announce_forever, peer_for
 
@@ -172,11 +179,6 @@ class Node:
                     peer_for(self.config.dht, self.config.host), self.key, self.info)))
             if self.watcher is not None:
                 tasks.append(asyncio.create_task(self._watch()))
-            if self.config.via:  # reached through a NAT relay: keep offers open there
-                from serve.nat_relay import Offers
-
-                port = server.sockets[0].getsockname()[1]
-                tasks.append(asyncio.create_task(Offers(self.config.via, self.key, port).run()))
             await asyncio.gather(*tasks)
 
     async def _handle(self, ws) -> None:
@@ -523,9 +525,13 @@ class Node:
                 "queue": self._queue.qsize(), "ms_per_token_layer": self.ms_per_token_layer,
                 "stats": self.stats.as_dict(), "attestation": self.attestation}
 
-    async def _announcer(self) -> None:
+    async def _announcer(self, offers=None) -> None:
+        """Announce to the tracker every `heartbeat_s`; a node behind a NAT relay (`offers`)
+        first waits until it can be dialled there."""
         import httpx
 
+        if offers is not None:
+            await offers.placed.wait()
         async with httpx.AsyncClient(timeout=5) as http:
             while True:
                 try:

@@ -213,6 +213,10 @@ class Pipeline:
     async def _send(self, url: str, frame: bytes, peer_key: str) -> None:
         await self._links.send(url, frame, peer_key)
 
+    async def connect(self, url: str, public_key: str) -> None:
+        """Have the link to `url` open (dialled now if it is not), pinned to `public_key`."""
+        await self._links.connect(url, public_key)
+
     # routes --------------------------------------------------------------------------------------
 
     def exclude(self, node_id: str) -> None:

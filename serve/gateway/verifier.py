@@ -136,6 +136,12 @@ class Verifier:
         nonce = os.urandom(32)
         challenge = auth.sign_challenge(self.pipeline.key, uuid.uuid4().hex, nonce, node.node_id,
                                         self.config.chunks, self.pipeline.version or "")
+        try:  # the link first: the deadline times the proof, not the dial (for a node behind a
+            # NAT relay that is a TCP connect, the relay pairing, TLS through two splices)
+            await self.pipeline.connect(node.url, node.public_key)
+        except Exception as exc:  # nothing reached the node: no evidence against it
+            return CheckResult(node.node_id, "proof", False, UNREACHABLE,
+                               f"unreachable ({type(exc).__name__}: {exc})"[:300])
         t0 = time.perf_counter()
         try:
             proof = await self.pipeline.request(node.url, challenge, node_id=node.node_id,

@@ -90,3 +90,44 @@ def test_a_challenge_that_never_left_is_no_evidence(tiny_swarm):
             await pipeline.stop()
 
     asyncio.run(main())
+
+
+def test_the_proof_deadline_times_the_proof_not_the_dial(tiny_swarm):
+    """A node reached over a slow first connection (as through a NAT relay still waiting for the
+    node's offer, or a TLS handshake across two splices) passes: the deadline starts when the
+    challenge goes out on an open link. The slow part here is a TCP proxy that holds each new
+    connection 1.5 s, past the 1 s deadline, before it splices it to the node."""
+    from urllib.parse import urlsplit
+
+    from serve.discovery import TrackerDiscovery
+    from serve.gateway.pipeline import Pipeline
+    from serve.gateway.verifier import Verifier, VerifierConfig
+    from serve.nat_relay import splice
+
+    head, manifest = head_and_manifest(tiny_swarm)
+
+    async def main():
+        pipeline = Pipeline(TrackerDiscovery(tiny_swarm.tracker_url), head.num_layers,
+                            manifest.version_id)
+        await pipeline.start()
+        verifier = Verifier(pipeline, manifest, head, None, VerifierConfig(deadline_s=1.0))
+        node = next(n for n in await pipeline.discovery.nodes() if n.status == "ok")
+        target = urlsplit(node.url)
+
+        async def slow_connect(reader, writer):
+            await asyncio.sleep(1.5)
+            up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+            await asyncio.gather(splice(reader, up_writer), splice(up_reader, writer))
+
+        proxy = await asyncio.start_server(slow_connect, "127.0.0.1", 0)
+        far = node.model_copy(update={
+            "url": f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"})
+        try:
+            return await verifier.check(far, fingerprint=False)
+        finally:
+            proxy.close()
+            await pipeline.stop()
+
+    results = asyncio.run(main())
+    assert [r.ok for r in results] == [True], results
+    assert float(results[0].detail.split()[0]) < 1000, results[0].detail
