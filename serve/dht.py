@@ -60,6 +60,11 @@ MAX_ANSWER_BYTES = 40_000
 LOOKUPS_IN_FLIGHT = 4
 """Keys a reader looks up at once: each lookup is ~2k datagrams, and a burst of all of them
 overflows UDP receive buffers (answers lost, lookups timing out)."""
+UNANSWERED_S = 60.0
+"""A peer that let a request time out is left out of the contacts other peers hand over for
+this long, or until any datagram from it arrives (it was only slow)."""
+MAX_UNANSWERED = 1024
+"""Most unanswered peers remembered (the oldest are forgotten first)."""
 _NODE_ID = re.compile(f"[0-9a-f]{{{NODE_ID_HEX}}}")
 """A node id as `serve.records.node_id_of` makes it: index entries of any other form are
 dropped before a lookup is spent on them."""
@@ -226,16 +231,29 @@ def _node_tuple(item: Any) -> bool:
 
 class SwarmProtocol(KademliaProtocol):
     """Kademlia's protocol with every input checked: stores go through `SwarmStorage.accept`,
-    malformed requests and answers are dropped instead of raising in the event loop."""
+    malformed requests and answers are dropped instead of raising in the event loop.
+
+    A peer that did not answer is dropped from the routing table (kademlia does that) and also
+    from the contacts other peers answer with, for `UNANSWERED_S` or until it is heard from
+    again: those peers keep naming a dead peer until their own requests to it time out, and
+    without this every lookup after a death spent a `timeout_s` on it again, round after round
+    (announcements took longer than a record lives, and live nodes fell out of every view)."""
 
     def __init__(self, source_node: Node, storage: SwarmStorage, ksize: int,
                  timeout_s: float) -> None:
         super().__init__(source_node, storage, ksize)
         self._wait_timeout = timeout_s
+        self.unanswered: OrderedDict[tuple[str, int], float] = OrderedDict()
+        """(host, port) -> when a request to it last timed out (monotonic)."""
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         if len(data) <= MAX_DATAGRAM:
+            self.unanswered.pop(tuple(addr[:2]), None)  # it is alive after all
             super().datagram_received(data, addr)
+
+    def _silent(self, host: str, port: int, now: float) -> bool:
+        since = self.unanswered.get((host, port))
+        return since is not None and now - since < UNANSWERED_S
 
     async def _solve_datagram(self, datagram: bytes, address: tuple) -> None:
         try:
@@ -273,6 +291,14 @@ class SwarmProtocol(KademliaProtocol):
                        or (isinstance(data, list) and len(data) <= 64
                            and all(_node_tuple(n) for n in data))):
             result = (False, None)
+        now = time.monotonic()
+        if not result[0]:
+            self.unanswered[(node.ip, node.port)] = now
+            self.unanswered.move_to_end((node.ip, node.port))
+            while len(self.unanswered) > MAX_UNANSWERED:
+                self.unanswered.popitem(last=False)
+        elif isinstance(data, list):
+            result = (True, [n for n in data if not self._silent(n[1], n[2], now)])
         return super().handle_call_response(result, node)
 
 

@@ -171,13 +171,16 @@ class DhtDiscovery:
 async def announce_forever(peer: DhtPeer, key: SigningKey,
                            info: Callable[[], dict[str, Any]]) -> None:
     """A node's announcements: its freshly signed record every `announce_s`, for as long as it
-    runs (a failed round is logged and the next one tries again)."""
+    runs (a failed round is logged and the next one tries again). The period runs from one
+    announcement's start to the next, so a slow round (a peer died and its requests time out)
+    does not also push the next one back."""
     await peer.start()
     while True:
+        started = time.monotonic()
         try:
             accepted = await peer.announce(sign_record(key, info()))
             if accepted <= 1:
                 log.info("the record is held by this peer only (no other DHT peer yet)")
         except Exception as exc:
             log.warning("DHT announcement failed: %s", exc)
-        await asyncio.sleep(peer.config.announce_s)
+        await asyncio.sleep(max(0.05, peer.config.announce_s - (time.monotonic() - started)))

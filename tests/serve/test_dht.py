@@ -162,6 +162,39 @@ def test_a_reader_merges_every_storing_peer_and_drops_expired_records():
     asyncio.run(run())
 
 
+def test_a_dead_peer_costs_one_timeout_not_one_per_lookup():
+    """The other peers still name a peer that died; a reader that saw it time out once does not
+    wait on it again (an announcement after a death took longer than a record lives)."""
+    async def run() -> None:
+        peers = await start_peers(5)
+        reader, dead = peers[0], peers[4]
+        node = SigningKey.generate("n")
+        record = sign_record(node, info(node))
+        await peers[1].announce(record)
+        dead_address = (dead.address.host, dead.address.port)
+        dead.stop()
+        t0 = time.monotonic()
+        await reader.announce(record)  # this one meets the dead peer
+        first = time.monotonic() - t0
+        assert dead_address in reader.protocol.unanswered
+        assert any(n.port == dead.address.port for p in peers[1:4]  # the others still name it
+                   for n in p.protocol.router.find_neighbors(p.server.node, 20))
+        t0 = time.monotonic()
+        for _ in range(3):
+            assert await reader.announce(sign_record(node, info(node))) == 4
+            assert len(await reader.records()) >= 1
+        later = (time.monotonic() - t0) / 3
+        timeout = reader.config.rpc_timeout_s
+        assert first >= timeout and later < timeout / 2, (first, later)
+        # a peer heard from again is a contact again
+        reader.protocol.datagram_received(b"", dead_address)
+        assert dead_address not in reader.protocol.unanswered
+        for p in peers[:4]:
+            p.stop()
+
+    asyncio.run(run())
+
+
 def test_malformed_datagrams_cost_nothing():
     async def run() -> None:
         import socket
