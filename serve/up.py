@@ -246,7 +246,8 @@ class LocalSwarm:
                 name = "gateway" if g == 0 else f"gateway{g}"
                 gw_port = (spec.port if g == 0 else 0) or free_port()
                 return_port = self.return_port if g == 0 else free_port()
-                return_url = self.return_url if g == 0 else f"ws://127.0.0.1:{return_port}"
+                return_url = (self.return_url if g == 0
+                              else f"ws://127.0.0.1:{relayed(return_port)}")
                 self._spawn(name, ["gateway", "--model", spec.model,
                                    *self._discovery_args(name), "--port", str(gw_port),
                                    "--return-port", str(return_port), "--return-url",
