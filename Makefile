@@ -11,7 +11,7 @@ EMBED  := $(VENV)/.shoal-embedder
 export SHOAL_HOME ?= $(CURDIR)/.shoal
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-fast install browser clean
+.PHONY: demo test test-fast install browser netns clean
 
 demo: install
 	$(BIN)/shoal demo
@@ -23,7 +23,7 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not real_model"
 
-install: $(DEPS) $(MODEL) $(EMBED) browser
+install: $(DEPS) $(MODEL) $(EMBED) browser netns
 
 # The dashboard's tests drive Debian's chromium through its chromedriver (selenium never downloads
 # a browser); installed with apt-get when either is missing (as root, else through sudo). Where
@@ -34,6 +34,15 @@ browser:
 	  $$s apt-get install -y -q chromium chromium-driver || \
 	  { $$s apt-get update -q && $$s apt-get install -y -q chromium chromium-driver; } || \
 	  echo "warning: could not install chromium and chromium-driver (the dashboard tests need them)"; }
+
+# The deployment test (tests/deploy, as root) makes one network namespace per host with iproute2's
+# `ip` and puts one host behind NAT with nftables' `nft`; installed the same way when missing.
+netns:
+	@command -v ip >/dev/null && command -v nft >/dev/null || { \
+	  s=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$s apt-get install -y -q iproute2 nftables || \
+	  { $$s apt-get update -q && $$s apt-get install -y -q iproute2 nftables; } || \
+	  echo "warning: could not install iproute2 and nftables (the deployment test needs them)"; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

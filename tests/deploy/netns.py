@@ -8,13 +8,20 @@ Processes are started in a host with `ip netns exec`, each in its own process gr
 `Hosts` is a context manager: leaving it (normally or on any failure) stops every process it
 started, by its process group, then deletes every namespace it made, which removes the links and
 the bridge with them. Needs root (CI runs as root).
+
+`Hosts.refuse_inbound` puts a host behind a firewall of its own (nftables in its namespace: only
+loopback and connections the host opened itself are let in), as a home NAT or a cloud security
+group without inbound rules is; `Hosts.kill` ends a host at once: every process in its namespace
+killed, its link removed.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -31,7 +38,30 @@ def can_make_namespaces() -> str | None:
         raise RuntimeError("the deployment test needs `ip` (Debian package iproute2)") from None
     if listed.returncode != 0:
         raise RuntimeError(f"`ip netns list` failed as root: {listed.stderr.strip()[:300]}")
+    if shutil.which("nft") is None:
+        raise RuntimeError("the deployment test needs `nft` (Debian package nftables; "
+                           "`make install` installs it)")
     return None
+
+
+REFUSE_INBOUND = """
+table inet shoal {
+    chain input {
+        type filter hook input priority 0; policy drop;
+        iifname "lo" accept
+        ct state established,related accept
+    }
+}
+"""
+"""What a host behind NAT gets: nothing comes in but loopback and answers to its own dials."""
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, its sockets already closed, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def _ip(*args: str) -> None:
@@ -48,6 +78,7 @@ class Hosts:
         self.addresses: dict[str, str] = {}
         self.procs: list[subprocess.Popen] = []
         self._made: list[str] = []
+        self._links: dict[str, str] = {}
 
     def __enter__(self) -> "Hosts":
         try:
@@ -79,14 +110,41 @@ class Hosts:
         _ip("-n", ns, "link", "set", inside, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
         self.namespaces[name], self.addresses[name] = ns, address
+        self._links[name] = inside
         return address
+
+    def refuse_inbound(self, name: str) -> None:
+        """Drop every connection another host opens to `name` (its own dials still work)."""
+        subprocess.run(["ip", "netns", "exec", self.namespaces[name], "nft", "-f", "-"],
+                       input=REFUSE_INBOUND.encode(), check=True, capture_output=True)
+
+    def kill(self, name: str) -> list[int]:
+        """Host `name` dies: SIGKILL to every process in its namespace, then, once they are
+        gone (the kernel has closed their connections), its link is removed. Returns the pids
+        killed."""
+        listed = subprocess.run(["ip", "netns", "pids", self.namespaces[name]],
+                                capture_output=True, text=True, check=True)
+        pids = [int(p) for p in listed.stdout.split()]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _ip("-n", self.namespaces[name], "link", "del", self._links[name])
+        return pids
 
     def run(self, name: str, args: list[str], *, env: dict[str, str] | None = None,
             log: Path | None = None, **kw: object) -> subprocess.Popen:
-        """Start `args` on host `name` (in its own process group), output to `log`."""
+        """Start `args` on host `name` (in its own process group), output to `log` (only its
+        stderr where `stdout` is given)."""
         out = open(log, "wb") if log else subprocess.DEVNULL
+        stdout = kw.pop("stdout", out)
         proc = subprocess.Popen(["ip", "netns", "exec", self.namespaces[name], *args],
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                env=env, stdout=stdout,
+                                stderr=subprocess.STDOUT if stdout is out else out,
                                 start_new_session=True, **kw)
         self.procs.append(proc)
         return proc

@@ -1,10 +1,13 @@
-"""docs/deploy.md, followed on separate hosts: a registry host, three node hosts and a gateway
-host, each a network namespace with its own address, its own SHOAL_HOME and nothing shared but
-the wire. The guide's commands bring the swarm up (tiny random models): the official openai SDK on
-the gateway host gets the greedy text of in-process generate, over hops that are wss:// pinned to
-the nodes' lasting keys, from a registry read over HTTP and pinned by its fingerprint; a version
-promoted on the registry host then rolls out to every node and the gateway, and answers as its
-own in-process generate does."""
+"""docs/deploy.md, followed on separate hosts: a registry host (which also runs the NAT relay),
+four node hosts and a gateway host, each a network namespace with its own address, its own
+SHOAL_HOME and nothing shared but the wire. The first hop's host refuses every inbound connection
+(nftables in its namespace, as behind a home NAT) and serves through the relay; layers 1:3 are
+served by two hosts. The guide's commands bring the swarm up (tiny random models): the official
+openai SDK on the gateway host gets the greedy text of in-process generate, over hops that are
+wss:// pinned to the nodes' lasting keys, from a registry read over HTTP and pinned by its
+fingerprint; a version promoted on the registry host then rolls out to every node and the
+gateway, and answers as its own in-process generate does; and a stream keeps its text when the
+host of the 1:3 replica it runs through dies mid-stream."""
 
 from __future__ import annotations
 
@@ -26,8 +29,13 @@ from tests.serve.conftest import local_greedy, tiny_home
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["hello world", "a swarm of machines"]
-SPANS = ["0:1", "1:3", "3:4"]
+SPANS = ["0:1", "1:3", "3:4", "1:3"]
+"""node0 (behind NAT, relayed) serves 0:1; node1 and node3 both serve 1:3."""
+NAT = 0
+REPLICATED = "1:3"
+STREAM_PROMPT, STREAM_TOKENS = "the quick brown fox", 160
 REGISTRY_PORT, TRACKER_PORT, NODE_PORT, GATEWAY_PORT, RETURN_PORT = 8100, 7000, 7100, 8000, 7200
+RELAY_PORT = 7300
 WATCH = ["--watch", "production", "--watch-poll", "0.5"]
 
 
@@ -35,14 +43,16 @@ def shoal(*args: str) -> list[str]:
     return [sys.executable, "-m", "flows.cli", *args]
 
 
-def expected_texts(model_dir: Path) -> list[str]:
+def expected_texts(model_dir: Path, prompts: list[str] = PROMPTS, tokens: int = 16
+                   ) -> list[str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     reference = (AutoModelForCausalLM.from_pretrained(model_dir).eval(),
                  AutoTokenizer.from_pretrained(model_dir))
     with torch.no_grad():
-        return [reference[1].decode(local_greedy(reference, [{"role": "user", "content": p}], 16),
-                                    skip_special_tokens=True) for p in PROMPTS]
+        return [reference[1].decode(local_greedy(reference, [{"role": "user", "content": p}],
+                                                 tokens), skip_special_tokens=True)
+                for p in prompts]
 
 
 def test_a_swarm_of_separate_hosts_answers_like_in_process_generate(
@@ -68,6 +78,7 @@ def test_a_swarm_of_separate_hosts_answers_like_in_process_generate(
         registry = hosts.add("registry")
         nodes = [hosts.add(f"node{i}") for i in range(len(SPANS))]
         gateway = hosts.add("gateway")
+        hosts.refuse_inbound(f"node{NAT}")
         on_registry = {**base_env, "SHOAL_HOME": str(registry_home)}
         hosts.run("registry", shoal("registry", "serve", "--host", registry, "--port",
                                     str(REGISTRY_PORT)), env=on_registry,
@@ -80,26 +91,44 @@ def test_a_swarm_of_separate_hosts_answers_like_in_process_generate(
         for i, (address, span) in enumerate(zip(nodes, SPANS)):
             home = tmp_path_factory.mktemp(f"node{i}-host")
             node_homes.append(home)
+            # the relayed node binds every address too: what keeps other hosts out is its
+            # namespace's firewall, not a missing listener
+            reach = ["--via", f"{registry}:{RELAY_PORT}"] if i == NAT else \
+                ["--advertise", address]
             hosts.run(f"node{i}", shoal(
                 "node", "--model", "tiny@production", "--layers", span, "--host", "0.0.0.0",
-                "--advertise", address, "--port", str(NODE_PORT), "--tracker", tracker,
+                *reach, "--port", str(NODE_PORT), "--tracker", tracker,
                 "--key", str(home / "node.pem"), "--root-fingerprint", fingerprint,
                 "--threads", "1", *WATCH), env=env(home), log=logs / f"node{i}.log")
+        # the relay comes up last: the relayed node announces itself only once its offers are
+        # placed there, and its first proof is timed from the challenge, not from the dial
+        hosts.run("registry", shoal("nat-relay", "--host", "0.0.0.0", "--port", str(RELAY_PORT)),
+                  env=on_registry, log=logs / "nat-relay.log")
         hosts.run("gateway", shoal(
             "gateway", "--model", "tiny@production", "--tracker",
             f"http://127.0.0.1:{TRACKER_PORT}", "--host", "0.0.0.0", "--advertise", gateway,
             "--port", str(GATEWAY_PORT), "--return-port", str(RETURN_PORT), "--key", "gateway",
-            "--root-fingerprint", fingerprint, "--api-key", "sk-test", *WATCH),
+            "--root-fingerprint", fingerprint, "--api-key", "sk-test", *WATCH,
+            "--timeout", "5", "--verdict-log", str(gateway_home / "verdicts.jsonl")),
             env=env(gateway_home), log=logs / "gateway.log")
+        on_gateway = {**base_env, "PYTHONPATH": os.getcwd()}
 
         def ask(version: str) -> dict:
             return json.loads(hosts.check_output("gateway", [
                 sys.executable, "-m", "tests.deploy.sdk_client",
                 f"http://{gateway}:{GATEWAY_PORT}", tracker, "sk-test", "150", version,
-                *PROMPTS], env={**base_env, "PYTHONPATH": os.getcwd()}, timeout=200))
+                *PROMPTS], env=on_gateway, timeout=200))
+
+        def probe(host: str, *args: str) -> dict:
+            return json.loads(hosts.check_output(host, [
+                sys.executable, "-m", "tests.deploy.probe", *args], env=on_gateway))
 
         try:
             before = ask("-")
+            # the relayed host really refuses other hosts, though its node listens on them
+            direct = probe("gateway", "dial", nodes[NAT], str(NODE_PORT))
+            own = probe(f"node{NAT}", "dial", nodes[NAT], str(NODE_PORT))
+            pings = probe("gateway", "pings", tracker, "200")
             imported = hosts.check_output("registry", shoal(
                 "model", "import", str(second), "--name", "tiny", "--key",
                 "maintainer-release"), env=on_registry)
@@ -107,17 +136,69 @@ def test_a_swarm_of_separate_hosts_answers_like_in_process_generate(
             hosts.check_output("registry", shoal("promote", version, "--channel",
                                                  "production"), env=on_registry)
             after = ask(version)
+            streamed, killed = stream_and_kill(hosts, gateway, tracker, on_gateway, node_homes,
+                                               logs)
         except Exception:
             for log in sorted(logs.iterdir()):
                 print(f"--- {log.name}\n{log.read_text()[-3000:]}")
             raise
-    assert before["node_urls"] == sorted(f"wss://{a}:{NODE_PORT}" for a in nodes)
-    # the ids the swarm routed through are those of the key files the nodes created
-    ids = {node_id_of(load_or_create(home / "node.pem").public_hex) for home in node_homes}
-    assert {n for a in before["answers"] for n in a["route"]} == ids
+    ids = [node_id_of(load_or_create(home / "node.pem").public_hex) for home in node_homes]
+    print("ping round trips from the gateway host:",
+          json.dumps({f"node{ids.index(n)}": v for n, v in pings.items()}))
+    verdicts = [json.loads(line) for line in
+                (gateway_home / "verdicts.jsonl").read_text().splitlines()]
+    print("proofs (ms):", json.dumps({f"node{i}": [v["detail"] for v in verdicts
+                                                   if v["node_id"] == n and v["kind"] == "proof"]
+                                      for i, n in enumerate(ids)}))
+    print("stream:", json.dumps({k: v for k, v in streamed.items() if k != "text"}))
+    # no node failed a check before its host was killed
+    assert all(v["ok"] for v in verdicts if v["node_id"] != killed), \
+        [v for v in verdicts if not v["ok"]]
+    assert not direct["open"] and own["open"], (direct, own)
+    relayed = f"wss://{registry}:{RELAY_PORT}/via/{ids[NAT]}"
+    assert before["node_urls"] == sorted(
+        [relayed] + [f"wss://{a}:{NODE_PORT}" for i, a in enumerate(nodes) if i != NAT])
+    # every answer went through the relayed first hop and one node of each span, all of them
+    # nodes of the key files the hosts created
+    for answer in before["answers"] + after["answers"]:
+        assert answer["route"][0] == ids[NAT] and set(answer["route"]) <= set(ids), answer
+        assert len(answer["route"]) == 3
     assert [a["text"] for a in before["answers"]] == expected_texts(tiny_model_dir)
     assert all(a["version"] == version for a in after["answers"])
-    assert after["node_versions"] == [version] * 3
-    assert {n for a in after["answers"] for n in a["route"]} == ids  # same nodes, new weights
+    assert after["node_versions"] == [version] * len(SPANS)
     assert [a["text"] for a in after["answers"]] == expected_texts(second) != \
         expected_texts(tiny_model_dir)
+    # the stream ran through the replica whose host died, failed over to the other, and its
+    # text is in-process generate's
+    assert killed == streamed["in_use"] and killed in ids, (killed, streamed)
+    assert streamed["shoal"]["failovers"] >= 1, streamed
+    assert killed not in streamed["shoal"]["route"], streamed
+    assert streamed["text"] == expected_texts(second, [STREAM_PROMPT], STREAM_TOKENS)[0]
+
+
+def stream_and_kill(hosts: Hosts, gateway: str, tracker: str, env: dict[str, str],
+                    node_homes: list[Path], logs: Path) -> tuple[dict, str]:
+    """Stream a long completion from the gateway host; once the client names the 1:3 node the
+    stream runs through, kill that node's whole host. Returns the client's result and the id
+    killed."""
+    import subprocess
+
+    ids = [node_id_of(load_or_create(home / "node.pem").public_hex) for home in node_homes]
+    client = hosts.run("gateway", [
+        sys.executable, "-m", "tests.deploy.stream_client", f"http://{gateway}:{GATEWAY_PORT}",
+        tracker, "sk-test", REPLICATED, str(STREAM_TOKENS), STREAM_PROMPT], env=env,
+        log=logs / "stream-client.log", stdout=subprocess.PIPE, text=True)
+    killed = ""
+    lines = []
+    for line in client.stdout:
+        if not line.startswith("{"):
+            continue
+        lines.append(line)
+        message = json.loads(line)
+        if "in_use" in message and "text" not in message:
+            killed = message["in_use"]
+            hosts.kill(f"node{ids.index(killed)}")
+    client.wait(timeout=60)
+    if client.returncode != 0 or not lines:
+        raise RuntimeError(f"the stream client exited {client.returncode}: {lines}")
+    return json.loads(lines[-1]), killed
