@@ -78,7 +78,8 @@ class Hosts:
         self.addresses: dict[str, str] = {}
         self.procs: list[subprocess.Popen] = []
         self._made: list[str] = []
-        self._links: dict[str, str] = {}
+        self.links: dict[str, str] = {}
+        """Host -> the name of its network interface (e.g. for GLOO_SOCKET_IFNAME)."""
 
     def __enter__(self) -> "Hosts":
         try:
@@ -110,7 +111,7 @@ class Hosts:
         _ip("-n", ns, "link", "set", inside, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
         self.namespaces[name], self.addresses[name] = ns, address
-        self._links[name] = inside
+        self.links[name] = inside
         return address
 
     def refuse_inbound(self, name: str) -> None:
@@ -133,7 +134,7 @@ class Hosts:
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.01)
-        _ip("-n", self.namespaces[name], "link", "del", self._links[name])
+        _ip("-n", self.namespaces[name], "link", "del", self.links[name])
         return pids
 
     def run(self, name: str, args: list[str], *, env: dict[str, str] | None = None,
@@ -142,9 +143,9 @@ class Hosts:
         stderr where `stdout` is given)."""
         out = open(log, "wb") if log else subprocess.DEVNULL
         stdout = kw.pop("stdout", out)
+        stderr = kw.pop("stderr", subprocess.STDOUT if stdout is out else out)
         proc = subprocess.Popen(["ip", "netns", "exec", self.namespaces[name], *args],
-                                env=env, stdout=stdout,
-                                stderr=subprocess.STDOUT if stdout is out else out,
+                                env=env, stdout=stdout, stderr=stderr,
                                 start_new_session=True, **kw)
         self.procs.append(proc)
         return proc

@@ -3,9 +3,11 @@ path on loopback, DPO, and resume after a kill."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,8 @@ import torch
 from serve.up import free_port
 from tests.train.conftest import make_dpo, state
 from train.config import TrainConfig
-from train.launch import Topology, launch, release_shared_memory, start, wait
+from train.launch import (Topology, command, environment, launch, release_shared_memory,
+                          start, wait)
 
 pytestmark = pytest.mark.slow
 
@@ -68,21 +71,44 @@ def test_lora_export_equals_base_plus_scaled_adapter_product(runs, tiny_model_di
 
 
 def test_two_launches_with_node_ranks_train_one_model(runs, tiny_model_dir, tmp_path):
-    """The multi-host path (hostfile + --no_ssh + node ranks) on loopback: one process per
-    "host", one model; its loss curve equals the single-host 2-process run's."""
+    """The multi-host path (hostfile + --no_ssh + node ranks): one process per host, one model;
+    its loss curve equals the single-host 2-process run's. As root (CI) the two hosts are network
+    namespaces on a bridge with addresses of their own (tests/deploy/netns.py), rank 0's host the
+    master, gloo on each host's own interface; otherwise two launches on loopback."""
+    from tests.deploy.netns import Hosts, can_make_namespaces
+
     config, single = runs("sft")
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("host-a slots=1\nhost-b slots=1\n")
     port = free_port()
     c0 = config.model_copy(update={"output": str(tmp_path / "host-a")})
     c1 = config.model_copy(update={"output": str(tmp_path / "host-b")})
-    p0 = start(c0, Topology(hostfile=hostfile, node_rank=0, master_port=port))
-    p1 = start(c1, Topology(hostfile=hostfile, node_rank=1, master_port=port))
-    other: dict = {}
-    t = threading.Thread(target=lambda: other.update(code=p1.wait(), out=p1.stdout.read()))
-    t.start()
-    summary = wait(p0, c0)
-    t.join(timeout=120)
+    with contextlib.ExitStack() as stack:
+        if can_make_namespaces() is None:
+            hosts = stack.enter_context(Hosts())
+            master = hosts.add("host-a")
+            hosts.add("host-b")
+
+            def start_on(name: str, c: TrainConfig, rank: int) -> subprocess.Popen:
+                out = Path(c.output)
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "config.json").write_text(c.model_dump_json(indent=2))
+                topo = Topology(hostfile=hostfile, node_rank=rank, master_addr=master,
+                                master_port=port)
+                env = {**environment(topo), "GLOO_SOCKET_IFNAME": hosts.links[name]}
+                return hosts.run(name, command(out / "config.json", topo), env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 bufsize=1)
+
+            p0, p1 = start_on("host-a", c0, 0), start_on("host-b", c1, 1)
+        else:
+            p0 = start(c0, Topology(hostfile=hostfile, node_rank=0, master_port=port))
+            p1 = start(c1, Topology(hostfile=hostfile, node_rank=1, master_port=port))
+        other: dict = {}
+        t = threading.Thread(target=lambda: other.update(code=p1.wait(), out=p1.stdout.read()))
+        t.start()
+        summary = wait(p0, c0)
+        t.join(timeout=120)
     assert other["code"] == 0, other["out"][-2000:]
     assert summary.world_size == 2
     assert summary.loss_curve == pytest.approx(single.loss_curve, rel=1e-5)
