@@ -175,8 +175,13 @@ class Node:
             if self.config.dht is not None:
                 from serve.dht_discovery import announce_forever, peer_for
 
-                tasks.append(asyncio.create_task(announce_forever(
-                    peer_for(self.config.dht, self.config.host), self.key, self.info)))
+                async def announce_on_dht() -> None:
+                    if offers is not None:  # as for the tracker: only once it can be dialled
+                        await offers.placed.wait()
+                    await announce_forever(peer_for(self.config.dht, self.config.host),
+                                           self.key, self.info)
+
+                tasks.append(asyncio.create_task(announce_on_dht()))
             if self.watcher is not None:
                 tasks.append(asyncio.create_task(self._watch()))
             await asyncio.gather(*tasks)
