@@ -8,6 +8,8 @@
   embedder both as a worker process and as a thread of the writing process (`embed_worker`),
   side by side in one run, with the machine's load average before and after;
 - each ingestion pass alone, on the same traces: log → rows (traces/s) and rows → embeddings;
+- the durable log alone at each writer count: appends with group commit (the log's) beside one
+  fsync per append (the baseline), p50 / p99 and fsyncs per append, side by side;
 - the embedders: speed and semantic-dedup agreement with MiniLM (`traces.bench_embedders`).
 
 The traces are the curation benchmark's (~500 words). Writes `traces.json` in the output directory.
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from traces.log import DurableLog
 
 GOALS = {"rows_traces_per_s": 5000, "embeddings_traces_per_s": 500, "trace_path_p99_ms": 2.0}
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 1024, "seed": None}
@@ -69,7 +73,8 @@ def _write(store, rows: list[dict], writers: int) -> list[float]:
 
 def _percentiles(timings: list[float]) -> dict:
     timings = sorted(timings)
-    return {"p50": round(statistics.median(timings), 3),
+    return {"mean": round(statistics.fmean(timings), 3),
+            "p50": round(statistics.median(timings), 3),
             "p99": round(timings[max(0, int(0.99 * len(timings)) - 1)], 3),
             "calls": len(timings)}
 
@@ -94,6 +99,42 @@ def end_to_end(rows: list[dict], writers: int, embedder: str, mode: str = "worke
     return {"writers": writers, "embed_mode": mode, "trace_path_ms": _percentiles(timings),
             "append_traces_per_s": round(len(rows) / appended),
             "end_to_end_traces_per_s": round(len(rows) / total, 1)}
+
+
+class FsyncEach(DurableLog):
+    """The baseline: each append waits for an fsync of its own, one after another."""
+
+    def _sync(self, mine: int) -> None:
+        with self._lock:
+            os.fsync(self._fh.fileno())
+
+
+def log_appends(rows: list[dict], writers: int, group_commit: bool) -> dict:
+    """`writers` threads append `rows` to a fresh durable log; per-append milliseconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log_ = (DurableLog if group_commit else FsyncEach)(Path(tmp))
+        assert log_.acquire()
+        timings: list[float] = []
+
+        def one(part: list[dict]) -> None:
+            mine = []
+            for row in part:
+                t0 = time.perf_counter()
+                log_.append(row)
+                mine.append(1000 * (time.perf_counter() - t0))
+            timings.extend(mine)
+
+        threads = [threading.Thread(target=one, args=(rows[i::writers],)) for i in range(writers)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        fsyncs = log_.fsyncs if group_commit else len(rows)
+    return {"writers": writers, "group_commit": group_commit, "append_ms": _percentiles(timings),
+            "fsyncs_per_append": round(fsyncs / len(rows), 3),
+            "appends_per_s": round(len(rows) / elapsed)}
 
 
 def passes(rows: list[dict], embedder: str) -> dict:
@@ -126,6 +167,8 @@ def run_traces_bench(out_dir: Path, traces: int = 5000, writers: tuple[int, ...]
     report: dict[str, Any] = {"traces": traces, "embedder": embedder, "goals": GOALS,
                               "load_average_before": list(os.getloadavg()), "cpus": os.cpu_count(),
                               "passes": passes(rows, embedder),
+                              "log": [log_appends(rows, w, group) for w in writers
+                                      for group in (True, False)],
                               "concurrent": [end_to_end(rows, w, embedder, mode)
                                              for w in writers for mode in modes]}
     report["load_average_after"] = list(os.getloadavg())

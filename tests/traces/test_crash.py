@@ -20,7 +20,7 @@ from traces.store import TraceStore, TraceStoreConfig
 pytestmark = pytest.mark.slow
 
 WRITER = r"""
-import json, sys, uuid
+import json, sys, threading, uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from traces.schemas import Trace
@@ -34,16 +34,26 @@ alice = store.create_account("contributor", "alice")
 grant = store.create_grant(alice, ["sft"], 30)
 store.start()
 print("contributor", alice.account_id, flush=True)
-for i in range(100_000):
-    rid = uuid.uuid4().hex
-    store.record(Trace(request_id=rid, trace_id="run", contributor_id=alice.account_id,
-                       grant_id=grant.grant_id, grant_scopes=grant.scopes,
-                       grant_expires_at=grant.expires_at, model_version="sha256:" + "0" * 64,
-                       messages_json=json.dumps([{"role": "user", "content": f"question {i}"}]),
-                       completion=f"answer {i} " * 20, prompt_tokens=3, completion_tokens=40,
-                       route=["n1"], proof_status="verified", latency_ms=1.0, ttft_ms=1.0,
-                       created_at=datetime.now(UTC)))
-    print("ack", rid, flush=True)  # acknowledged: the record is fsync'd
+said = threading.Lock()
+
+def write(w):  # concurrent requests, as the gateway's threads append: their fsyncs are shared
+    for i in range(25_000):
+        rid = uuid.uuid4().hex
+        store.record(Trace(request_id=rid, trace_id="run", contributor_id=alice.account_id,
+                           grant_id=grant.grant_id, grant_scopes=grant.scopes,
+                           grant_expires_at=grant.expires_at, model_version="sha256:" + "0" * 64,
+                           messages_json=json.dumps([{"role": "user", "content": f"q {w} {i}"}]),
+                           completion=f"answer {i} " * 20, prompt_tokens=3, completion_tokens=40,
+                           route=["n1"], proof_status="verified", latency_ms=1.0, ttft_ms=1.0,
+                           created_at=datetime.now(UTC)))
+        with said:
+            print("ack", rid, flush=True)  # acknowledged: the record is fsync'd
+
+threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
 """
 
 

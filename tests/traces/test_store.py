@@ -146,6 +146,10 @@ def test_traces_bench_runs_small(tmp_path):
         assert 0 < path["p50"] <= path["p99"] and path["calls"] == 16
         assert level["end_to_end_traces_per_s"] > 0
     assert report["passes"]["rows_traces_per_s"] > 0
+    log_ = {(r["writers"], r["group_commit"]): r for r in report["log"]}
+    assert set(log_) == {(1, True), (1, False), (4, True), (4, False)}
+    assert log_[(1, False)]["fsyncs_per_append"] == 1.0
+    assert 0 < log_[(4, True)]["fsyncs_per_append"] <= 1.0
     reference = report["embedders"]["embedders"]["minilm"]
     assert reference["agreement"]["jaccard"] == 1.0 and reference["threshold"] == 0.98
     assert json.loads((tmp_path / "traces.json").read_text()) == report
