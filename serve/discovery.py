@@ -146,13 +146,17 @@ class Discovery(Protocol):
 
 class RecordFilter:
     """What every reader of relayed node records does with a batch of them: verify each
-    (`check_record`), keep the newest per node, refuse one older than a record already read
-    from that node (a rollback), and log each refused node and check once."""
+    (`check_record`), keep the newest per node, and log each refused node and check once.
+
+    A relayed record older than one already read from that node is a rollback (an old address,
+    an old version): it is refused, and the node keeps the newer record already read for as
+    long as that one is fresh. So a relay that rolls records back gains nothing, and neither it
+    nor a node whose clock stepped back makes the node vanish from routes."""
 
     def __init__(self, source: str, max_age_s: float = MAX_SKEW_S) -> None:
         self.source, self.max_age_s = source, max_age_s
-        self._newest: dict[str, float] = {}
-        """node id -> the newest issued_at read: an older record of it is a rollback."""
+        self._newest: dict[str, tuple[NodeRecord, dict[str, Any]]] = {}
+        """node id -> the newest (record, entry) read: an older record of it is a rollback."""
         self._logged: set[tuple[str, str]] = set()
 
     def select(self, entries: Iterable[Any], now: float
@@ -166,17 +170,19 @@ class RecordFilter:
                 node_id = entry.get("node_id") if isinstance(entry, dict) else None
                 self._log_once(str(node_id)[:64], exc)
                 continue
-            if record.issued_at < self._newest.get(record.node_id, 0.0):
+            held = self._newest.get(record.node_id)
+            if held is not None and record.issued_at < held[0].issued_at:
                 self._log_once(record.node_id, RecordRejected(
-                    "replay", f"{self.source} relays an older record than one already read"))
-                continue
+                    "replay", f"{self.source} relays an older record than one already read; "
+                    "the newer one is kept"))
+                record, entry = held
             held = best.get(record.node_id)
             if held is None or record.issued_at > held[0].issued_at:
                 best[record.node_id] = (record, entry)
-        self._newest = {k: v for k, v in self._newest.items() if v >= now - self.max_age_s}
-        for node_id, (record, _) in best.items():
-            self._newest[node_id] = record.issued_at
-        return list(best.values())
+        self._newest = {k: v for k, v in self._newest.items()
+                        if v[0].issued_at >= now - self.max_age_s}
+        self._newest.update(best)
+        return [(r, e) for r, e in best.values() if r.issued_at >= now - self.max_age_s]
 
     def _log_once(self, node_id: str, exc: RecordRejected) -> None:
         if (node_id, exc.check) in self._logged:

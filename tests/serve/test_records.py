@@ -122,3 +122,42 @@ def test_verdicts():
     assert refused(resign(gateway, {**v, "status": "ok"})) == "schema"
     assert refused(v, now=time.time() - MAX_SKEW_S - 5) == "clock"
     assert check_verdict(v, {gateway.public_hex}, now=time.time() + 10 ** 6)  # no expiry
+
+
+def test_a_relay_that_rolls_a_record_back_neither_moves_nor_hides_the_node(key, tmp_path):
+    """A hostile tracker (its own process) first lists a node's newest record, then an older
+    one, genuinely signed, that points elsewhere: the reader keeps the newer record, so the node
+    neither moves to the old address nor vanishes from routes."""
+    import asyncio
+    import json
+    import subprocess
+    import sys
+
+    from serve.discovery import TrackerDiscovery
+
+    older = sign_record(key, info(key, url="ws://127.0.0.1:9666"))
+    time.sleep(0.01)
+    newer = sign_record(key, info(key))
+    (tmp_path / "newer.json").write_text(json.dumps([newer]))
+    (tmp_path / "older.json").write_text(json.dumps([older]))
+    tracker = subprocess.Popen([sys.executable, "-m", "tests.serve.rollback_tracker",
+                                str(tmp_path / "newer.json"), str(tmp_path / "older.json")],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{tracker.stdout.readline().strip()}"
+
+        async def views() -> list[list[str]]:
+            reader, fresh = TrackerDiscovery(url), TrackerDiscovery(url)
+            seen = [[n.url for n in await reader.nodes()] for _ in range(3)]
+            seen.append([n.url for n in await fresh.nodes()])
+            await reader.aclose()
+            await fresh.aclose()
+            return seen
+
+        first, *rolled_back, unaware = asyncio.run(views())
+    finally:
+        tracker.kill()
+        tracker.wait()
+    assert first == ["ws://127.0.0.1:9001"]
+    assert rolled_back == [["ws://127.0.0.1:9001"]] * 2  # the newer record, still fresh, kept
+    assert unaware == ["ws://127.0.0.1:9666"]  # a reader that never saw the newer one cannot know
