@@ -105,6 +105,64 @@ def _dht(join: list[str] | None, port: int) -> DhtConfig | None:
         raise typer.BadParameter(f"--join: {exc}") from None
 
 
+LAYERS_HELP = ("START:END (end exclusive), or 'auto': as many layers as --weights-budget-mb "
+               "holds, where the swarm serves worst (serve/placement.py)")
+
+
+def _auto_span(model: str, tracker: str | None, dht: DhtConfig | None,
+               weights_budget_mb: float | None) -> str:
+    """`--layers auto`: read the swarm (the DHT with `--join`, else the tracker), and choose
+    the span of the layers that fit that raises its weakest throughput most."""
+    import asyncio
+    import os
+
+    from serve.exceptions import ServeError
+    from serve.placement import choose_span, layers_that_fit
+
+    client = config().client()
+    version_id = client.resolve(model)
+    manifest = client.manifest(version_id)  # sizes from the signed manifest: nothing downloaded
+    budget = (int(weights_budget_mb * MB) if weights_budget_mb else
+              os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    try:
+        length = layers_that_fit(manifest, budget)
+        nodes = asyncio.run(_swarm_view(tracker, dht))
+    except ServeError as exc:
+        fail(f"--layers auto: {exc}")
+    except Exception as exc:  # unreachable tracker or DHT: choosing blind would be a guess
+        fail(f"--layers auto: cannot read the swarm ({type(exc).__name__}: {exc}); "
+             "pass --layers START:END")
+    serving = [n for n in nodes if version_id in (n.version, *n.versions)]
+    start, end = choose_span(serving, manifest.num_layers, length)
+    typer.echo(f"--layers auto: {start}:{end} ({length} of {manifest.num_layers} layers fit "
+               f"{budget / MB:.0f} MiB; {len(serving)} nodes serve this version)", err=True)
+    return f"{start}:{end}"
+
+
+async def _swarm_view(tracker: str | None, dht: DhtConfig | None) -> list:
+    """The nodes a gateway would see now, each record verified."""
+    from serve.discovery import TrackerDiscovery
+    from serve.exceptions import ServeError
+
+    if dht is not None:
+        from serve.dht import DhtPeer
+        from serve.dht_discovery import DhtDiscovery
+
+        reader = DhtDiscovery(DhtPeer(dht.model_copy(update={"port": 0})))
+        try:
+            await reader.refresh()
+            return await reader.nodes()
+        finally:
+            reader.peer.stop()
+    if not tracker:
+        raise ServeError("no tracker and no --join to read the swarm from")
+    reader = TrackerDiscovery(tracker)
+    try:
+        return await reader.nodes()
+    finally:
+        await reader.aclose()
+
+
 def node_config(model: str, layers: str, port: int, tracker: str | None = NODE["tracker_url"],
                 announce_url: str | None = NODE["announce_url"],
                 threads: int | None = NODE["threads"],
@@ -156,8 +214,11 @@ def tracker(port: Annotated[int, typer.Option()] = TRACKER_PORT,
 
 @command(cli)
 def node(model: Annotated[str, typer.Option(help="name@channel, channel or version")],
-         layers: Annotated[str, typer.Option(help="START:END, end exclusive")],
          port: Annotated[int, typer.Option()],
+         layers: Annotated[str, typer.Option(help=LAYERS_HELP)] = "auto",
+         weights_budget_mb: Annotated[Optional[float], typer.Option(
+             help="memory for weights with --layers auto (default: half of what is free)")] =
+         None,
          tracker: Annotated[Optional[str], typer.Option(help="tracker URL")] =
          NODE["tracker_url"],
          host: Annotated[str, typer.Option(help=HOST_HELP)] = NODE["host"],
@@ -186,14 +247,17 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
          join: Annotated[Optional[list[str]], typer.Option("--join", help=JOIN_HELP)] = None,
          dht_port: Annotated[int, typer.Option(help="UDP port of this node's DHT peer "
                                                "(0: any)")] = 0) -> None:
-    """Serve layers START:END of a verified registry version."""
+    """Serve layers START:END of a verified registry version (or the span the swarm needs)."""
     from serve.node import run_node
 
     _pin_root(root_fingerprint)
+    dht = _dht(join, dht_port)
+    if layers == "auto":
+        layers = _auto_span(model, tracker, dht, weights_budget_mb)
     node_cfg = node_config(model, layers, port, tracker, announce_url, threads, memory_budget_mb,
                            idle_timeout, gateway_key, host, _tls(tls))
     node_cfg.watch = _watch(watch, watch_poll, drain_grace)
-    node_cfg.dht = _dht(join, dht_port)
+    node_cfg.dht = dht
     if via:
         if tls == "off":
             fail("--via needs TLS: the relay must see only ciphertext")
