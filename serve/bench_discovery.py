@@ -12,10 +12,19 @@ gateway's `DhtDiscovery`). Measured, per size:
   refresh costs, and so how often it could refresh;
 - **death to removal**: from SIGKILL of a process to its record leaving the reader's view (the
   bound is `ttl_s` plus one lookup, which may wait out the dead peer's `rpc_timeout_s`; a
-  gateway, refreshing every `refresh_s`, adds up to that).
+  gateway, refreshing every `refresh_s`, adds up to that);
+- **start to first routed request**: a real gateway (`shoal gateway --join`, started while the
+  removals are timed) joins the same swarm with no node serving its model, so it answers 503;
+  then a real node (`shoal node --join`, all layers) is spawned, and the time to the first 200
+  completion is taken, the gateway polling with one-token requests; the benchmark checks that
+  the answer's route is that node. It is the node's start (imports, checkout verified, weights
+  loaded), its first announcement, the gateway's next lookup, and the gateway's verifier
+  admitting it (a live-weight proof) before routing; the node's record reaching the reader is
+  timed too. Each sample is a new node (a new key), started once the last one has left the
+  gateway's routes. The node and gateway use the DHT's default timings, so the swarm does too
+  when this part runs.
 
-A gateway routes through a new node only after its verifier admitted it; that check is measured by
-`shoal bench swarm --proofs`, not here. Means come with a 95 % t-interval (samples are small).
+Means come with a 95 % t-interval (samples are small).
 """
 
 from __future__ import annotations
@@ -29,8 +38,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serve.config import DhtConfig
+
+if TYPE_CHECKING:
+    from flows.config import ShoalConfig
+    from serve.invite import Invite
+
+API_KEY = "sk-bench"
+"""The benchmark gateway's API key (it listens on loopback only)."""
 
 
 @dataclass
@@ -43,7 +60,23 @@ class DiscoveryBenchConfig:
     """Processes killed one after another per size (each removal timed)."""
     ttl_s: float = DhtConfig.model_fields["ttl_s"].default
     announce_s: float = DhtConfig.model_fields["announce_s"].default
+    routed: int = 2
+    """Real nodes started one after another per size, each timed from its spawn to the first
+    completion the gateway routes through it (0: skip that part)."""
+    model: str = "production"
+    """Registry reference the gateway and the routed nodes serve (in the registry of the
+    `ShoalConfig` given to `run_discovery_bench`)."""
+    routed_timeout_s: float = 180.0
+    """Longest wait for one node's first routed request (or its departure from the routes)."""
     out_dir: Path = Path("bench-out")
+
+    def __post_init__(self) -> None:
+        defaults = (DhtConfig.model_fields["ttl_s"].default,
+                    DhtConfig.model_fields["announce_s"].default)
+        if self.routed and (self.ttl_s, self.announce_s) != defaults:
+            raise ValueError(f"routed={self.routed} starts real nodes and a gateway, which use "
+                             f"the DHT's default ttl_s and announce_s {defaults}; got "
+                             f"{(self.ttl_s, self.announce_s)} (set routed=0 to change them)")
 
 
 def mean_ci(values: list[float]) -> dict:
@@ -74,7 +107,122 @@ async def _first_line(proc: subprocess.Popen) -> dict:
     return json.loads(line)
 
 
-async def _measure(cfg: DiscoveryBenchConfig, n: int, log_dir: Path) -> dict:
+class _Routed:
+    """A real gateway on the benchmark's swarm, and the real nodes timed from their spawn to the
+    first completion it routes through them."""
+
+    def __init__(self, cfg: DiscoveryBenchConfig, shoal_cfg: ShoalConfig, invite: Invite,
+                 log_dir: Path, n: int) -> None:
+        from serve.up import free_port
+
+        client = shoal_cfg.client()
+        self.version = client.resolve(cfg.model)
+        self.layers = client.manifest(self.version).num_layers
+        self.cfg, self.home, self.log_dir, self.n = cfg, shoal_cfg.home, log_dir, n
+        self.invite_file = log_dir / f"invite-{n}.txt"  # the secret stays out of argv
+        self.invite_file.write_text(invite.encode() + "\n")
+        self.port, self.return_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        env = {**os.environ, "SHOAL_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
+               "OMP_NUM_THREADS": "1"}
+        log = open(self.log_dir / f"{name}-{self.n}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def _alive(self, proc: subprocess.Popen, name: str) -> None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the benchmark's {name} exited with {proc.returncode}; see "
+                               f"{self.log_dir / f'{name}-{self.n}.log'}")
+
+    def spawn_gateway(self) -> None:
+        self._spawn("gateway", [
+            "gateway", "--model", self.version, "--join", f"@{self.invite_file}", "--port",
+            str(self.port), "--return-port", str(self.return_port), "--return-url",
+            f"ws://127.0.0.1:{self.return_port}", "--api-key", API_KEY, "--drafter", "off"])
+
+    async def wait_gateway(self) -> None:
+        """Wait until the gateway answers (503 at first: no node serves its model)."""
+        import httpx
+
+        gateway = self.procs[0]
+        deadline = time.monotonic() + self.cfg.routed_timeout_s
+        async with httpx.AsyncClient(timeout=5) as http:
+            while time.monotonic() < deadline:
+                self._alive(gateway, "gateway")
+                try:
+                    await http.get(f"{self.url}/health")
+                    return
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.2)
+        raise RuntimeError(f"the benchmark's gateway did not answer in "
+                           f"{self.cfg.routed_timeout_s:.0f} s")
+
+    async def sample(self, reader, i: int, last: bool) -> dict:
+        """Spawn a node serving every layer, time its record's first sight and the first 200
+        through it, kill it and (unless `last`) wait until the gateway has no route again."""
+        import httpx
+
+        from serve.up import free_port
+
+        port = free_port()
+        name = f"node{i}"
+        t0 = time.monotonic()
+        node = self._spawn(name, [
+            "node", "--model", self.version, "--layers", f"0:{self.layers}", "--port",
+            str(port), "--join", f"@{self.invite_file}", "--threads", "1", "--announce-url",
+            f"ws://127.0.0.1:{port}"])
+        deadline = t0 + self.cfg.routed_timeout_s
+        visible, node_id = None, None
+        body = {"model": "default", "prompt": "hello", "max_tokens": 1, "temperature": 0}
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(timeout=30) as http:
+            while True:
+                self._alive(node, name)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no request was routed through {name} in "
+                                       f"{self.cfg.routed_timeout_s:.0f} s")
+                if node_id is None:
+                    await reader.refresh()
+                    mine = [x for x in reader.listed() if x.pid == node.pid]
+                    if mine:
+                        visible, node_id = time.monotonic() - t0, mine[0].node_id
+                r = await http.post(f"{self.url}/v1/completions", json=body, headers=headers)
+                if r.status_code == 200:
+                    routed = time.monotonic() - t0
+                    route = r.json()["shoal"]["route"]
+                    break
+                if r.status_code != 503:
+                    raise RuntimeError(f"the gateway answered {r.status_code}: {r.text[:300]}")
+                await asyncio.sleep(0.1)
+            if node_id is not None and route != [node_id]:
+                raise RuntimeError(f"the first completion went through {route}, not {node_id}")
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+            while not last and (await http.get(f"{self.url}/health")).status_code == 200:
+                if time.monotonic() > deadline + self.cfg.routed_timeout_s:
+                    raise RuntimeError(f"the gateway still routes through killed {name}")
+                await asyncio.sleep(0.2)
+        return {"start_to_visible_s": visible, "start_to_routed_s": routed}
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+async def _measure(cfg: DiscoveryBenchConfig, n: int, log_dir: Path,
+                   shoal_cfg: ShoalConfig | None) -> dict:
     from serve.dht import DhtPeer
     from serve.dht_discovery import DhtDiscovery
     from serve.invite import Peer, new_invite
@@ -88,6 +236,7 @@ async def _measure(cfg: DiscoveryBenchConfig, n: int, log_dir: Path) -> dict:
     member = DhtConfig(invite=invite, ttl_s=cfg.ttl_s, announce_s=cfg.announce_s,
                        host="127.0.0.1")
     procs, spawned = [], []
+    routed = _Routed(cfg, shoal_cfg, invite, log_dir, n) if cfg.routed else None
     try:
         for i in range(n):
             spawned.append(time.monotonic())
@@ -117,6 +266,8 @@ async def _measure(cfg: DiscoveryBenchConfig, n: int, log_dir: Path) -> dict:
             await reader.refresh()
             lookups += 1
         lookup_rate = lookups / (time.monotonic() - t0)
+        if routed is not None:  # its start (imports, checkout) overlaps the removals' waits
+            routed.spawn_gateway()
         removal = []
         for i in range(min(cfg.kills, n)):
             os.killpg(procs[i].pid, signal.SIGKILL)
@@ -128,12 +279,22 @@ async def _measure(cfg: DiscoveryBenchConfig, n: int, log_dir: Path) -> dict:
                 await reader.refresh()
                 await asyncio.sleep(0.05)
             removal.append(time.monotonic() - died)
+        samples = []
+        if routed is not None:
+            await routed.wait_gateway()
+            samples = [await routed.sample(reader, i, i == cfg.routed - 1)
+                       for i in range(cfg.routed)]
         return {"nodes": n, "start_to_visible": mean_ci(start_to_visible),
                 "announce_to_visible": mean_ci(announce_to_visible),
                 "lookups_per_s": round(lookup_rate, 1), "lookups": lookups,
                 "death_to_removal": mean_ci(removal),
-                "removal_bound_s": cfg.ttl_s + member.rpc_timeout_s}
+                "removal_bound_s": cfg.ttl_s + member.rpc_timeout_s,
+                "start_to_routed": mean_ci([x["start_to_routed_s"] for x in samples])
+                if samples else None,
+                "routed_samples": samples}
     finally:
+        if routed is not None:
+            routed.stop()
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
@@ -141,19 +302,26 @@ async def _measure(cfg: DiscoveryBenchConfig, n: int, log_dir: Path) -> dict:
         reader.peer.stop()
 
 
-def run_discovery_bench(cfg: DiscoveryBenchConfig) -> dict:
-    """Every size in turn; writes `discovery.json` and `discovery.png` to `cfg.out_dir`."""
+def run_discovery_bench(cfg: DiscoveryBenchConfig, shoal_cfg: ShoalConfig | None = None) -> dict:
+    """Every size in turn; writes `discovery.json` and `discovery.png` to `cfg.out_dir`. The
+    routed part's processes use `shoal_cfg`'s home and registry (default: the environment's)."""
+    if cfg.routed and shoal_cfg is None:
+        from flows.config import ShoalConfig
+
+        shoal_cfg = ShoalConfig.from_env()
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     log_dir = cfg.out_dir / "discovery-logs"
     log_dir.mkdir(exist_ok=True)
-    runs = [asyncio.run(_measure(cfg, n, log_dir)) for n in cfg.sizes]
+    runs = [asyncio.run(_measure(cfg, n, log_dir, shoal_cfg)) for n in cfg.sizes]
     report = {"config": {"sizes": cfg.sizes, "lookup_s": cfg.lookup_s, "kills": cfg.kills,
                          "ttl_s": cfg.ttl_s, "announce_s": cfg.announce_s,
-                         "load_average": os.getloadavg()[0]},
+                         "routed": cfg.routed, "model": cfg.model if cfg.routed else None,
+                         "cpus": os.cpu_count(), "load_average": os.getloadavg()[0]},
               "runs": runs,
               "summary": {str(r["nodes"]): {
                   "start_to_visible_s": r["start_to_visible"]["mean_s"],
                   "death_to_removal_s": r["death_to_removal"]["mean_s"],
+                  "start_to_routed_s": (r["start_to_routed"] or {}).get("mean_s"),
                   "lookups_per_s": r["lookups_per_s"]} for r in runs}}
     (cfg.out_dir / "discovery.json").write_text(json.dumps(report, indent=1))
     _plot(runs, cfg.out_dir / "discovery.png")
@@ -166,14 +334,18 @@ def _plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (times, rate) = plt.subplots(1, 2, figsize=(9, 3.5))
+    keys = [("start_to_visible", "start → visible"), ("death_to_removal", "death → removal")]
+    if all(r["start_to_routed"] for r in runs):
+        keys.append(("start_to_routed", "node start → first routed request"))
+    fig, (times, rate) = plt.subplots(1, 2, figsize=(10, 3.5))
     sizes = [str(r["nodes"]) for r in runs]
-    for offset, key, label in ((-0.2, "start_to_visible", "start → visible"),
-                               (0.2, "death_to_removal", "death → removal")):
+    width = 0.8 / len(keys)
+    for k, (key, label) in enumerate(keys):
         means = [r[key]["mean_s"] for r in runs]
         errs = [[m - r[key]["ci95_s"][0] for m, r in zip(means, runs)],
                 [r[key]["ci95_s"][1] - m for m, r in zip(means, runs)]]
-        times.bar([i + offset for i in range(len(runs))], means, 0.4, yerr=errs, label=label)
+        times.bar([i + (k - (len(keys) - 1) / 2) * width for i in range(len(runs))], means,
+                  width, yerr=errs, label=label)
     times.set_xticks(range(len(runs)), sizes)
     times.set_xlabel("announcer processes")
     times.set_ylabel("seconds (mean, 95 % CI)")

@@ -166,12 +166,19 @@ def bench_discovery(nodes: Annotated[str, typer.Option(
                         help="seconds of back-to-back lookups per run")] = 5.0,
                     kills: Annotated[int, typer.Option(
                         help="processes killed per run, each removal timed")] = 3,
+                    routed: Annotated[int, typer.Option(
+                        help="real nodes per run, each timed from its start to the first "
+                        "request a real gateway routes through it (0: skip)")] = 2,
+                    model: Annotated[str, typer.Option(
+                        help="registry ref the gateway and those nodes serve")] = DEFAULT_MODEL,
                     out: Annotated[str, typer.Option()] = "bench-out") -> None:
-    """DHT discovery: process start to visible, death to removal, full lookups per second."""
+    """DHT discovery: process start to visible, node start to first routed request, death to
+    removal, full lookups per second."""
     from serve.bench_discovery import DiscoveryBenchConfig, run_discovery_bench
 
     report = run_discovery_bench(DiscoveryBenchConfig(
-        sizes=_split("--nodes", nodes, int), lookup_s=lookup_s, kills=kills, out_dir=Path(out)))
+        sizes=_split("--nodes", nodes, int), lookup_s=lookup_s, kills=kills, routed=routed,
+        model=model, out_dir=Path(out)), config())
     typer.echo(json.dumps(report["summary"], indent=2))
     typer.echo(f"wrote {Path(out) / 'discovery.json'} and {Path(out) / 'discovery.png'}")
 
