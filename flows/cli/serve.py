@@ -495,10 +495,40 @@ def verify(node_url: Annotated[str, typer.Option(
         raise typer.Exit(1)
 
 
+def _dht_view(join: list[str]) -> tuple[str, list[dict]]:
+    """One verified lookup of the nodes in the DHT swarm `--join` names, as a gateway reads
+    them: (where, node dicts like the tracker's)."""
+    import asyncio
+    import time
+
+    from serve.dht import DhtPeer
+    from serve.dht_discovery import DhtDiscovery
+
+    dht = _dht(join, 0)
+
+    async def read() -> tuple[str, list[dict]]:
+        reader = DhtDiscovery(DhtPeer(dht.model_copy(update={"host": dht.host or "0.0.0.0"})))
+        t0 = time.monotonic()
+        try:
+            await reader.refresh()
+            nodes = reader.listed()
+            peers = reader.peer.known_peers()
+        finally:
+            reader.peer.stop()
+        where = (f"the DHT of swarm {dht.invite.swarm!r} ({peers} peers, lookup "
+                 f"{time.monotonic() - t0:.1f} s)")
+        return where, [n.model_dump() for n in nodes]
+
+    return asyncio.run(read())
+
+
 @command(cli)
 def status(tracker: Annotated[str, typer.Option()] = TRACKER_URL,
            gateway: Annotated[Optional[str], typer.Option(
-               help="gateway URL: adds its rollout state")] = None) -> None:
+               help="gateway URL: adds its rollout state")] = None,
+           join: Annotated[Optional[list[str]], typer.Option(
+               "--join", help="read the nodes from this swarm's DHT instead of the tracker "
+               "(as for `shoal node --join`), each record verified")] = None) -> None:
     """Nodes (span, versions, trust, channel watch, load), the gateway's rollout, and the channel
     heads, in one view."""
     import httpx
@@ -508,15 +538,19 @@ def status(tracker: Annotated[str, typer.Option()] = TRACKER_URL,
     from registry.manifest import short_id
 
     console = Console()
-    table = Table(title=f"nodes at {tracker}")
+    if join:
+        where, nodes = _dht_view(join)
+    else:
+        where = tracker
+        try:
+            nodes = httpx.get(f"{tracker}/nodes", timeout=5).json()
+        except httpx.HTTPError as exc:
+            nodes = []
+            console.print(f"[red]tracker unreachable: {exc}[/red]")
+    table = Table(title=f"nodes at {where}")
     for col in ("node", "layers", "offers", "loaded", "trust", "channel", "sessions",
                 "batches", "ms/token/layer"):
         table.add_column(col)
-    try:
-        nodes = httpx.get(f"{tracker}/nodes", timeout=5).json()
-    except httpx.HTTPError as exc:
-        nodes = []
-        console.print(f"[red]tracker unreachable: {exc}[/red]")
     for n in sorted(nodes, key=lambda n: (n["start"], n["node_id"])):
         st = n.get("stats", {})
         watch = n.get("channel") or {}

@@ -71,6 +71,25 @@ def test_both_gateways_without_a_tracker_answer_as_generate_does(dht_swarm, refe
         assert greedy_text(url) == expected
 
 
+def test_status_shows_the_nodes_the_dht_holds(dht_swarm, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    invite = tmp_path / "invite.txt"
+    invite.write_text(dht_swarm.invite.encode() + "\n")
+    shown = CliRunner().invoke(app, ["status", "--join", f"@{invite}"],
+                               env={"SHOAL_HOME": str(dht_swarm.home), "COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert "nodes at the DHT of swarm 'local'" in shown.output
+    nodes_table = shown.output.split("channels at")[0]
+    rows = [[cell.strip() for cell in line.split("│")][1:-1]
+            for line in nodes_table.splitlines() if line.startswith("│")]
+    # every node, each record verified, none evicted: node id, layers, …, trust
+    assert sorted(row[1] for row in rows) == ["0:2"] * 3 + ["0:4"] + ["2:4"] * 2, shown.output
+    assert all(len(row[0]) == 32 and row[4] == "ok" for row in rows), shown.output
+
+
 def test_killing_the_bootstrap_peer_and_a_replica_mid_stream_keeps_both_gateways_text(
         dht_swarm, reference):
     _, tok = reference
