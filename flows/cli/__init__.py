@@ -37,7 +37,8 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "demo": ("flow", "The whole flywheel: genesis, swarm, workload, curate, train, gate, "
                      "promote, roll out."),
     "tracker": ("serve", "Run the tracker that nodes announce to and gateways read."),
-    "node": ("serve", "Serve layers START:END of a verified registry version."),
+    "node": ("serve", "Serve layers START:END of a verified registry version (or the span the "
+                      "swarm needs)."),
     "gateway": ("serve", "Run the OpenAI-compatible gateway in front of the swarm (dashboard at "
                 "/dashboard)."),
     "relay": ("serve", "Relay loopback ports with a one-way delay each way (latency emulation)."),
