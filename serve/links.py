@@ -46,7 +46,8 @@ async def incoming(ws) -> AsyncIterator[tuple[wire.Message, object]]:
 class Links:
     def __init__(self, on_connect: Callable[[object], Awaitable[None]] | None = None,
                  max_size: int = 64 << 20, allow_plain: bool = False,
-                 max_links: int = MAX_LINKS) -> None:
+                 max_links: int = MAX_LINKS,
+                 on_close: Callable[[tuple[str, str]], None] | None = None) -> None:
         self.max_size = max_size
         """Largest frame accepted back on these links."""
         self.allow_plain = allow_plain
@@ -56,6 +57,10 @@ class Links:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.max_links = max_links
         self._on_connect = on_connect
+        self._on_close = on_close
+        """Called with (url, peer key) when the peer closes an open link (the reader that
+        `on_connect` started ends while the link is still in the pool): the link is dropped
+        from the pool first, so the next send dials afresh."""
         self._readers: set[asyncio.Task] = set()
 
     async def _connection(self, url: str, peer_key: str, fresh: bool):
@@ -78,7 +83,15 @@ class Links:
                     task = asyncio.create_task(self._on_connect(conn))
                     self._readers.add(task)
                     task.add_done_callback(self._readers.discard)
+                    if self._on_close is not None:
+                        task.add_done_callback(lambda _, link=link, conn=conn:
+                                               self._closed(link, conn))
             return conn
+
+    def _closed(self, link: tuple[str, str], conn: object) -> None:
+        if self._conns.get(link) is conn:  # not one this pool closed itself (trimmed, replaced)
+            del self._conns[link]
+            self._on_close(link)
 
     async def connect(self, url: str, peer_key: str = "") -> None:
         """Open the connection to `url` now if none is open (what `send` would dial first)."""

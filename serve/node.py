@@ -49,6 +49,24 @@ MAX_GATEWAYS = 64
 """Gateway keys a node keeps per-gateway state (audit stores, proof slots) for."""
 MAX_PENDING_REPLIES = 256
 """Error reports to gateways in flight at once (`Node._reply_error`)."""
+IN_FLIGHT_S = 10.0
+"""A session's latest forward passed to the next hop this recently is reported to its gateway as
+failed if that hop's connection closes (the hop's host may have died with the frame: without a
+report the gateway would wait out its whole traversal timeout). A report about a request already
+answered is ignored; a session has one forward in flight at a time, so one per session."""
+MAX_IN_FLIGHT = 1024
+"""Sessions remembered per next-hop link (the least recent forgotten first)."""
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """What a report about a forward passed on needs (not its tensors)."""
+
+    request_id: str
+    order_digest: bytes
+    ticket: object
+    next_node: str
+    at: float
 
 
 @dataclass
@@ -132,8 +150,12 @@ class Node:
         cannot push out another's)."""
         self._queue: asyncio.Queue = asyncio.Queue()
         self._links = Links(on_connect=_discard, max_size=1 << 20,
-                            allow_plain=config.tls == "off")
+                            allow_plain=config.tls == "off", on_close=self._link_closed)
         """Links to next hops and gateways: nothing legitimate comes back on them."""
+        self._forwarded: OrderedDict[tuple[str, str], OrderedDict[str, Forwarded]] = \
+            OrderedDict()
+        """Per next-hop link (url, key), per session: the latest forward passed on it, reported
+        as failed if the link closes within `IN_FLIGHT_S`."""
         self._replies: set[asyncio.Task] = set()
         """Error reports on their way to gateways (each in a task of its own)."""
         self._proving: OrderedDict[str, asyncio.Semaphore] = OrderedDict()
@@ -256,8 +278,12 @@ class Node:
     async def _send(self, url: str, frame: bytes, peer_key: str) -> None:
         await self._links.send(url, frame, peer_key)
 
-    async def _reply_error(self, job: Job, code: str, text: str,
+    async def _reply_error(self, job: Job | Forwarded, code: str, text: str,
                            node_id: str | None = None) -> None:
+        self._report(job, code, text, node_id)
+
+    def _report(self, job: Job | Forwarded, code: str, text: str,
+                node_id: str | None = None) -> None:
         """Tell the session's gateway (the ticket's signed reply address) that a hop failed.
 
         The report goes out from a task of its own, at most `MAX_PENDING_REPLIES` at once (more
@@ -451,6 +477,10 @@ class Node:
                 log.warning("next hop %s unreachable: %s", nxt.node_id, exc)
                 await self._reply_error(job, "next-hop-failed", "the next hop is unreachable",
                                         nxt.node_id)
+            else:
+                self._passed_on((nxt.url, nxt.public_key), Forwarded(
+                    job.request_id, job.order_digest, job.ticket, nxt.node_id,
+                    time.monotonic()))
             return
         frame = wire.encode(auth.make_result(self.key, job.keys.gateway, job.request_id, receipts,
                                              job.order_digest, dtype), out, dtype)
@@ -458,6 +488,30 @@ class Node:
             await self._send(job.ticket.reply_to, frame, job.ticket.gateway_key)
         except Exception as exc:
             log.warning("gateway unreachable: %s", exc)
+
+    def _passed_on(self, link: tuple[str, str], sent: Forwarded) -> None:
+        recent = self._forwarded.setdefault(link, OrderedDict())
+        self._forwarded.move_to_end(link)
+        recent[sent.ticket.session] = sent
+        recent.move_to_end(sent.ticket.session)
+        while recent and (len(recent) > MAX_IN_FLIGHT or
+                          sent.at - next(iter(recent.values())).at > IN_FLIGHT_S):
+            recent.popitem(last=False)
+        while len(self._forwarded) > self._links.max_links:
+            self._forwarded.popitem(last=False)
+
+    def _link_closed(self, link: tuple[str, str]) -> None:
+        """The next hop at `link` closed its connection: the forwards it got lately may have
+        died with it; tell their gateways now (each decides; an answered one is ignored)."""
+        recent = self._forwarded.pop(link, None) or {}
+        now = time.monotonic()
+        lost = [sent for sent in recent.values() if now - sent.at <= IN_FLIGHT_S]
+        if lost:
+            log.warning("next hop %s closed its link with forwards of %d sessions in flight",
+                        lost[0].next_node, len(lost))
+        for sent in lost:
+            self._report(sent, "next-hop-failed", "the next hop closed the connection",
+                         sent.next_node)
 
     def _keep_for_audit(self, job: Job, receipt: wire.Receipt, out: torch.Tensor) -> None:
         if out.shape != job.hidden.shape:

@@ -57,11 +57,20 @@ table inet shoal {
 
 
 def _alive(pid: int) -> bool:
-    """Whether `pid` still runs (a zombie, its sockets already closed, does not)."""
+    """Whether any thread of process `pid` still runs. A process's sockets close when its last
+    thread exits, and its main thread can be a zombie well before (a node runs torch and
+    executor threads), so every thread is looked at."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
         return False
+    for task in tasks:
+        try:
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                return True
+        except (FileNotFoundError, IndexError):
+            pass
+    return False
 
 
 def _ip(*args: str) -> None:
@@ -134,6 +143,7 @@ class Hosts:
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.01)
+        time.sleep(0.1)  # the connections' FINs (or resets) are on the wire
         _ip("-n", self.namespaces[name], "link", "del", self.links[name])
         return pids
 

@@ -109,7 +109,7 @@ def test_a_swarm_of_separate_hosts_answers_like_in_process_generate(
             f"http://127.0.0.1:{TRACKER_PORT}", "--host", "0.0.0.0", "--advertise", gateway,
             "--port", str(GATEWAY_PORT), "--return-port", str(RETURN_PORT), "--key", "gateway",
             "--root-fingerprint", fingerprint, "--api-key", "sk-test", *WATCH,
-            "--timeout", "5", "--verdict-log", str(gateway_home / "verdicts.jsonl")),
+            "--timeout", "10", "--verdict-log", str(gateway_home / "verdicts.jsonl")),
             env=env(gateway_home), log=logs / "gateway.log")
         on_gateway = {**base_env, "PYTHONPATH": os.getcwd()}
 
@@ -174,6 +174,11 @@ def test_a_swarm_of_separate_hosts_answers_like_in_process_generate(
     assert streamed["shoal"]["failovers"] >= 1, streamed
     assert killed not in streamed["shoal"]["route"], streamed
     assert streamed["text"] == expected_texts(second, [STREAM_PROMPT], STREAM_TOKENS)[0]
+    # and at once: the node before it saw the dead host's connection close and reported the
+    # forward it had passed on, so the gateway did not wait out its traversal timeout
+    failovers = [line for line in (logs / "gateway.log").read_text().splitlines()
+                 if line.startswith(f"failover after node {killed}")]
+    assert failovers and all("next hop closed the connection" in f for f in failovers), failovers
 
 
 def stream_and_kill(hosts: Hosts, gateway: str, tracker: str, env: dict[str, str],
