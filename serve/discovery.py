@@ -190,7 +190,9 @@ class RecordFilter:
         if len(self._logged) > 4096:  # bounded; a flood of ids only restarts the log
             self._logged.clear()
         self._logged.add((node_id, exc.check))
-        log.warning("dropping the record of node %r from %s: %s", node_id, self.source, exc)
+        # an older copy is routine where records are replicated (a DHT peer not yet updated)
+        level = logging.DEBUG if exc.check == "replay" else logging.WARNING
+        log.log(level, "dropping the record of node %r from %s: %s", node_id, self.source, exc)
 
 
 class TrackerDiscovery:
