@@ -242,6 +242,9 @@ def test_curate_served_as_a_scheduled_deployment(home, prefect_harness, tmp_path
     store = TraceStore(TraceStoreConfig(uri=str(home / "traces" / "lancedb"),
                                         log_dir=home / "traces" / "log", embed=False))
     _fill(store, synthetic.corpus(20, seed=7, eval_texts=EVAL))
+    # no gateway runs here: give the log up, so the flow's process embeds what it reads itself
+    # (while this process owned it, the flow waited `embed_wait_s` for an owner that never embeds)
+    store.log.release()
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
            "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = open(tmp_path / "serve.log", "wb")
