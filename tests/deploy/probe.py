@@ -37,6 +37,23 @@ async def _trip(conn) -> float:
             return 1000 * (time.perf_counter() - t0)
 
 
+async def sessions_of(node: dict) -> int:
+    """The sessions `node` (a tracker entry) has open now, from its signed pong."""
+    from serve import wire
+    from serve.transport import dial
+
+    conn = await dial(node["url"], node["public_key"], compression=None, ping_interval=None)
+    try:
+        ping = wire.Ping(uuid.uuid4().hex)
+        await conn.send(wire.encode(ping))
+        while True:
+            message, _ = wire.decode(await conn.recv())
+            if isinstance(message, wire.Pong) and message.request_id == ping.request_id:
+                return int(message.stats.get("sessions", 0))
+    finally:
+        await conn.close()
+
+
 async def pings(tracker_url: str, n: str, rounds: int = 10) -> dict:
     """Per node: the time to open the connection and ping round trips (ms). The nodes take
     turns, `n` / `rounds` pings each per round, so drift in the shared machine's load hits

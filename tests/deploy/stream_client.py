@@ -1,14 +1,15 @@
 """Run on the gateway host: stream one greedy chat completion through the official openai SDK and,
 once the first words have arrived, name the node of span START:END the stream runs through (the
-one the tracker lists with an open session), for the test to kill its host. Prints a line
-``{"in_use": NODE_ID}`` as soon as it is known, then one JSON object: the streamed text and the
-gateway's closing `shoal` extension (route, failovers).
+one replica of that span with a session open, as its own signed record in a pong says), for the
+test to kill its host. Prints a line ``{"in_use": NODE_ID}`` as soon as it is known, then one
+JSON object: the streamed text and the gateway's closing `shoal` extension (route, failovers).
 
     python -m tests.deploy.stream_client BASE_URL TRACKER_URL API_KEY START:END MAX_TOKENS PROMPT
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
@@ -17,28 +18,32 @@ import time
 import httpx
 from openai import OpenAI
 
+import serve.transport  # noqa: F401  (imported before the stream starts: torch takes seconds)
+import serve.wire  # noqa: F401
+from tests.deploy.probe import sessions_of
 
-def _in_use(tracker_url: str, start: int, end: int, found: list[str], stop: threading.Event,
-            t0: float) -> None:
-    with httpx.Client(timeout=2) as http:
+
+def _in_use(replicas: list[dict], found: list[str], stop: threading.Event, t0: float) -> None:
+    """Ping each replica (pinned, on its signed URL) until exactly one has a session open: the
+    signed record in its pong counts them as of now (the tracker's copy is a heartbeat old)."""
+    async def watch() -> None:
         while not stop.is_set():
-            try:
-                nodes = http.get(f"{tracker_url}/nodes").json()
-            except httpx.HTTPError:
-                nodes = []
-            busy = [n["node_id"] for n in nodes
-                    if (n["start"], n["end"]) == (start, end) and n["sessions"]]
+            busy = [n["node_id"] for n in replicas if await sessions_of(n)]
             if len(busy) == 1:
                 found.append(busy[0])
                 print(json.dumps({"in_use": busy[0], "at_s": round(time.monotonic() - t0, 2)}),
                       flush=True)
                 return
-            time.sleep(0.1)
+            await asyncio.sleep(0.02)
+
+    asyncio.run(watch())
 
 
 def main(base_url: str, tracker_url: str, api_key: str, span: str, max_tokens: str,
          prompt: str) -> None:
     start, end = (int(x) for x in span.split(":"))
+    replicas = [n for n in httpx.get(f"{tracker_url}/nodes", timeout=5).json()
+                if (n["start"], n["end"]) == (start, end)]
     t0 = time.monotonic()
     api = OpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0, timeout=120)
     stream = api.chat.completions.create(
@@ -53,8 +58,8 @@ def main(base_url: str, tracker_url: str, api_key: str, span: str, max_tokens: s
             continue
         text += chunk.choices[0].delta.content or ""
         if text and watcher is None:
-            watcher = threading.Thread(target=_in_use, args=(tracker_url, start, end, found,
-                                                             stop, t0), daemon=True)
+            watcher = threading.Thread(target=_in_use, args=(replicas, found, stop, t0),
+                                       daemon=True)
             watcher.start()
     stop.set()
     print(json.dumps({"text": text, "shoal": extension, "in_use": found[0] if found else None,

@@ -150,7 +150,8 @@ def test_a_swarm_of_separate_hosts_answers_like_in_process_generate(
     print("proofs (ms):", json.dumps({f"node{i}": [v["detail"] for v in verdicts
                                                    if v["node_id"] == n and v["kind"] == "proof"]
                                       for i, n in enumerate(ids)}))
-    print("stream:", json.dumps({k: v for k, v in streamed.items() if k != "text"}))
+    print("stream:", json.dumps({k: streamed[k] for k in ("elapsed_s", "killed_at_s")}),
+          json.dumps({k: streamed["shoal"][k] for k in ("failovers", "traversals")}))
     # no node failed a check before its host was killed
     assert all(v["ok"] for v in verdicts if v["node_id"] != killed), \
         [v for v in verdicts if not v["ok"]]
@@ -193,17 +194,16 @@ def stream_and_kill(hosts: Hosts, gateway: str, tracker: str, env: dict[str, str
         sys.executable, "-m", "tests.deploy.stream_client", f"http://{gateway}:{GATEWAY_PORT}",
         tracker, "sk-test", REPLICATED, str(STREAM_TOKENS), STREAM_PROMPT], env=env,
         log=logs / "stream-client.log", stdout=subprocess.PIPE, text=True)
-    killed = ""
-    lines = []
+    killed, killed_at, lines = "", None, []
     for line in client.stdout:
         if not line.startswith("{"):
             continue
         lines.append(line)
         message = json.loads(line)
         if "in_use" in message and "text" not in message:
-            killed = message["in_use"]
+            killed, killed_at = message["in_use"], message["at_s"]
             hosts.kill(f"node{ids.index(killed)}")
     client.wait(timeout=60)
     if client.returncode != 0 or not lines:
         raise RuntimeError(f"the stream client exited {client.returncode}: {lines}")
-    return json.loads(lines[-1]), killed
+    return {**json.loads(lines[-1]), "killed_at_s": killed_at}, killed
