@@ -57,7 +57,7 @@ def expected_texts(model_dir: Path, prompts: list[str] = PROMPTS, tokens: int = 
 
 def test_a_swarm_of_separate_hosts_answers_like_in_process_generate(
         tmp_path_factory, tiny_model_dir):
-    why_not = can_make_namespaces()
+    why_not = can_make_namespaces(firewall=True)
     if why_not:
         pytest.skip(why_not)
     registry_home = tiny_home(tmp_path_factory, tiny_model_dir)
