@@ -171,7 +171,7 @@ def run_swarm_bench(cfg: SwarmBenchConfig, shoal_cfg) -> dict:
 
 
 def build_drafters(cfg: SwarmBenchConfig, client, shoal_cfg) -> dict:
-    from serve.drafters import make_drafter
+    from serve.drafters import add_compositions, make_drafter
 
     drafters = {d: make_drafter(d) for d in cfg.drafters if d in ("prompt_lookup", "suffix")}
     if "draft_model" in cfg.drafters:
@@ -180,6 +180,11 @@ def build_drafters(cfg: SwarmBenchConfig, client, shoal_cfg) -> dict:
         version = client.resolve(cfg.draft_model)
         where = client.checkout_role(version, shoal_cfg.models_dir, "full")[0]
         drafters["draft_model"] = make_drafter("draft_model", directory=where)
+    add_compositions(drafters)
+    missing = [d for d in cfg.drafters if d != "off" and d not in drafters]
+    if missing:
+        raise ValueError(f"drafters {missing} are unknown or need their members in the list "
+                         f"too (e.g. prompt_lookup,suffix,prompt_lookup+suffix)")
     return drafters
 
 

@@ -211,6 +211,8 @@ async def _pair_draft(watcher, state: "GatewayState") -> None:
     version its lineage names (`draft_for`), so a new target never runs with a stale draft."""
     from serve.drafters import make_drafter
 
+    from serve.drafters import add_compositions
+
     channel = f"{watcher.watch.channel}-draft"
     runtime = state.runtime()
     try:
@@ -228,6 +230,7 @@ async def _pair_draft(watcher, state: "GatewayState") -> None:
     directory = await asyncio.to_thread(watcher.checkout, record.version, "full")
     drafter = await asyncio.to_thread(make_drafter, "draft_model", directory=directory)
     runtime.engine.drafters["draft_model"] = drafter
+    add_compositions(runtime.engine.drafters)  # prompt_lookup+draft_model, from the next request
     runtime.draft = record.version
     log.info("draft %s paired with %s", record.version[:19], runtime.version_id[:19])
 
@@ -241,11 +244,12 @@ def _prepare(cfg: GatewayConfig, watcher, version: str, key: SigningKey) -> "Run
 
 
 def build_drafters(cfg: GatewayConfig, draft_model_dir: Path | None = None) -> dict:
-    from serve.drafters import make_drafter
+    from serve.drafters import add_compositions, make_drafter
 
     drafters = {"prompt_lookup": make_drafter("prompt_lookup"), "suffix": make_drafter("suffix")}
     if draft_model_dir is not None:
         drafters["draft_model"] = make_drafter("draft_model", directory=draft_model_dir)
+    add_compositions(drafters)
     if cfg.drafter is not None and cfg.drafter not in drafters:
         raise ValueError(f"default drafter {cfg.drafter!r} is not available "
                          f"({', '.join(drafters)})")

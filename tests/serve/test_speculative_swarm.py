@@ -85,7 +85,8 @@ def test_greedy_text_identical_with_every_drafter(imported_default, tmp_path):
         rates = {}
         for prompt in PROMPTS:
             texts = {}
-            for drafter in ("off", "prompt_lookup", "suffix", "draft_model", "suffix"):
+            for drafter in ("off", "prompt_lookup", "suffix", "draft_model", "suffix",
+                            "prompt_lookup+suffix", "prompt_lookup+draft_model"):
                 r = api.chat.completions.create(
                     model="smollm2-135m-instruct", temperature=0, max_tokens=40,
                     messages=[{"role": "user", "content": prompt}],
@@ -100,7 +101,8 @@ def test_greedy_text_identical_with_every_drafter(imported_default, tmp_path):
         assert rates[(AGENTIC, "prompt_lookup")]["tokens_per_traversal"] > 1.5
         assert rates[(PROMPTS[1], "suffix")]["acceptance_rate"] > 0.5
         metrics = swarm_metrics(swarm)
-        assert set(metrics["speculation"]) >= {"none", "prompt_lookup", "suffix", "draft_model"}
+        assert set(metrics["speculation"]) >= {"none", "prompt_lookup", "suffix", "draft_model",
+                                               "prompt_lookup+suffix"}
 
 
 def swarm_metrics(swarm) -> dict:
