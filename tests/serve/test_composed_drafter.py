@@ -38,9 +38,12 @@ def test_each_round_drafts_from_the_member_that_has_something(two_models):
     its = table["draft_model"].start(FRESH, TEMPERATURE, 1.0, torch.Generator().manual_seed(3))
     a, b = mine.propose(FRESH, 3), its.propose(FRESH, 3)
     assert a.tokens == b.tokens and a.probs is not None and torch.equal(a.probs, b.probs)
-    # a single repeated token is not a copy worth drafting: the draft model drafts instead
+    # with min_copy=2 a single repeated token is not a copy: the draft model drafts instead
+    from serve.drafters.composed import ComposedDrafter
 
-    assert composed.start(FRESH, 0.0, 1.0, None).propose([5, 17, 5], 2).tokens == \
+    strict = ComposedDrafter(["prompt_lookup", "draft_model"], table, min_copy=2)
+    assert composed.start(FRESH, 0.0, 1.0, None).propose([5, 17, 5], 2).tokens == [17, 5]
+    assert strict.start(FRESH, 0.0, 1.0, None).propose([5, 17, 5], 2).tokens == \
         table["draft_model"].start(FRESH, 0.0, 1.0, None).propose([5, 17, 5], 2).tokens
 
 
