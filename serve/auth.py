@@ -320,6 +320,21 @@ def error_from(error: wire.Error, route: list[wire.Hop], about: bytes) -> bool:
             and verify(error.reporter, error.signature, wire.error_bytes(error)))
 
 
+def blame(error: wire.Error, route: list[wire.Hop]) -> tuple[str, str | None]:
+    """(node to blame, reporter when that is another node) for an `error` that `error_from`
+    accepted. A hop may name itself, or, with ``next-hop-failed``, the hop right after it on
+    this route; any other node it names is not believed, and the reporter is blamed instead
+    (otherwise one hop could get any node of the swarm excluded, one session at a time)."""
+    positions = [i for i, hop in enumerate(route) if hop.public_key == error.reporter]
+    for i in positions:
+        if error.node_id == route[i].node_id:
+            return route[i].node_id, None
+        if (error.code == "next-hop-failed" and i + 1 < len(route)
+                and route[i + 1].node_id == error.node_id):
+            return error.node_id, route[i].node_id
+    return route[positions[0]].node_id, None
+
+
 def sign_close(key: SigningKey, session: str) -> wire.Close:
     return wire.Close(session, key.public_hex, sign(key, wire.close_bytes(session)))
 

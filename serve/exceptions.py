@@ -13,11 +13,14 @@ class ServeError(Exception):
 class HopFailed(ServeError):
     """A traversal failed at a node; `node_id` names the node to avoid."""
 
-    def __init__(self, node_id: str, message: str, code: str = "failed") -> None:
+    def __init__(self, node_id: str, message: str, code: str = "failed",
+                 reporter: str | None = None) -> None:
         super().__init__(f"node {node_id}: {message}")
         self.node_id = node_id
         self.code = code
         """The node's error code (`wire.Error.code`), or ``failed`` / ``timeout`` locally."""
+        self.reporter = reporter
+        """The node whose signed error this is, when it names another (its next hop)."""
 
 
 class SessionEvicted(HopFailed):
@@ -28,10 +31,11 @@ class SessionEvicted(HopFailed):
     CODES = ("session-evicted", "cache-short")
 
 
-def hop_error(node_id: str, code: str, message: str) -> HopFailed:
+def hop_error(node_id: str, code: str, message: str, reporter: str | None = None
+              ) -> HopFailed:
     """The exception for a node's `Error` frame."""
     cls = SessionEvicted if code in SessionEvicted.CODES else HopFailed
-    return cls(node_id, f"{code}: {message}", code)
+    return cls(node_id, f"{code}: {message}", code, reporter)
 
 
 class NoRoute(ServeError):

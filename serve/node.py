@@ -56,6 +56,8 @@ report the gateway would wait out its whole traversal timeout). A report about a
 answered is ignored; a session has one forward in flight at a time, so one per session."""
 MAX_IN_FLIGHT = 1024
 """Sessions remembered per next-hop link (the least recent forgotten first)."""
+REDIAL_S = 2.0
+"""How long a node tries to dial a next hop that closed its link before reporting it down."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ class Node:
         self._links = Links(on_connect=_discard, max_size=1 << 20,
                             allow_plain=config.tls == "off", on_close=self._link_closed)
         """Links to next hops and gateways: nothing legitimate comes back on them."""
-        self._forwarded: OrderedDict[tuple[str, str], OrderedDict[str, Forwarded]] = \
+        self._forwarded: OrderedDict[tuple[str, str],
+                                     OrderedDict[tuple[str, str], Forwarded]] = \
             OrderedDict()
         """Per next-hop link (url, key), per session: the latest forward passed on it, reported
         as failed if the link closes within `IN_FLIGHT_S`."""
@@ -492,8 +495,9 @@ class Node:
     def _passed_on(self, link: tuple[str, str], sent: Forwarded) -> None:
         recent = self._forwarded.setdefault(link, OrderedDict())
         self._forwarded.move_to_end(link)
-        recent[sent.ticket.session] = sent
-        recent.move_to_end(sent.ticket.session)
+        key = (sent.ticket.gateway_key, sent.ticket.session)  # another gateway's id cannot
+        recent[key] = sent  # overwrite this one's entry
+        recent.move_to_end(key)
         while recent and (len(recent) > MAX_IN_FLIGHT or
                           sent.at - next(iter(recent.values())).at > IN_FLIGHT_S):
             recent.popitem(last=False)
@@ -502,16 +506,33 @@ class Node:
 
     def _link_closed(self, link: tuple[str, str]) -> None:
         """The next hop at `link` closed its connection: the forwards it got lately may have
-        died with it; tell their gateways now (each decides; an answered one is ignored)."""
+        died with it. Whether it is down is checked first (`_confirm_down`): a peer that is up
+        closes a link for reasons of its own (frames someone else made this node pass on were
+        refused, say), and a report would then blame a live node for every gateway at once."""
         recent = self._forwarded.pop(link, None) or {}
         now = time.monotonic()
         lost = [sent for sent in recent.values() if now - sent.at <= IN_FLIGHT_S]
-        if lost:
-            log.warning("next hop %s closed its link with forwards of %d sessions in flight",
+        if not lost or len(self._replies) >= MAX_PENDING_REPLIES:
+            return
+        task = asyncio.get_running_loop().create_task(self._confirm_down(link, lost))
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+
+    async def _confirm_down(self, link: tuple[str, str], lost: list[Forwarded]) -> None:
+        """Dial the next hop again; only if that fails, tell each lost forward's gateway (each
+        decides; an answered one is ignored). A live next hop is not blamed: the gateways whose
+        forwards died with the link fall back to their own timeout."""
+        try:
+            await asyncio.wait_for(self._links.connect(*link), REDIAL_S)
+        except Exception:
+            log.warning("next hop %s is down with forwards of %d sessions in flight",
                         lost[0].next_node, len(lost))
-        for sent in lost:
-            self._report(sent, "next-hop-failed", "the next hop closed the connection",
-                         sent.next_node)
+            for sent in lost:
+                self._report(sent, "next-hop-failed", "the next hop closed the connection and "
+                             "does not answer a new one", sent.next_node)
+        else:
+            log.warning("next hop %s closed its link with forwards of %d sessions in flight, "
+                        "and accepts a new one: not reported", lost[0].next_node, len(lost))
 
     def _keep_for_audit(self, job: Job, receipt: wire.Receipt, out: torch.Tensor) -> None:
         if out.shape != job.hidden.shape:

@@ -3,7 +3,10 @@ throughput (Petals' rule for choosing blocks), from what discovery lists.
 
 Each layer's throughput is the sum, over the nodes serving it that this reader does not hold
 evicted, of what such a node pushes through its whole span: 1000 / (ms per token-layer × span
-length) tokens/s, from its signed record (unmeasured nodes count 1 ms per token-layer). A new
+length) tokens/s, from its signed record. The speed is the node's own claim, so none counts as
+faster than 1 ms per token-layer (the unmeasured default): a record claiming near-zero time
+cannot make its layers look served by one fake node. Fake records still count as nodes (a key
+costs nothing), so an operator who distrusts the listing passes `--layers`. A new
 node of `length` layers takes the window whose throughputs, sorted weakest first, are
 lexicographically smallest: the window holding the weakest layer (uncovered layers count 0),
 and among those the one whose next-weakest is weakest, the earliest on a tie.
@@ -38,7 +41,7 @@ def layer_throughput(nodes: Iterable[NodeInfo], num_layers: int) -> list[float]:
     for node in nodes:
         if node.status == "evicted" or not 0 <= node.start < node.end <= num_layers:
             continue
-        ms = node.ms_per_token_layer if node.ms_per_token_layer > 0 else UNMEASURED_MS
+        ms = max(node.ms_per_token_layer, UNMEASURED_MS)  # a claimed speed never counts more
         rate = 1000.0 / (ms * (node.end - node.start))
         for layer in range(node.start, node.end):
             per_layer[layer] += rate

@@ -183,7 +183,8 @@ class Pipeline:
         elif isinstance(message, wire.Error):
             if not auth.error_from(message, expected.route, expected.about):
                 return self._refuse("error-unsigned")
-            future.set_exception(hop_error(message.node_id, message.code, message.message))
+            blamed, reporter = auth.blame(message, expected.route)
+            future.set_exception(hop_error(blamed, message.code, message.message, reporter))
         elif isinstance(message, (wire.Proof, wire.Pong, wire.AuditReply)):
             if expected.order is not None:  # a traversal wants a result
                 return self._refuse("unexpected")
@@ -323,6 +324,26 @@ class Pipeline:
             self.measured_ms[hop.node_id] = per_layer if old is None else \
                 0.8 * old + 0.2 * per_layer
 
+    async def culprit(self, exc: HopFailed, route: list[wire.Hop]) -> str:
+        """The node to route around after `exc`. A hop that reports its next hop down is
+        believed only if that hop does not answer a ping now; otherwise the reporter is avoided
+        (it lied, or the link between the two is broken: either way not through it)."""
+        if exc.reporter is None or exc.reporter == exc.node_id:
+            return exc.node_id
+        named = next((h for h in route if h.node_id == exc.node_id), None)
+        if named is None:
+            return exc.reporter
+        ping = wire.Ping(uuid.uuid4().hex)
+        try:
+            await self.request(named.url, ping, node_id=named.node_id, timeout_s=2.0,
+                               public_key=named.public_key,
+                               expect=Expect([named], wire.header_digest(ping)))
+        except Exception:
+            return exc.node_id
+        log.warning("%s reported %s down, but it answers: avoiding the reporter", exc.reporter,
+                    exc.node_id)
+        return exc.reporter
+
     async def _silent_node(self, route: list[wire.Hop]) -> str:
         """After a timeout, find which hop of the route does not answer a ping."""
         for hop in route:
@@ -409,7 +430,7 @@ class Session:
                     raise
                 log.warning("failover after %s", exc)
                 if not isinstance(exc, SessionEvicted):  # an evicted session is no one's fault
-                    self.pipeline.exclude(exc.node_id)
+                    self.pipeline.exclude(await self.pipeline.culprit(exc, self.route))
                 self._abandon_route()
                 continue
             self.traversals += 1
