@@ -1,8 +1,9 @@
 """Swarm membership for DHT discovery: invites, the keys derived from a swarm's secret, and the
 sealing of every value stored in the DHT.
 
-An invite names a swarm, carries its membership secret and some bootstrap peers (any peer of the
-swarm will do; none is distinguished). Everything else comes from the secret:
+An invite names a swarm, carries its membership secret, some bootstrap peers (any peer of the
+swarm will do; none is distinguished) and, optionally, the fingerprint of the registry the swarm
+serves from (its root, pinned by whoever joins). Everything else comes from the secret:
 
 - **where** records live: DHT keys are HMAC-SHA256(secret, label)[:20], so a process without the
   secret cannot even compute which keys hold the swarm's records;
@@ -87,6 +88,10 @@ class Invite(BaseModel):
     """256-bit membership secret, hex."""
     peers: list[Peer] = Field(default_factory=list, max_length=64)
     """Bootstrap peers: any members' DHT addresses."""
+    registry: str | None = Field(None, pattern="^[0-9a-f]{64}$")
+    """The fingerprint of the registry the swarm serves from (`registry.client.root_fingerprint`):
+    a joining node or gateway pins that registry's root only if it matches, so `--join INVITE`
+    alone never trusts a registry on first use."""
 
     def encode(self) -> str:
         """The invite as one copy-pasteable token."""

@@ -46,7 +46,8 @@ def _tls(mode: str) -> str:
 
 
 FINGERPRINT_HELP = ("the registry's fingerprint (`shoal registry show`): its first root is "
-                    "pinned only if it matches, never on first use")
+                    "pinned only if it matches, never on first use (default: the --join "
+                    "invite's)")
 
 
 def _pin_root(fingerprint: str | None) -> None:
@@ -55,9 +56,16 @@ def _pin_root(fingerprint: str | None) -> None:
     trust on first use)."""
     if fingerprint:
         from registry.client import RegistryClient
+        from registry.exceptions import VerificationError
 
         cfg = config()
-        RegistryClient(cfg.store(), cfg.trust_dir, fingerprint=fingerprint).policy()
+        try:
+            RegistryClient(cfg.store(), cfg.trust_dir, fingerprint=fingerprint).policy()
+        except VerificationError as exc:
+            fail(f"registry {cfg.registry_url}: {exc}")
+        except Exception as exc:  # unreachable, refused, not a registry: nothing is pinned
+            fail(f"cannot read the registry at {cfg.registry_url} to pin its root "
+                 f"({type(exc).__name__}: {exc})")
 
 
 def _identity(path: Path | None):
@@ -250,8 +258,8 @@ def node(model: Annotated[str, typer.Option(help="name@channel, channel or versi
     """Serve layers START:END of a verified registry version (or the span the swarm needs)."""
     from serve.node import run_node
 
-    _pin_root(root_fingerprint)
     dht = _dht(join, dht_port)
+    _pin_root(root_fingerprint or (dht.invite.registry if dht is not None else None))
     if layers == "auto":
         layers = _auto_span(model, tracker, dht, weights_budget_mb)
     node_cfg = node_config(model, layers, port, tracker, announce_url, threads, memory_budget_mb,
@@ -340,6 +348,8 @@ def gateway(model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
     if key and key_file:
         fail("give --key NAME or --key-file FILE, not both")
     signing_key = load_key(cfg.keys_dir, key, cfg.key_passphrase) if key else _identity(key_file)
+    if root_fingerprint is None and join:
+        root_fingerprint = _dht(join, 0).invite.registry  # the invite's registry, pinned
     _pin_root(root_fingerprint)
     version_id, directory, manifest = _checkout(model, "head")
     draft_dir = trusted_dir = None

@@ -159,3 +159,40 @@ def test_a_fingerprint_given_later_is_checked_against_the_pin(tiny_registry, tmp
         RegistryClient(Store(str(other)), tmp_path / "trust", fingerprint=theirs).policy()
     good = root_fingerprint((reg.path / "root" / "1.root.json").read_bytes())
     RegistryClient(Store(str(reg.path)), tmp_path / "trust", fingerprint=good).policy()
+
+
+def test_an_invite_carries_the_fingerprint_joiners_pin(tiny_registry, tmp_path, monkeypatch):
+    """`shoal swarm invite` in the maintainer's home names its registry's fingerprint; a node
+    joining with that invite pins the registry it reads over HTTP only if it matches, with no
+    `--root-fingerprint` of its own."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from serve.invite import decode_invite
+
+    reg, _ = tiny_registry
+    fingerprint = root_fingerprint((reg.path / "root" / "1.root.json").read_bytes())
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "maintainer"))
+    monkeypatch.setenv("SHOAL_REGISTRY", str(reg.path))
+    made = CliRunner().invoke(app, ["swarm", "invite", "--name", "s", "--peer", "127.0.0.1:9"])
+    assert made.exit_code == 0, made.output
+    invite = decode_invite(made.stdout.strip().splitlines()[0])
+    assert invite.registry == fingerprint
+    bare = CliRunner().invoke(app, ["swarm", "invite", "--root-fingerprint", "none"])
+    assert decode_invite(bare.stdout.strip().splitlines()[0]).registry is None
+    bad = CliRunner().invoke(app, ["swarm", "invite", "--root-fingerprint", "XYZ"])
+    assert bad.exit_code != 0 and "64 lowercase hex" in bad.output
+    forged = invite.model_copy(update={"registry": "ab" * 32}).encode()
+    with served(reg.path) as url:
+        monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "joiner"))
+        monkeypatch.setenv("SHOAL_REGISTRY", url)
+        refused = CliRunner().invoke(app, ["node", "--join", forged, "--model", "tiny@production",
+                                           "--layers", "0:2", "--port", "1"])
+        assert refused.exit_code != 0 and "root-fingerprint" in str(refused.output) + str(
+            refused.exception), refused.output
+        assert not (tmp_path / "joiner" / "trust" / "root.json").exists()
+        from flows.cli.serve import _dht, _pin_root
+
+        _pin_root(_dht([invite.encode()], 0).invite.registry)  # what `shoal node --join` does
+        assert (tmp_path / "joiner" / "trust" / "root.json").read_bytes() == \
+            (reg.path / "root" / "1.root.json").read_bytes()
