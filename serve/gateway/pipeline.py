@@ -333,12 +333,7 @@ class Pipeline:
         named = next((h for h in route if h.node_id == exc.node_id), None)
         if named is None:
             return exc.reporter
-        ping = wire.Ping(uuid.uuid4().hex)
-        try:
-            await self.request(named.url, ping, node_id=named.node_id, timeout_s=2.0,
-                               public_key=named.public_key,
-                               expect=Expect([named], wire.header_digest(ping)))
-        except Exception:
+        if not await self._answers(named):
             return exc.node_id
         log.warning("%s reported %s down, but it answers: avoiding the reporter", exc.reporter,
                     exc.node_id)
@@ -347,14 +342,20 @@ class Pipeline:
     async def _silent_node(self, route: list[wire.Hop]) -> str:
         """After a timeout, find which hop of the route does not answer a ping."""
         for hop in route:
-            ping = wire.Ping(uuid.uuid4().hex)
-            try:
-                await self.request(hop.url, ping, node_id=hop.node_id, timeout_s=2.0,
-                                   public_key=hop.public_key,
-                                   expect=Expect([hop], wire.header_digest(ping)))
-            except Exception:
+            if not await self._answers(hop):
                 return hop.node_id
         return route[-1].node_id
+
+    async def _answers(self, hop: wire.Hop, timeout_s: float = 2.0) -> bool:
+        """Whether `hop` answers a ping with a pong signed by its key within `timeout_s`."""
+        ping = wire.Ping(uuid.uuid4().hex)
+        try:
+            await self.request(hop.url, ping, node_id=hop.node_id, timeout_s=timeout_s,
+                               public_key=hop.public_key,
+                               expect=Expect([hop], wire.header_digest(ping)))
+        except Exception:
+            return False
+        return True
 
     async def ping(self, hop: wire.Hop) -> tuple[float, dict]:
         """Round-trip time in ms and the node's self-reported info."""

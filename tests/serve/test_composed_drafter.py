@@ -16,7 +16,8 @@ from serve.drafters.prompt_lookup import PromptLookupDrafter
 from serve.drafters.suffix import SuffixDrafter
 from serve.gateway.speculative import verify
 from serve.sampling import SamplingParams, target_probs
-from tests.serve.test_speculative import ALPHA, TEMPERATURE, chi_square_p, two_models  # noqa: F401
+from tests.serve.test_speculative import (  # noqa: F401 - two_models is a fixture
+    ALPHA, TEMPERATURE, chi_square_p, exact_pairs, two_models)
 
 COPIED = [5, 17, 42, 9, 5, 17]  # the tail (5, 17) occurred before, followed by 42, 9
 FRESH = [5, 17, 42]
@@ -89,18 +90,6 @@ def sample_pairs(target, composed, prompt: list[int], n: int, seed: int) -> Coun
                                              generator=g)))
         counts[tuple(out[:2])] += 1
     return counts
-
-
-def exact_pairs(target, prompt: list[int]) -> dict:
-    params = SamplingParams(temperature=TEMPERATURE)
-    with torch.no_grad():
-        p0 = target_probs(target(torch.tensor([prompt])).logits[0, -1], params)
-        out = {}
-        for t0 in torch.nonzero(p0 > 1e-4).flatten().tolist():
-            p1 = target_probs(target(torch.tensor([prompt + [t0]])).logits[0, -1], params)
-            for t1 in torch.nonzero(p1 > 1e-5).flatten().tolist():
-                out[(t0, t1)] = float(p0[t0] * p1[t1])
-    return out
 
 
 def test_sampling_through_the_composition_is_lossless(two_models):

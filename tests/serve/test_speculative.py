@@ -111,9 +111,10 @@ def sample_first_tokens(target, draft, *, speculative: bool, plain_accept: bool 
     return counts
 
 
-def exact_pairs(target) -> dict:
+def exact_pairs(target, prompt: list[int] = (5, 17, 42)) -> dict:
+    """The exact distribution of the first two tokens after `prompt` at TEMPERATURE."""
     params = SamplingParams(temperature=TEMPERATURE)
-    prompt = [5, 17, 42]
+    prompt = list(prompt)
     with torch.no_grad():
         p0 = target_probs(target(torch.tensor([prompt])).logits[0, -1], params)
         out = {}
