@@ -383,8 +383,11 @@ class LocalSwarm:
         self.stop()
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGINT reached the process serving the swarm."""
+class Stopped(BaseException):
+    """SIGTERM or SIGINT reached the process serving the swarm. A `BaseException`, as
+    `KeyboardInterrupt` is: raised from the signal handler wherever the process is, it must not
+    be swallowed by an `except Exception` on the way (in an HTTP client's retry, say), which
+    left `shoal up` serving after SIGINT."""
 
 
 def serve_until_stopped(swarm: LocalSwarm, say: Callable[[str], None],

@@ -43,8 +43,12 @@ def test_zero3_gathers_partitioned_weights_and_trains_like_zero2(runs):
     assert zero3.loss_curve == pytest.approx(zero2.loss_curve, rel=1e-4)
     a, b = state(Path(config3.output) / "model"), state(Path(config2.output) / "model")
     assert set(a) == set(b)
-    for k in a:  # the export gathered every partitioned parameter
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    for k in a:  # the export gathered every partitioned parameter (a missing or zeroed
+        # partition differs by the weights' own size, ~1e-2); ZeRO-3 reduces gradients in
+        # another order, and Adam turns that into up to ~lr/100 on the few elements whose
+        # gradient is near zero: close element-wise, and equal on average
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+        assert (a[k] - b[k]).abs().float().mean() < 1e-6, k
 
 
 def test_lora_export_equals_base_plus_scaled_adapter_product(runs, tiny_model_dir):
