@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -64,6 +65,11 @@ def embed_text(row: dict) -> str:
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+EMBEDDER_MARK = ".embedder"
+"""In the log directory: the pid of the owner whose embedding pass runs. A reader in another
+process waits for that pass (up to `embed_wait_s`) only when the mark names the live owner."""
 
 
 class Ingestion:
@@ -196,13 +202,24 @@ class Ingestion:
             return 0
         borrowed = not log_.owned and log_.acquire()
         if not log_.owned:
-            self._wait_for_embeddings(where)
+            if self._owner_embeds():  # else nothing would come: the caller embeds what it needs
+                self._wait_for_embeddings(where)
             return 0
         try:
             return self.embed_rows(where, limit)
         finally:
             if borrowed:
                 log_.release()
+
+    def _owner_embeds(self) -> bool:
+        """Whether the log's live owner runs an embedding pass: its pid is in both `.owner`
+        (whose lock it holds) and the `.embedder` mark its `start()` left."""
+        directory = self.store.log.directory
+        try:
+            owner = (directory / ".owner").read_text().strip()
+            return bool(owner) and (directory / EMBEDDER_MARK).read_text().strip() == owner
+        except OSError:
+            return False
 
     def _wait_for_embeddings(self, where: str | None) -> None:
         deadline = time.monotonic() + self.store.config.embed_wait_s
@@ -281,6 +298,8 @@ class Ingestion:
 
     def start(self) -> None:
         loops = [("trace-writer", self._write_loop)]
+        if self.store.config.embed:  # readers in other processes may wait for this pass
+            (self.store.log.directory / EMBEDDER_MARK).write_text(str(os.getpid()))
         if self.store.config.embed and self.store.config.embed_worker:
             self._start_worker()
         elif self.store.config.embed:
@@ -292,6 +311,12 @@ class Ingestion:
 
     def stop(self) -> None:
         self._stop.set()
+        mark = self.store.log.directory / EMBEDDER_MARK
+        try:
+            if mark.read_text().strip() == str(os.getpid()):
+                mark.unlink()
+        except OSError:
+            pass
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()

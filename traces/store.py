@@ -396,8 +396,10 @@ class TraceStore:
         feedback, and the table version read (for the data card).
 
         With `embeddings` (default: the store's `embed`), the rows it returns that lack the
-        current embedder's vector are embedded first, and only those; a vector from any other
-        embedder is returned as None, so semantic dedup never compares two embedders' vectors."""
+        current embedder's vector are embedded first, and only those: by this process when it
+        owns the log (stored), else by the owner's pass when it runs one (waited for), and what
+        is still missing then is embedded here for this read alone. A vector from any other
+        embedder is never handed out, so semantic dedup never compares two embedders' vectors."""
         self.flush()
         at = now()
         active = sorted(g["grant_id"] for g in self._rows("grants")
@@ -411,6 +413,8 @@ class TraceStore:
         total = self.tables["traces"].count_rows()
         traces = sorted(self._rows("traces", readable),
                         key=lambda r: (r["created_at"], r["request_id"]))
+        if embed:  # rows the owner has not embedded (yet, or at all): embedded here, not stored
+            self._embed_in_memory([r for r in traces if r.get("embedder") != version], version)
         for r in traces:
             if r.get("embedder") != version:
                 r["vector"] = None
@@ -420,6 +424,18 @@ class TraceStore:
                 "source": {"uri": str(self.config.uri), "table": "traces",
                            "version": self.tables["traces"].version},
                 "excluded_inactive_grant": total - len(traces)}
+
+    def _embed_in_memory(self, rows: list[dict], version: str) -> None:
+        """Give `rows` the current embedder's vectors for this read only (vectors are written
+        by the log's owner alone), in batches of `embed_batch`."""
+        from traces.ingest import embed_text
+
+        batch = self.config.embed_batch
+        for i in range(0, len(rows), batch):
+            part = rows[i:i + batch]
+            vectors = self.ingestion.embedder.embed([embed_text(r) for r in part])
+            for r, v in zip(part, vectors):
+                r["vector"], r["embedder"] = [float(x) for x in v], version
 
     def add_dataset_members(self, dataset_id: str, request_ids: list[str]) -> None:
         """Record which traces went into a dataset (erasure marks the dataset for rebuild)."""

@@ -88,3 +88,54 @@ def test_time_filters_run_in_the_query(tmp_path):
     naive = store.query(until=(base + timedelta(hours=1)).replace(tzinfo=None))  # taken as UTC
     assert [r["request_id"] for r in naive] == [ids[0]]
     assert "vector" not in got[0]
+
+
+READER = r"""
+import json, sys, time
+from pathlib import Path
+from traces.store import TraceStore, TraceStoreConfig
+
+root = Path(sys.argv[1])
+store = TraceStore(TraceStoreConfig(uri=str(root / "lancedb"), log_dir=root / "log",
+                                    embedder="static", embed_wait_s=120))
+t0 = time.monotonic()
+snapshot = store.curation_snapshot()
+print(json.dumps({"seconds": time.monotonic() - t0,
+                  "vectors": {r["request_id"]: r["vector"] for r in snapshot["traces"]}}))
+"""
+
+
+def test_a_reader_beside_an_owner_that_never_embeds_embeds_what_it_reads(tmp_path):
+    """The log's owner runs without embeddings (a gateway with `embed` off); a curation read in
+    another process neither waits out `embed_wait_s` for vectors that never come nor hands out
+    rows without them: it embeds them itself, and writes nothing (vectors are the owner's)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from traces.embedders import load
+    from traces.ingest import embed_text
+
+    owner = TraceStore(TraceStoreConfig(uri=str(tmp_path / "lancedb"), log_dir=tmp_path / "log",
+                                        embedder="static", embed=False))
+    alice = owner.create_account("contributor", "alice")
+    grant = owner.create_grant(alice, ["sft"], 30)
+    traces = [make_trace(alice, grant, f"question {i}") for i in range(3)]
+    for t in traces:
+        owner.record(t)  # this process owns the log now
+    owner.flush()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", READER, str(tmp_path)], env=env, timeout=120,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["seconds"] < 60  # not the 120 s wait for an owner that never embeds
+    rows = [owner.get(t.request_id) for t in traces]
+    expected = load("static", owner.config.embedder_cache).embed([embed_text(r) for r in rows])
+    assert set(got["vectors"]) == {t.request_id for t in traces}
+    for t, want in zip(traces, expected):
+        vector = got["vectors"][t.request_id]
+        assert vector is not None and max(abs(a - b) for a, b in zip(vector, want)) < 1e-5
+    assert set(embedders(owner).values()) == {None}  # the reader stored nothing
