@@ -54,6 +54,19 @@ def peer_for(config: DhtConfig, host: str = "127.0.0.1") -> DhtPeer:
     return _peers[name]
 
 
+async def look_once(config: DhtConfig, host: str = "0.0.0.0") -> tuple[list[NodeInfo], int]:
+    """One verified lookup through a temporary peer of its own (any free port; bound to
+    `config.host` or else `host`), stopped after: the nodes a gateway would read now, and how
+    many peers the lookup knew (`shoal status --join`, `shoal node --layers auto`)."""
+    reader = DhtDiscovery(DhtPeer(config.model_copy(update={"port": 0,
+                                                            "host": config.host or host})))
+    try:
+        await reader.refresh()
+        return reader.listed(), reader.peer.known_peers()
+    finally:
+        reader.peer.stop()
+
+
 class DhtDiscovery:
     """`serve.discovery.Discovery` over a swarm's DHT, verifying every record it reads."""
 

@@ -38,6 +38,7 @@ from serve import auth, wire
 from serve.admission import Admission, Job
 from serve.config import NodeConfig
 from serve.exceptions import FrameRejected
+from serve.inflight import Forwarded, InFlight
 from serve.links import Links, incoming
 from serve.records import node_id_of, sign_record
 from serve.rollout import VersionSet, Watcher, follow
@@ -48,27 +49,9 @@ log = logging.getLogger("shoal.node")
 MAX_GATEWAYS = 64
 """Gateway keys a node keeps per-gateway state (audit stores, proof slots) for."""
 MAX_PENDING_REPLIES = 256
-"""Error reports to gateways in flight at once (`Node._reply_error`)."""
-IN_FLIGHT_S = 10.0
-"""A session's latest forward passed to the next hop this recently is reported to its gateway as
-failed if that hop's connection closes (the hop's host may have died with the frame: without a
-report the gateway would wait out its whole traversal timeout). A report about a request already
-answered is ignored; a session has one forward in flight at a time, so one per session."""
-MAX_IN_FLIGHT = 1024
-"""Sessions remembered per next-hop link (the least recent forgotten first)."""
+"""Error reports to gateways in flight at once (`Node._in_background`)."""
 REDIAL_S = 2.0
 """How long a node tries to dial a next hop that closed its link before reporting it down."""
-
-
-@dataclass(frozen=True)
-class Forwarded:
-    """What a report about a forward passed on needs (not its tensors)."""
-
-    request_id: str
-    order_digest: bytes
-    ticket: object
-    next_node: str
-    at: float
 
 
 @dataclass
@@ -154,11 +137,8 @@ class Node:
         self._links = Links(on_connect=_discard, max_size=1 << 20,
                             allow_plain=config.tls == "off", on_close=self._link_closed)
         """Links to next hops and gateways: nothing legitimate comes back on them."""
-        self._forwarded: OrderedDict[tuple[str, str],
-                                     OrderedDict[tuple[str, str], Forwarded]] = \
-            OrderedDict()
-        """Per next-hop link (url, key), per session: the latest forward passed on it, reported
-        as failed if the link closes within `IN_FLIGHT_S`."""
+        self._in_flight = InFlight(self._links.max_links)
+        """The forwards passed on lately, per next-hop link (`serve.inflight`)."""
         self._replies: set[asyncio.Task] = set()
         """Error reports on their way to gateways (each in a task of its own)."""
         self._proving: OrderedDict[str, asyncio.Semaphore] = OrderedDict()
@@ -287,19 +267,21 @@ class Node:
 
     def _report(self, job: Job | Forwarded, code: str, text: str,
                 node_id: str | None = None) -> None:
-        """Tell the session's gateway (the ticket's signed reply address) that a hop failed.
-
-        The report goes out from a task of its own, at most `MAX_PENDING_REPLIES` at once (more
-        are dropped, logged): the reply address is whatever the ticket's signer chose, so a
-        gateway key whose address stalls the dial must not hold the one worker that computes for
-        every session."""
+        """Tell the session's gateway (the ticket's signed reply address) that a hop failed."""
         error = self._error(job.request_id, code, text, node_id, about=job.order_digest)
+        self._in_background(self._deliver_error(job.ticket.reply_to, wire.encode(error),
+                                                job.ticket.gateway_key, code), code)
+
+    def _in_background(self, report, code: str) -> None:
+        """Run the coroutine `report` in a task of its own, at most `MAX_PENDING_REPLIES` at
+        once (beyond that it is dropped, logged): a reply address is whatever a ticket's signer
+        chose, so one that stalls the dial must not hold the worker that computes for all."""
         if len(self._replies) >= MAX_PENDING_REPLIES:
+            report.close()
             log.warning("dropped a %s report: %d reports are on their way", code,
                         len(self._replies))
             return
-        task = asyncio.create_task(self._deliver_error(
-            job.ticket.reply_to, wire.encode(error), job.ticket.gateway_key, code))
+        task = asyncio.get_running_loop().create_task(report)
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
 
@@ -481,7 +463,7 @@ class Node:
                 await self._reply_error(job, "next-hop-failed", "the next hop is unreachable",
                                         nxt.node_id)
             else:
-                self._passed_on((nxt.url, nxt.public_key), Forwarded(
+                self._in_flight.passed_on((nxt.url, nxt.public_key), Forwarded(
                     job.request_id, job.order_digest, job.ticket, nxt.node_id,
                     time.monotonic()))
             return
@@ -492,31 +474,14 @@ class Node:
         except Exception as exc:
             log.warning("gateway unreachable: %s", exc)
 
-    def _passed_on(self, link: tuple[str, str], sent: Forwarded) -> None:
-        recent = self._forwarded.setdefault(link, OrderedDict())
-        self._forwarded.move_to_end(link)
-        key = (sent.ticket.gateway_key, sent.ticket.session)  # another gateway's id cannot
-        recent[key] = sent  # overwrite this one's entry
-        recent.move_to_end(key)
-        while recent and (len(recent) > MAX_IN_FLIGHT or
-                          sent.at - next(iter(recent.values())).at > IN_FLIGHT_S):
-            recent.popitem(last=False)
-        while len(self._forwarded) > self._links.max_links:
-            self._forwarded.popitem(last=False)
-
     def _link_closed(self, link: tuple[str, str]) -> None:
         """The next hop at `link` closed its connection: the forwards it got lately may have
         died with it. Whether it is down is checked first (`_confirm_down`): a peer that is up
         closes a link for reasons of its own (frames someone else made this node pass on were
         refused, say), and a report would then blame a live node for every gateway at once."""
-        recent = self._forwarded.pop(link, None) or {}
-        now = time.monotonic()
-        lost = [sent for sent in recent.values() if now - sent.at <= IN_FLIGHT_S]
-        if not lost or len(self._replies) >= MAX_PENDING_REPLIES:
-            return
-        task = asyncio.get_running_loop().create_task(self._confirm_down(link, lost))
-        self._replies.add(task)
-        task.add_done_callback(self._replies.discard)
+        lost = self._in_flight.lost(link)
+        if lost:
+            self._in_background(self._confirm_down(link, lost), "next-hop-failed")
 
     async def _confirm_down(self, link: tuple[str, str], lost: list[Forwarded]) -> None:
         """Dial the next hop again; only if that fails, tell each lost forward's gateway (each

@@ -3,7 +3,8 @@
 | module     | adds to `shoal`                                                        |
 |------------|------------------------------------------------------------------------|
 | `registry` | `promote`, `rollback`, `keys …`, `model …`, `channel …`, `registry …`  |
-| `serve`    | `chat`, `tracker`, `node`, `gateway`, `relay`, `nat-relay`, `up`, `verify`, `status`, `usage` |
+| `serve`    | `chat`, `tracker`, `node`, `gateway`, `relay`, `nat-relay`, `up`           |
+| `inspection` | `verify`, `status`, `usage`                                          |
 | `flow`     | `demo`, `flow …` (curate, train, evaluate, register)                   |
 | `traces`   | `traces …`, `grants …`                                                 |
 | `swarm`    | `swarm invite` (private swarms on the DHT)                             |
@@ -47,11 +48,11 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "up": ("serve", "Start a local swarm (tracker, NODES nodes, gateway) and serve until Ctrl-C "
                     "or SIGTERM,\nwhich stop every process it started; a crashed node is "
                     "reported and restarted."),
-    "verify": ("serve", "Challenge one node: live-weight proofs (and a canary fingerprint) "
+    "verify": ("inspection", "Challenge one node: live-weight proofs (and a canary fingerprint) "
                         "against the registry."),
-    "status": ("serve", "Nodes (span, versions, trust, channel watch, load), the gateway's "
+    "status": ("inspection", "Nodes (span, versions, trust, channel watch, load), the gateway's "
                         "rollout, and the channel\nheads, in one view."),
-    "usage": ("serve", "Metered usage from the gateway (GET /v1/usage): tokens, requests and "
+    "usage": ("inspection", "Metered usage from the gateway (GET /v1/usage): tokens, requests and "
                        "batch lines per key;\npositions computed and checks per node. JSON or "
                        "CSV, for settlement."),
     "keys": ("registry", "Signing keys (maintainer roles, node identities)."),
