@@ -152,9 +152,11 @@ def test_a_swarm_of_separate_hosts_answers_like_in_process_generate(
                                       for i, n in enumerate(ids)}))
     print("stream:", json.dumps({k: streamed[k] for k in ("elapsed_s", "killed_at_s")}),
           json.dumps({k: streamed["shoal"][k] for k in ("failovers", "traversals")}))
-    # no node failed a check before its host was killed
-    assert all(v["ok"] for v in verdicts if v["node_id"] != killed), \
-        [v for v in verdicts if not v["ok"]]
+    # no node failed a check before its host was killed; a challenge for the version a node
+    # is still loading during the rollout is answered `wrong-version`, which the verifier
+    # records as no evidence (the node only loses routing for it until it proves again)
+    assert all(v["ok"] or v["check"] == "wrong-version" for v in verdicts
+               if v["node_id"] != killed), [v for v in verdicts if not v["ok"]]
     assert not direct["open"] and own["open"], (direct, own)
     relayed = f"wss://{registry}:{RELAY_PORT}/via/{ids[NAT]}"
     assert before["node_urls"] == sorted(

@@ -76,6 +76,20 @@ def test_status_shows_the_nodes_the_dht_holds(dht_swarm, tmp_path):
 
     from flows.cli import app
 
+    async def fresh_view() -> int:
+        reader = member(dht_swarm)
+        try:
+            await reader.refresh()
+            return len(reader.listed())
+        finally:
+            reader.peer.stop()
+
+    # a fresh reader counts a node once most index holders list it: wait until two fresh
+    # lookups in a row see all 6 (the 6th node may have announced moments ago)
+    deadline, seen = time.monotonic() + 30, []
+    while seen[-2:] != [6, 6] and time.monotonic() < deadline:
+        seen.append(asyncio.run(fresh_view()))
+    assert seen[-2:] == [6, 6], seen
     invite = tmp_path / "invite.txt"
     invite.write_text(dht_swarm.invite.encode() + "\n")
     shown = CliRunner().invoke(app, ["status", "--join", f"@{invite}"],
